@@ -1,0 +1,24 @@
+"""ssconv: Structured Sparse Convolution for PyTorch.
+
+Implements "Pushing the Efficiency Limit Using Structured Sparse Convolutions" (Verma, Mehta,
+Si, Henao, Carin, WACV 2023, arXiv:2210.12818): convolutions whose filters carry a fixed,
+structured sparsity pattern chosen before training.
+"""
+
+from ssconv.layers import SSCFactory, SSConv2d, SSCPattern
+from ssconv.models import convert, create_model, list_models
+from ssconv.profile import ProfileResult, profile
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ProfileResult",
+    "SSCFactory",
+    "SSCPattern",
+    "SSConv2d",
+    "__version__",
+    "convert",
+    "create_model",
+    "list_models",
+    "profile",
+]

@@ -1,0 +1,16 @@
+"""SSC layers: the pattern (one pure function of the arguments) and the ``SSConv2d`` module."""
+
+from ssconv.layers.factory import ConvFactory, SSCFactory, dense_conv
+from ssconv.layers.pattern import SPATIAL_MODES, KernelType, SSCPattern
+from ssconv.layers.ssconv import BACKENDS, SSConv2d
+
+__all__ = [
+    "BACKENDS",
+    "SPATIAL_MODES",
+    "ConvFactory",
+    "KernelType",
+    "SSCFactory",
+    "SSCPattern",
+    "SSConv2d",
+    "dense_conv",
+]

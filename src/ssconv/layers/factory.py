@@ -1,0 +1,99 @@
+"""Convolution factories: one callable with the ``nn.Conv2d`` signature that models call for every
+convolution, so that a model can be built dense or directly with SSC (the timm ``create_conv2d``
+idea).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from ssconv.layers.pattern import SSCPattern
+from ssconv.layers.ssconv import SSConv2d
+
+__all__ = ["ConvFactory", "SSCFactory", "dense_conv", "ssc_applicable"]
+
+ConvFactory = Callable[..., nn.Module]
+
+
+def dense_conv(in_channels: int, out_channels: int, kernel_size, **kwargs) -> nn.Conv2d:
+    """The default factory: a plain ``nn.Conv2d``."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size, **kwargs)
+
+
+def ssc_applicable(
+    in_channels: int,
+    out_channels: int,
+    kernel_size,
+    groups: int = 1,
+    *,
+    ssc_groups: int = 1,
+    period: int | None = 1,
+    pointwise: bool = True,
+    spatial: str = "full",
+) -> str | None:
+    """Why an SSC pattern cannot be used on a conv of this geometry (``None`` when it can)."""
+    total_groups = groups * ssc_groups
+    try:
+        SSCPattern(in_channels, out_channels, kernel_size, total_groups, period, pointwise, spatial)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass
+class SSCFactory:
+    """Build :class:`SSConv2d` layers with fixed SSC settings; fall back to ``nn.Conv2d``.
+
+    The fallback (a dense conv) is used for the stem (``in_channels <= max_stem_channels``), for
+    1 x 1 convolutions, for depthwise convolutions and wherever the pattern does not fit the
+    shape (e.g. ``period`` not dividing the group width), so that one factory serves a whole
+    model. ``groups`` multiplies the conv's own ``groups``.
+
+    Example::
+
+        model = create_model("cifar_resnet32", conv_layer=SSCFactory(period=4))
+    """
+
+    groups: int = 1
+    period: int | None = 4
+    pointwise: bool = True
+    spatial: str = "full"
+    backend: str = "auto"
+    max_stem_channels: int = 4
+    convert_pointwise: bool = False
+
+    def __call__(self, in_channels: int, out_channels: int, kernel_size, **kwargs) -> nn.Module:
+        k = kernel_size if isinstance(kernel_size, tuple) else (kernel_size, kernel_size)
+        conv_groups = kwargs.get("groups", 1)
+        dense = (
+            in_channels <= self.max_stem_channels
+            or (k == (1, 1) and not self.convert_pointwise)
+            or conv_groups == in_channels
+            or ssc_applicable(
+                in_channels,
+                out_channels,
+                k,
+                conv_groups,
+                ssc_groups=self.groups,
+                period=self.period,
+                pointwise=self.pointwise,
+                spatial=self.spatial,
+            )
+            is not None
+        )
+        if dense:
+            return nn.Conv2d(in_channels, out_channels, kernel_size, **kwargs)
+        kwargs["groups"] = conv_groups * self.groups
+        return SSConv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            period=self.period,
+            pointwise=self.pointwise,
+            spatial=self.spatial,
+            backend=self.backend,
+            **kwargs,
+        )

@@ -1,0 +1,280 @@
+"""The SSC kernel-type pattern: one pure function of a layer's arguments.
+
+Follows "Pushing the Efficiency Limit Using Structured Sparse Convolutions" (Verma, Mehta, Si,
+Henao, Carin, WACV 2023, arXiv:2210.12818) as formalized in the project's specification
+(``docs/ssc.md``). Every (output channel ``o``, input channel ``i``) pair of a layer gets one
+kernel type:
+
+* ``S`` (spatial): a K x K kernel (all taps, or a checkerboard subset),
+* ``P`` (point): a single weight on the centre tap,
+* ``E`` (empty): nothing.
+
+Inside a channel group, with local indices ``i'`` and ``o'``, the pair is ``S`` when
+``(i' - o') mod period == 0``; the other in-group pairs are ``P`` when ``pointwise`` else ``E``;
+pairs across groups are ``E``.
+
+Index conventions used by the execution paths (all "absolute", no per-forward gathers needed for
+``spatial="full"``):
+
+* A filter ``o`` (local ``o' = b * period + s``) holds ``A = C_in / (groups * period)`` spatial
+  kernels, the ``a``-th one on local input ``i' = a * period + s``.
+* Its ``j``-th spatial kernel in the specification's sense (counted from the first one, which
+  shifts by one from filter to filter) is ``j = (a - b) mod A``.
+* Its point weights lie on the in-group inputs that are not ``S``, in increasing ``i'``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+__all__ = ["SPATIAL_MODES", "SSCPattern", "KernelType", "checkerboard_taps"]
+
+SPATIAL_MODES = ("full", "checkerboard")
+
+
+class KernelType:
+    """Integer codes of the kernel-type map returned by :meth:`SSCPattern.type_map`."""
+
+    EMPTY = 0
+    POINT = 1
+    SPATIAL = 2
+    NAMES = {EMPTY: "E", POINT: "P", SPATIAL: "S"}
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        return (int(value[0]), int(value[1]))
+    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def checkerboard_taps(kernel_size: tuple[int, int], parity: int) -> torch.Tensor:
+    """Boolean (kh, kw) mask of the taps ``(u, v)`` with ``(u + v) % 2 == parity``."""
+    kh, kw = kernel_size
+    u = torch.arange(kh).view(kh, 1)
+    v = torch.arange(kw).view(1, kw)
+    return (u + v) % 2 == parity
+
+
+@dataclass(frozen=True)
+class SSCPattern:
+    """The fixed structure of one SSC layer (validated on construction).
+
+    Args:
+        in_channels, out_channels: channel counts ``C_in``, ``C_out``.
+        kernel_size: odd kernel size (int or pair).
+        groups: channel groups ``G`` (divides both channel counts).
+        period: HetConv's "part" ``P`` (divides ``C_in / G``), or ``None`` for no spatial kernel.
+        pointwise: whether in-group pairs that are not spatial get a 1 x 1 weight.
+        spatial: ``"full"`` (all taps) or ``"checkerboard"`` (taps of one parity, alternating).
+    """
+
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    groups: int = 1
+    period: int | None = 1
+    pointwise: bool = True
+    spatial: str = "full"
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "out_channels", "groups"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        object.__setattr__(self, "kernel_size", _pair(self.kernel_size, "kernel_size"))
+        if any(k < 1 or k % 2 == 0 for k in self.kernel_size):
+            raise ValueError(
+                f"kernel_size must be odd (1, 3, 5, ...) so that the centre tap exists, "
+                f"got {self.kernel_size}"
+            )
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(
+                f"groups={self.groups} must divide in_channels={self.in_channels} and "
+                f"out_channels={self.out_channels}"
+            )
+        if not isinstance(self.pointwise, bool):
+            raise ValueError(f"pointwise must be True or False, got {self.pointwise!r}")
+        if self.spatial not in SPATIAL_MODES:
+            raise ValueError(f"spatial must be one of {SPATIAL_MODES}, got {self.spatial!r}")
+        if self.period is None:
+            if not self.pointwise:
+                raise ValueError(
+                    "period=None (no spatial kernel) needs pointwise=True, otherwise the layer "
+                    "has no weights; allowed: period=None with pointwise=True, or an int period"
+                )
+        else:
+            if not isinstance(self.period, int) or isinstance(self.period, bool) or self.period < 1:
+                raise ValueError(f"period must be a positive int or None, got {self.period!r}")
+            if self.in_per_group % self.period:
+                divisors = [
+                    d for d in range(1, self.in_per_group + 1) if self.in_per_group % d == 0
+                ]
+                raise ValueError(
+                    f"period={self.period} must divide the group width in_channels/groups="
+                    f"{self.in_per_group}; allowed periods: {divisors} or None"
+                )
+        if self.spatial == "checkerboard" and self.kernel_size == (1, 1):
+            raise ValueError(
+                "spatial='checkerboard' needs kernel_size >= 3 (a 1 x 1 kernel has one tap); "
+                "use spatial='full'"
+            )
+
+    # ----------------------------------------------------------------- sizes
+    @property
+    def in_per_group(self) -> int:
+        return self.in_channels // self.groups
+
+    @property
+    def out_per_group(self) -> int:
+        return self.out_channels // self.groups
+
+    @property
+    def has_spatial(self) -> bool:
+        return self.period is not None
+
+    @property
+    def has_point(self) -> bool:
+        return self.pointwise and (self.period is None or self.period > 1)
+
+    @property
+    def spatial_per_filter(self) -> int:
+        """``A``: spatial kernels per filter."""
+        return 0 if self.period is None else self.in_per_group // self.period
+
+    @property
+    def point_per_filter(self) -> int:
+        return self.in_per_group - self.spatial_per_filter if self.has_point else 0
+
+    @property
+    def taps(self) -> int:
+        return self.kernel_size[0] * self.kernel_size[1]
+
+    @property
+    def centre(self) -> tuple[int, int]:
+        return (self.kernel_size[0] // 2, self.kernel_size[1] // 2)
+
+    @property
+    def outputs_per_residue(self) -> int:
+        """``m``: filters per residue class ``o' mod P`` after padding to a uniform count."""
+        if self.period is None:
+            return 0
+        return math.ceil(self.out_per_group / self.period)
+
+    # ------------------------------------------------------------- structure
+    def spatial_parity(self) -> torch.Tensor:
+        """(C_out, A) long: checkerboard parity of each spatial kernel, ``(j + o') mod 2``."""
+        a_count = self.spatial_per_filter
+        o_local = torch.arange(self.out_channels) % self.out_per_group  # (C_out,)
+        b = o_local // self.period
+        a = torch.arange(a_count)
+        j = (a.view(1, -1) - b.view(-1, 1)) % a_count  # (C_out, A)
+        return (j + o_local.view(-1, 1)) % 2
+
+    @cached_property
+    def spatial_tap_mask(self) -> torch.Tensor:
+        """(C_out, A, kh, kw) bool: the taps each spatial kernel uses."""
+        shape = (self.out_channels, self.spatial_per_filter, *self.kernel_size)
+        if self.spatial == "full" or self.spatial_per_filter == 0:
+            return torch.ones(shape, dtype=torch.bool)
+        parity = self.spatial_parity()  # (C_out, A)
+        masks = torch.stack([checkerboard_taps(self.kernel_size, p) for p in (0, 1)])
+        return masks[parity]
+
+    @cached_property
+    def num_spatial_weights(self) -> int:
+        """Taps of all spatial kernels, in closed form (checkerboard counted exactly).
+
+        Filter ``o'`` meets every ``j`` in ``[0, A)`` once, so it holds ``ceil(A/2)`` kernels of
+        parity 0 when ``o'`` is even and ``floor(A/2)`` when odd.
+        """
+        a_count = self.spatial_per_filter
+        if self.spatial == "full" or a_count == 0:
+            return self.out_channels * a_count * self.taps
+        n0 = int(checkerboard_taps(self.kernel_size, 0).sum())
+        n1 = self.taps - n0
+        even_filters = (self.out_per_group + 1) // 2
+        odd_filters = self.out_per_group // 2
+        per_group = even_filters * (n0 * ((a_count + 1) // 2) + n1 * (a_count // 2))
+        per_group += odd_filters * (n0 * (a_count // 2) + n1 * ((a_count + 1) // 2))
+        return self.groups * per_group
+
+    @property
+    def executed_params(self) -> int:
+        """Weights the decomposed path multiplies per output pixel (zero taps included)."""
+        spatial = 0
+        if self.period is not None:
+            spatial = self.groups * self.period * self.outputs_per_residue
+            spatial *= self.spatial_per_filter * self.taps
+        point = self.out_channels * self.in_per_group if self.has_point else 0
+        return spatial + point
+
+    @property
+    def spatial_coverage(self) -> float:
+        """Fraction of input channels that receive a spatial kernel from some filter."""
+        if not self.has_spatial:
+            return 0.0
+        return min(self.period, self.out_per_group) / self.period
+
+    @property
+    def num_point_weights(self) -> int:
+        return self.out_channels * self.point_per_filter
+
+    @property
+    def num_params(self) -> int:
+        """Nonzero weights of the layer (no bias): the spec's parameter formula, exact."""
+        return self.num_spatial_weights + self.num_point_weights
+
+    @property
+    def dense_params(self) -> int:
+        return self.out_channels * self.in_channels * self.taps
+
+    @property
+    def density(self) -> float:
+        return self.num_params / self.dense_params
+
+    def type_map(self) -> torch.Tensor:
+        """(C_out, C_in) int8 map of kernel types (:class:`KernelType` codes)."""
+        o = torch.arange(self.out_channels).view(-1, 1)
+        i = torch.arange(self.in_channels).view(1, -1)
+        same_group = (o // self.out_per_group) == (i // self.in_per_group)
+        o_loc, i_loc = o % self.out_per_group, i % self.in_per_group
+        if self.period is None:
+            is_s = torch.zeros_like(same_group)
+        else:
+            is_s = same_group & ((i_loc - o_loc) % self.period == 0)
+        out = torch.full(same_group.shape, KernelType.EMPTY, dtype=torch.int8)
+        if self.pointwise:
+            out[same_group] = KernelType.POINT
+        out[is_s] = KernelType.SPATIAL
+        return out
+
+    def dense_mask(self) -> torch.Tensor:
+        """(C_out, C_in/G, kh, kw) bool: nonzero taps of the equivalent grouped dense weight."""
+        kh, kw = self.kernel_size
+        cin_g = self.in_per_group
+        mask = torch.zeros(self.out_channels, cin_g, kh, kw, dtype=torch.bool)
+        if self.has_point:
+            mask[:, :, self.centre[0], self.centre[1]] = True
+        if self.has_spatial:
+            p = self.period
+            o_res = (torch.arange(self.out_channels) % self.out_per_group) % p
+            view = mask.view(self.out_channels, self.spatial_per_filter, p, kh, kw)
+            rows = torch.arange(self.out_channels)
+            view[rows, :, o_res] = self.spatial_tap_mask
+        return mask
+
+    def describe(self) -> str:
+        """Short human-readable form, e.g. ``G=1 P=4 pw full``."""
+        period = "None" if self.period is None else str(self.period)
+        pw = "pw" if self.pointwise else "no-pw"
+        return f"G={self.groups} P={period} {pw} {self.spatial}"

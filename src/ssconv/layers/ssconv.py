@@ -1,0 +1,593 @@
+"""``SSConv2d``: a drop-in replacement for ``nn.Conv2d`` with a fixed SSC sparsity pattern.
+
+Follows "Pushing the Efficiency Limit Using Structured Sparse Convolutions" (Verma et al.,
+WACV 2023, arXiv:2210.12818); the pattern itself is computed in :mod:`ssconv.layers.pattern`.
+
+Storage holds only the pattern's weights:
+
+* ``weight_spatial``: ``(C_out, A, kh, kw)`` for ``spatial="full"``; for ``"checkerboard"`` the
+  used taps only, flattened, ``(n_taps,)``. Kernel ``[o, a]`` sits on local input
+  ``i' = a * period + (o' mod period)``.
+* ``weight_point``: ``(C_out, C_in/G - A)``, the 1 x 1 weights of the non-spatial in-group pairs in
+  increasing input order (absent when there are none).
+* ``bias``: ``(C_out,)`` as in ``nn.Conv2d``.
+
+Execution backends (same outputs and gradients):
+
+* ``"masked"``: the reference. Scatters the weights into the dense grouped weight and runs one
+  dense convolution (dense MACs).
+* ``"decomposed"``: the fast path. Permuting input channels by ``i' mod P`` and output channels
+  by ``o' mod P`` turns the spatial pairs into a grouped K x K convolution with ``G * P`` groups;
+  the point pairs are a grouped 1 x 1 convolution with ``G`` groups. Both are stock kernels.
+* ``"auto"`` (default): the decomposed path where the layer is sparse enough to gain from it, the
+  dense one otherwise (see :meth:`SSConv2d.resolved_backend`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssconv.layers.pattern import SSCPattern
+
+__all__ = ["SSConv2d", "BACKENDS"]
+
+BACKENDS = ("auto", "masked", "decomposed", "split")
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+# Above this density a single dense convolution beats the decomposition on CPU and GPU
+# (see docs/benchmarks.md); "auto" then runs the dense weight.
+AUTO_DENSE_ABOVE = 0.5
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return (int(value[0]), int(value[1]))
+    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+class SSConv2d(nn.Module):
+    """2-D convolution whose filters carry a fixed Structured Sparse Convolution pattern.
+
+    The signature follows :class:`torch.nn.Conv2d`; the keyword-only ``period``, ``pointwise``
+    and ``spatial`` arguments fix the pattern (see ``docs/ssc.md``):
+
+    * ``groups`` ``G``: channel groups; pairs across groups are empty.
+    * ``period`` ``P``: inside a group, the pair ``(o', i')`` has a K x K kernel when
+      ``(i' - o') mod P == 0``; ``None`` means no spatial kernel (a 1 x 1 convolution).
+    * ``pointwise``: the other in-group pairs get a 1 x 1 weight (``True``) or nothing.
+    * ``spatial``: ``"full"`` K x K kernels or ``"checkerboard"`` kernels.
+
+    Special cases: ``period=1`` is ``nn.Conv2d(..., groups=G)`` (standard, groupwise,
+    depthwise); ``period=None`` is a (grouped) pointwise convolution; ``groups=1, period=P,
+    pointwise=True`` is HetConv with part ``P``.
+
+    Args:
+        backend: ``"auto"``, ``"masked"`` (reference), ``"decomposed"`` (fast path) or
+            ``"split"`` (fast path with one dense conv per residue class, for narrow groups).
+        dense_groups: the ``groups`` of the dense layer this one stands for (set by
+            :meth:`from_conv2d`); only used by model-level density accounting
+            (:attr:`dense_weight_count`). A divisor of ``groups``.
+    """
+
+    __constants__ = [
+        "stride",
+        "padding",
+        "dilation",
+        "groups",
+        "padding_mode",
+        "in_channels",
+        "out_channels",
+        "kernel_size",
+    ]
+
+    bias: Tensor | None
+    weight_point: Tensor | None
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+        *,
+        period: int | None = 1,
+        pointwise: bool = True,
+        spatial: str = "full",
+        backend: str = "auto",
+        dense_groups: int = 1,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        pattern = SSCPattern(
+            in_channels, out_channels, kernel_size, groups, period, pointwise, spatial
+        )
+        self.pattern = pattern
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = pattern.kernel_size
+        self.stride = _pair(stride, "stride")
+        self.dilation = _pair(dilation, "dilation")
+        if any(s < 1 for s in self.stride):
+            raise ValueError(f"stride must be positive, got {stride!r}")
+        if any(d < 1 for d in self.dilation):
+            raise ValueError(f"dilation must be positive, got {dilation!r}")
+        if isinstance(padding, str):
+            if padding == "valid":
+                self.padding = (0, 0)
+            elif padding == "same":
+                if self.stride != (1, 1):
+                    raise ValueError("padding='same' is not supported for strided convolutions")
+                self.padding = tuple(
+                    d * (k - 1) // 2 for d, k in zip(self.dilation, self.kernel_size)
+                )
+            else:
+                raise ValueError(
+                    f"padding must be an int, a pair of ints, 'same' or 'valid', got {padding!r}"
+                )
+        else:
+            self.padding = _pair(padding, "padding")
+            if any(p < 0 for p in self.padding):
+                raise ValueError(f"padding must be non-negative, got {padding!r}")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        self._reversed_padding_repeated_twice = [
+            self.padding[1],
+            self.padding[1],
+            self.padding[0],
+            self.padding[0],
+        ]
+        self.groups = groups
+        if dense_groups < 1 or groups % dense_groups:
+            raise ValueError(f"dense_groups={dense_groups} must divide groups={groups}")
+        self.dense_groups = dense_groups
+        self.period = period
+        self.pointwise = pointwise
+        self.spatial = spatial
+        self.backend = backend  # validated by the property setter
+
+        # Static structure, used by forward (plain Python values: TorchScript-friendly).
+        self._has_spatial = pattern.has_spatial
+        self._has_point = pattern.has_point
+        self._p = 1 if period is None else period
+        self._a = pattern.spatial_per_filter
+        self._m = pattern.outputs_per_residue
+        self._identity_perm = period is None or period == 1
+        self._pad_rows = pattern.has_spatial and pattern.out_per_group % self._p != 0
+        self._checkerboard = spatial == "checkerboard" and pattern.has_spatial
+
+        kh, kw = self.kernel_size
+        if pattern.has_spatial:
+            if self._checkerboard:
+                shape: tuple[int, ...] = (pattern.num_spatial_weights,)
+            else:
+                shape = (out_channels, self._a, kh, kw)
+            self.weight_spatial = nn.Parameter(torch.empty(shape, **factory))
+        else:
+            self.register_parameter("weight_spatial", None)
+        if pattern.has_point:
+            self.weight_point = nn.Parameter(
+                torch.empty(out_channels, pattern.point_per_filter, **factory)
+            )
+        else:
+            self.register_parameter("weight_point", None)
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self._register_index_buffers(device)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ setup
+    def _register_index_buffers(self, device) -> None:
+        """Precompute the (small) index tensors of the decomposition; not saved in state_dict."""
+        pat = self.pattern
+        p, a_cnt, m = self._p, self._a, self._m
+        cin_g, cout_g, groups = pat.in_per_group, pat.out_per_group, self.groups
+        long = {"dtype": torch.long, "device": device}
+
+        # Input permutation: new position g*cin_g + s*A + a reads old channel g*cin_g + a*P + s.
+        g = torch.arange(groups).view(-1, 1, 1)
+        s = torch.arange(p).view(1, -1, 1)
+        a = torch.arange(max(a_cnt, 1)).view(1, 1, -1)[..., :a_cnt]
+        perm_in = (g * cin_g + a * p + s).reshape(-1)
+        # Grouped-conv rows: row g*P*m + s*m + b holds filter g*cout_g + b*P + s (or a zero pad).
+        b = torch.arange(m).view(1, 1, -1)
+        o_local = b * p + s
+        rows = torch.where(o_local < cout_g, g * cout_g + o_local, self.out_channels)
+        rows = rows.reshape(-1)
+        # Output gather: channel o is row pos[o] of the grouped-conv output.
+        o = torch.arange(self.out_channels)
+        o_loc = o % cout_g
+        pos = (o // cout_g) * p * m + (o_loc % p) * m + o_loc // p
+        # Point weights: slot r of input block a of filter o reads column index[o, r] of the
+        # stored (A, P-1) weights plus one zero column (the spatial slot r == o' mod P).
+        r = torch.arange(p).view(1, -1)
+        res = (o_loc % p).view(-1, 1)
+        point_index = torch.where(r == res, p - 1, r - (r > res).long())
+
+        self.register_buffer("perm_in", perm_in.to(**long), persistent=False)
+        self.register_buffer("grouped_rows", rows.to(**long), persistent=False)
+        self.register_buffer("out_pos", pos.to(**long), persistent=False)
+        self.register_buffer("point_index", point_index.to(**long), persistent=False)
+        # One-hot of o' mod P (C_out, P), used to scatter spatial kernels into the dense weight.
+        onehot = (r == res).to(torch.get_default_dtype())
+        self.register_buffer("spatial_onehot", onehot.to(device), persistent=False)
+        tap_mask = pat.spatial_tap_mask if self._checkerboard else torch.zeros(0, dtype=torch.bool)
+        self.register_buffer("tap_mask", tap_mask.to(device), persistent=False)
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
+        self._backend = value
+
+    def reset_parameters(self) -> None:
+        """Kaiming-normal (ReLU gain) over the effective fan-in of each filter (spec section 3)."""
+        fan_in = self.effective_fan_in
+        std = math.sqrt(2.0) / math.sqrt(fan_in)
+        with torch.no_grad():
+            for w in (self.weight_spatial, self.weight_point):
+                if w is not None:
+                    w.normal_(0.0, std)
+            if self.bias is not None:
+                bound = 1.0 / math.sqrt(fan_in)
+                self.bias.uniform_(-bound, bound)
+
+    # ------------------------------------------------------------- counting
+    @property
+    def effective_fan_in(self) -> float:
+        """Average number of nonzero weights per filter."""
+        return self.pattern.num_params / self.out_channels
+
+    @property
+    def num_params(self) -> int:
+        """Nonzero weights (bias excluded), the spec's parameter formula."""
+        return self.pattern.num_params
+
+    @property
+    def density(self) -> float:
+        """Nonzero weights over the dense ``C_out * C_in * kh * kw``."""
+        return self.pattern.density
+
+    @property
+    def dense_weight_count(self) -> int:
+        """Weights of the dense layer this one stands for (``C_in / dense_groups`` inputs)."""
+        kh, kw = self.kernel_size
+        return self.out_channels * (self.in_channels // self.dense_groups) * kh * kw
+
+    def resolved_backend(self) -> str:
+        """The backend that ``forward`` runs: ``"masked"`` (one dense conv) or ``"decomposed"``."""
+        if self._backend != "auto":
+            return self._backend
+        if self._identity_perm:
+            # P = 1 or P = None: the decomposition is already a single stock convolution.
+            return "decomposed"
+        return "masked" if self.density > AUTO_DENSE_ABOVE else "decomposed"
+
+    # ------------------------------------------------------------- weights
+    def spatial_kernels(self) -> Tensor:
+        """(C_out, A, kh, kw): each filter's spatial kernels, zeros at unused checkerboard taps."""
+        w = self.weight_spatial
+        assert w is not None
+        if self._checkerboard:
+            return w.new_zeros(self.tap_mask.shape).masked_scatter(self.tap_mask, w)
+        return w
+
+    def point_matrix(self) -> Tensor:
+        """(C_out, C_in/G): 1 x 1 weights in input order, zeros on the spatial pairs."""
+        w = self.weight_point
+        assert w is not None
+        if self.period is None:
+            return w
+        c_out, p, a_cnt = self.out_channels, self._p, self._a
+        src = torch.cat([w.view(c_out, a_cnt, p - 1), w.new_zeros(c_out, a_cnt, 1)], dim=2)
+        index = self.point_index.unsqueeze(1).expand(c_out, a_cnt, p)
+        return torch.gather(src, 2, index).reshape(c_out, a_cnt * p)
+
+    def to_dense(self) -> Tensor:
+        """The equivalent ``nn.Conv2d`` weight, ``(C_out, C_in/G, kh, kw)`` (differentiable)."""
+        kh, kw = self.kernel_size
+        c_out, cin_g = self.out_channels, self.in_channels // self.groups
+        dense: Tensor | None = None
+        if self._has_spatial:
+            k = self.spatial_kernels()
+            if self._p == 1:
+                dense = k
+            else:
+                onehot = self.spatial_onehot.to(k.dtype).view(c_out, 1, self._p, 1, 1)
+                dense = (k.unsqueeze(2) * onehot).reshape(c_out, cin_g, kh, kw)
+        if self._has_point:
+            ch, cw = kh // 2, kw // 2
+            pw = self.point_matrix().view(c_out, cin_g, 1, 1)
+            pw = F.pad(pw, [cw, kw - 1 - cw, ch, kh - 1 - ch])
+            dense = pw if dense is None else dense + pw
+        assert dense is not None
+        return dense
+
+    def grouped_spatial_weight(self) -> Tensor:
+        """(G * P * m, A, kh, kw): the weight of the grouped K x K convolution (permuted order)."""
+        k = self.spatial_kernels()
+        if self._identity_perm:
+            return k
+        if self._pad_rows:
+            k = torch.cat([k, k.new_zeros(1, k.shape[1], k.shape[2], k.shape[3])], dim=0)
+        return k.index_select(0, self.grouped_rows)
+
+    # ------------------------------------------------------------- forward
+    def forward(self, x: Tensor) -> Tensor:
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding = (0, 0)
+        else:
+            padding = self.padding
+        if self.resolved_backend() == "masked":
+            return F.conv2d(
+                x, self.to_dense(), self.bias, self.stride, padding, self.dilation, self.groups
+            )
+        return self._forward_decomposed(x, padding)
+
+    def _forward_decomposed(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
+        if not self._has_spatial:
+            return self._point_conv(x, padding, self.bias)
+        if self._identity_perm:
+            # period == 1: the layer is a plain (grouped) convolution.
+            return F.conv2d(
+                x,
+                self.spatial_kernels(),
+                self.bias,
+                self.stride,
+                padding,
+                self.dilation,
+                self.groups,
+            )
+        g, p, a_cnt, m = self.groups, self._p, self._a, self._m
+        cout_g = self.out_channels // g
+        w = self.grouped_spatial_weight()  # (G*P*m, A, kh, kw), rows ordered (g, s, b)
+        if (
+            self._backend == "split"
+            and self._has_point
+            and not self._pad_rows
+            and _is_channels_last(x)
+        ):
+            # One dense convolution per residue class, each on a contiguous NHWC block: faster
+            # than one grouped call for narrow groups on oneDNN.
+            out = self._point_conv(x, padding, self.bias)
+            xs = _split_residues(x, g, a_cnt, p)  # (G*P, N, H, W, A)
+            ws = w.view(g * p, m, a_cnt, w.shape[2], w.shape[3])
+            n, _, h, wd = out.shape
+            o6 = out.permute(0, 2, 3, 1).view(n, h, wd, g, m, p)
+            for k in range(g * p):
+                yk = F.conv2d(
+                    xs[k].permute(0, 3, 1, 2), ws[k], None, self.stride, padding, self.dilation
+                )
+                o6[:, :, :, k // p, :, k % p].add_(yk.permute(0, 2, 3, 1))
+            return out
+        cl = _is_channels_last(x)
+        xs = _channel_transpose(x, g, a_cnt, p, cl)  # channels (g, a, s) -> (g, s, a)
+        y = F.conv2d(xs, w, None, self.stride, padding, self.dilation, g * p)
+        if self._has_point:
+            out = self._point_conv(x, padding, self.bias)
+            return _add_residue_major(out, y, g, p, m, cout_g)
+        out = _channel_transpose(y, g, p, m, _is_channels_last(y))  # (g, s, b) -> (g, b, s)
+        if self._pad_rows:
+            out = _drop_pad_channels(out, g, m * p, cout_g)
+        if self.bias is not None:
+            out = out + self.bias.view(1, -1, 1, 1)
+        return out
+
+    def _point_conv(self, x: Tensor, padding: tuple[int, int], bias: Tensor | None) -> Tensor:
+        """The point pairs: a 1 x 1 convolution that reads each K x K window's centre tap."""
+        xc, pad1 = self._centre_input(x, padding)
+        w = self.point_matrix().view(self.out_channels, -1, 1, 1)
+        return F.conv2d(xc, w, bias, self.stride, pad1, 1, self.groups)
+
+    def _centre_input(self, x: Tensor, padding: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
+        """Crop (or zero-pad) ``x`` so that a 1 x 1 conv reads the K x K windows' centres."""
+        off_h = self.dilation[0] * (self.kernel_size[0] // 2) - padding[0]
+        off_w = self.dilation[1] * (self.kernel_size[1] // 2) - padding[1]
+        if off_h > 0 or off_w > 0:
+            h, w = x.shape[2], x.shape[3]
+            ch, cw = max(off_h, 0), max(off_w, 0)
+            x = x[:, :, ch : h - ch, cw : w - cw]
+        return x, (max(-off_h, 0), max(-off_w, 0))
+
+    # ---------------------------------------------------------- conversion
+    def to_conv2d(self) -> nn.Conv2d:
+        """An ``nn.Conv2d`` (same ``groups``) with the dense equivalent weight."""
+        w = self.weight_spatial if self.weight_spatial is not None else self.weight_point
+        assert w is not None
+        conv = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.bias is not None,
+            self.padding_mode,
+            device=w.device,
+            dtype=w.dtype,
+        )
+        with torch.no_grad():
+            conv.weight.copy_(self.to_dense())
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+    @classmethod
+    def from_conv2d(
+        cls,
+        conv: nn.Conv2d,
+        *,
+        period: int | None = 1,
+        pointwise: bool = True,
+        spatial: str = "full",
+        groups: int | None = None,
+        backend: str = "auto",
+        copy_weights: bool = False,
+    ) -> SSConv2d:
+        """Build an SSC layer with the geometry of ``conv``.
+
+        ``groups`` defaults to ``conv.groups`` (it may be a multiple of it). With
+        ``copy_weights=True`` the weights of ``conv`` on the pattern's taps are copied (the
+        others are dropped); otherwise the layer is freshly initialized.
+        """
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
+        groups = conv.groups if groups is None else groups
+        if groups % conv.groups:
+            raise ValueError(
+                f"groups={groups} must be a multiple of the source conv's groups={conv.groups}"
+            )
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+            period=period,
+            pointwise=pointwise,
+            spatial=spatial,
+            backend=backend,
+            dense_groups=conv.groups,
+        )
+        if copy_weights:
+            layer.load_dense_weight(_regroup(conv.weight.detach(), conv.groups, groups))
+            if conv.bias is not None:
+                with torch.no_grad():
+                    layer.bias.copy_(conv.bias)
+        return layer
+
+    @torch.no_grad()
+    def load_dense_weight(self, weight: Tensor) -> None:
+        """Copy a dense ``(C_out, C_in/G, kh, kw)`` weight's values on the pattern's taps."""
+        expected = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        if tuple(weight.shape) != expected:
+            raise ValueError(f"weight must have shape {expected}, got {tuple(weight.shape)}")
+        c_out = expected[0]
+        if self.weight_spatial is not None:
+            p, a_cnt = self._p, self._a
+            blocks = weight.reshape(c_out, a_cnt, p, *self.kernel_size)
+            res = (torch.arange(c_out, device=weight.device) % (c_out // self.groups)) % p
+            k = blocks[torch.arange(c_out, device=weight.device), :, res]  # (C_out, A, kh, kw)
+            if self._checkerboard:
+                self.weight_spatial.copy_(k[self.tap_mask])
+            else:
+                self.weight_spatial.copy_(k)
+        if self.weight_point is not None:
+            ch, cw = self.kernel_size[0] // 2, self.kernel_size[1] // 2
+            centre = weight[:, :, ch, cw]  # (C_out, C_in/G)
+            if self.period is None:
+                self.weight_point.copy_(centre)
+            else:
+                p, a_cnt = self._p, self._a
+                keep = self.spatial_onehot.view(c_out, 1, p).expand(c_out, a_cnt, p) == 0
+                self.weight_point.copy_(centre.reshape(c_out, a_cnt, p)[keep].view(c_out, -1))
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
+        s += f", stride={self.stride}"
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode}"
+        s += f", period={self.period}, pointwise={self.pointwise}, spatial={self.spatial}"
+        if self._backend != "auto":
+            s += f", backend={self._backend}"
+        s += f", density={self.density:.3g}"
+        return s
+
+
+def _regroup(weight: Tensor, from_groups: int, to_groups: int) -> Tensor:
+    """Restrict a grouped weight ``(C_out, C_in/from, ...)`` to a finer grouping ``to``."""
+    if from_groups == to_groups:
+        return weight
+    c_out, cin_from = weight.shape[0], weight.shape[1]
+    k = to_groups // from_groups
+    cin_to = cin_from // k
+    cout_to = c_out // to_groups
+    # Output group of channel o under the finer grouping, and its column block in the coarse one.
+    o = torch.arange(c_out, device=weight.device)
+    block = (o // cout_to) % k
+    cols = block.view(-1, 1) * cin_to + torch.arange(cin_to, device=weight.device).view(1, -1)
+    index = cols.view(c_out, cin_to, 1, 1).expand(c_out, cin_to, *weight.shape[2:])
+    return torch.gather(weight, 1, index)
+
+
+def _is_channels_last(x: Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _channel_transpose(x: Tensor, groups: int, a: int, b: int, channels_last: bool) -> Tensor:
+    """Reorder channels ``(g, i, j) -> (g, j, i)`` for ``i < a, j < b``, keeping the layout."""
+    n, c, h, w = x.shape
+    if channels_last:
+        t = x.permute(0, 2, 3, 1).reshape(n, h, w, groups, a, b).transpose(4, 5)
+        return t.reshape(n, h, w, c).permute(0, 3, 1, 2)
+    return x.reshape(n, groups, a, b, h, w).transpose(2, 3).reshape(n, c, h, w)
+
+
+def _split_residues(x: Tensor, groups: int, a: int, p: int) -> Tensor:
+    """(N, C, H, W) with channels (g, a, s) -> (G*P, N, H, W, A), one NHWC block per (g, s)."""
+    n, c, h, w = x.shape
+    t = x.permute(0, 2, 3, 1).reshape(n, h, w, groups, a, p)
+    return t.permute(3, 5, 0, 1, 2, 4).reshape(groups * p, n, h, w, a)
+
+
+def _add_residue_major(out: Tensor, y: Tensor, groups: int, p: int, m: int, keep: int) -> Tensor:
+    """``out + y`` where ``y``'s channels are ordered (g, s, b), ``out``'s (g, o' = b * P + s).
+
+    Rows of ``y`` with ``b * P + s >= keep`` are padding and dropped. Adds in place into
+    ``out`` (a fresh convolution output) without materializing the reordered ``y`` when the
+    layouts allow it.
+    """
+    n, c, h, w = out.shape
+    if m * p == keep:
+        if _is_channels_last(out):
+            yv = y.permute(0, 2, 3, 1).reshape(n, h, w, groups, p, m).transpose(4, 5)
+            out.permute(0, 2, 3, 1).view(n, h, w, groups, m, p).add_(yv)
+            return out
+        if out.is_contiguous():
+            yv = y.reshape(n, groups, p, m, h, w).transpose(2, 3)
+            out.view(n, groups, m, p, h, w).add_(yv)
+            return out
+    yy = _channel_transpose(y, groups, p, m, _is_channels_last(y))
+    if m * p != keep:
+        yy = _drop_pad_channels(yy, groups, m * p, keep)
+    return out + yy
+
+
+def _drop_pad_channels(x: Tensor, groups: int, padded: int, keep: int) -> Tensor:
+    n, _, h, w = x.shape
+    return x.reshape(n, groups, padded, h, w)[:, :, :keep].reshape(n, groups * keep, h, w)

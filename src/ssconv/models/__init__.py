@@ -1,0 +1,24 @@
+"""Model registry, architectures, one-call conversion to SSC and budget matching."""
+
+from ssconv.models import cifar_resnet, imagenet, vgg  # noqa: F401  (register the models)
+from ssconv.models.budget import candidate_patterns, erk_densities, solve_budget
+from ssconv.models.convert import ConversionReport, LayerDecision, convert, replace_convs
+from ssconv.models.coverage import CoverageIssue, check_coverage, model_coverage
+from ssconv.models.registry import create_model, list_models, model_info, register_model
+
+__all__ = [
+    "ConversionReport",
+    "CoverageIssue",
+    "LayerDecision",
+    "candidate_patterns",
+    "check_coverage",
+    "convert",
+    "create_model",
+    "erk_densities",
+    "list_models",
+    "model_coverage",
+    "model_info",
+    "register_model",
+    "replace_convs",
+    "solve_budget",
+]

@@ -1,0 +1,258 @@
+"""Budget matching: choose per-layer SSC settings that meet a parameter budget.
+
+Follows the project's specification (section 5): model density is the nonzero weights of the
+convolution and linear layers over their dense count; layers that stay dense (the stem, the
+classifier, skipped layers) count in the totals. Layer-wise target densities are uniform, or
+follow the Erdos-Renyi-Kernel (ERK) rule of "Rigging the Lottery: Making All Tickets Winners"
+(Evci, Gale, Menick, Castro, Elsen, ICML 2020, arXiv:1911.11134): a layer's density is
+proportional to ``(C_in + C_out + kh + kw) / (C_in * C_out * kh * kw)``, scaled to meet the
+budget, capped at 1.
+
+For each layer the solver picks, among all valid (groups, period, pointwise, spatial), the
+pattern whose density is closest to the layer's target without exceeding it; among equal
+densities it prefers better spatial coverage of the input channels, then fewer executed MACs,
+then fewer groups. A greedy pass then spends the budget left over by the discrete choices
+(upgrading layers to their next denser pattern while the model's total stays within budget),
+so that the achieved model density lands close to the target.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ssconv.layers.pattern import SSCPattern
+
+__all__ = [
+    "LayerSpec",
+    "candidate_patterns",
+    "erk_densities",
+    "uniform_densities",
+    "solve_budget",
+    "AUTO",
+]
+
+AUTO = "auto"
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """The geometry of one convolution to convert (``groups`` is the conv's own grouping)."""
+
+    name: str
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    groups: int = 1
+
+    @property
+    def dense_params(self) -> int:
+        return self.out_channels * (self.in_channels // self.groups) * math.prod(self.kernel_size)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def candidate_patterns(
+    layer: LayerSpec,
+    *,
+    groups=AUTO,
+    period=AUTO,
+    pointwise=AUTO,
+    spatial=AUTO,
+) -> list[SSCPattern]:
+    """All valid SSC patterns for ``layer``; a setting other than ``"auto"`` is held fixed.
+
+    ``groups`` counts SSC groups on top of the conv's own (the pattern's group count is
+    ``layer.groups * groups``).
+    """
+    common = math.gcd(layer.in_channels, layer.out_channels)
+    if groups == AUTO:
+        total_groups = [g for g in _divisors(common) if g % layer.groups == 0]
+    else:
+        total_groups = [layer.groups * int(groups)]
+    pw_options = [True, False] if pointwise == AUTO else [bool(pointwise)]
+    if spatial == AUTO:
+        sp_options = ["full", "checkerboard"] if layer.kernel_size != (1, 1) else ["full"]
+    else:
+        sp_options = [spatial]
+    out = []
+    for g in total_groups:
+        if layer.in_channels % g or layer.out_channels % g:
+            continue
+        width = layer.in_channels // g
+        periods: list[int | None] = [*_divisors(width), None] if period == AUTO else [period]
+        for p in periods:
+            for pw in pw_options:
+                for sp in sp_options:
+                    if p is None and (not pw or sp != "full"):
+                        continue
+                    try:
+                        out.append(
+                            SSCPattern(
+                                layer.in_channels,
+                                layer.out_channels,
+                                layer.kernel_size,
+                                g,
+                                p,
+                                pw,
+                                sp,
+                            )
+                        )
+                    except ValueError:
+                        continue
+    return out
+
+
+def _rank_key(pattern: SSCPattern) -> tuple:
+    # Sort: denser first; at equal density better spatial coverage of the input channels (a
+    # layer with no spatial kernel at all is the last resort), then fewer executed MACs, fewer
+    # groups, full before checkerboard, pointwise before not.
+    return (
+        -pattern.num_params,
+        -pattern.spatial_coverage,
+        pattern.executed_params,
+        pattern.groups,
+        pattern.spatial != "full",
+        not pattern.pointwise,
+    )
+
+
+def uniform_densities(layers: Sequence[LayerSpec], target: float, fixed_params: int) -> list[float]:
+    """The same density for every layer, so that the model (with ``fixed_params`` dense weights
+    outside ``layers``) meets ``target``."""
+    total = sum(layer.dense_params for layer in layers) + fixed_params
+    free = sum(layer.dense_params for layer in layers)
+    budget = target * total - fixed_params
+    if budget <= 0 or free == 0:
+        raise ValueError(_infeasible(target, fixed_params, total))
+    return [min(1.0, budget / free)] * len(layers)
+
+
+def erk_densities(layers: Sequence[LayerSpec], target: float, fixed_params: int) -> list[float]:
+    """ERK layer densities (Evci et al. 2020) meeting ``target`` over layers plus fixed weights.
+
+    Layers whose ERK density would exceed 1 are made dense and the scale is solved again.
+    """
+    total = sum(layer.dense_params for layer in layers) + fixed_params
+    budget = target * total - fixed_params
+    if budget <= 0:
+        raise ValueError(_infeasible(target, fixed_params, total))
+    score = [
+        (layer.in_channels + layer.out_channels + sum(layer.kernel_size))
+        / (layer.in_channels * layer.out_channels * math.prod(layer.kernel_size))
+        for layer in layers
+    ]
+    dense_set: set[int] = set()
+    while True:
+        remaining = budget - sum(layers[i].dense_params for i in dense_set)
+        weighted = sum(
+            score[i] * layers[i].dense_params for i in range(len(layers)) if i not in dense_set
+        )
+        if remaining <= 0 or weighted == 0:
+            raise ValueError(_infeasible(target, fixed_params, total))
+        eps = remaining / weighted
+        over = {i for i in range(len(layers)) if i not in dense_set and eps * score[i] > 1}
+        if not over:
+            break
+        dense_set |= over
+    return [1.0 if i in dense_set else eps * score[i] for i in range(len(layers))]
+
+
+def _infeasible(target: float, fixed: int, total: int) -> str:
+    return (
+        f"density={target} cannot be met: the layers kept dense (stem, classifier, skipped) "
+        f"alone hold {fixed} of {total} weights ({fixed / total:.4f}); raise density or convert "
+        f"those layers too (include=...)"
+    )
+
+
+def solve_budget(
+    layers: Sequence[LayerSpec],
+    target: float,
+    *,
+    fixed_params: int = 0,
+    distribution: str = "uniform",
+    fill: bool = True,
+    constraints: dict | None = None,
+) -> tuple[list[SSCPattern], list[float]]:
+    """Choose one pattern per layer for a model-level target density.
+
+    Args:
+        layers: the convolutions to convert.
+        target: model density (nonzero / dense weights of all conv and linear layers).
+        fixed_params: dense weights of the conv/linear layers that are not converted.
+        distribution: ``"uniform"`` or ``"erk"`` layer-wise target densities.
+        fill: spend the budget left over by the discrete per-layer choices (greedy).
+        constraints: settings held fixed (``groups``, ``period``, ``pointwise``, ``spatial``).
+
+    Returns:
+        ``(patterns, layer_targets)``.
+    """
+    if not 0 < target <= 1:
+        raise ValueError(f"density must be in (0, 1], got {target}")
+    if distribution not in ("uniform", "erk"):
+        raise ValueError(f"distribution must be 'uniform' or 'erk', got {distribution!r}")
+    constraints = constraints or {}
+    make = uniform_densities if distribution == "uniform" else erk_densities
+    targets = make(layers, target, fixed_params)
+    total = sum(layer.dense_params for layer in layers) + fixed_params
+    budget = math.floor(target * total + 1e-9)
+    options: list[list[SSCPattern]] = []
+    chosen: list[int] = []
+    for layer, t in zip(layers, targets):
+        cands = sorted(candidate_patterns(layer, **constraints), key=_rank_key)
+        cands = _dedupe(cands)
+        if not cands:
+            raise ValueError(f"no SSC pattern fits layer {layer.name!r} with {constraints}")
+        limit = t * layer.dense_params + _EPS
+        index = next((i for i, c in enumerate(cands) if c.num_params <= limit), len(cands) - 1)
+        options.append(cands)
+        chosen.append(index)
+    if fill:
+        limits = [t * layer.dense_params for layer, t in zip(layers, targets)]
+        _fill(options, chosen, budget - fixed_params, limits)
+    return [options[i][chosen[i]] for i in range(len(layers))], targets
+
+
+def _dedupe(cands: Iterable[SSCPattern]) -> list[SSCPattern]:
+    """Keep the best-ranked pattern per distinct parameter count (input sorted by rank)."""
+    out: list[SSCPattern] = []
+    seen: set[int] = set()
+    for c in cands:
+        if c.num_params not in seen:
+            seen.add(c.num_params)
+            out.append(c)
+    return out
+
+
+def _fill(
+    options: list[list[SSCPattern]], chosen: list[int], budget: int, limits: Sequence[float]
+) -> None:
+    """Greedily upgrade layers to their next denser pattern while the sum stays in ``budget``.
+
+    Each round upgrades the layer whose new weight count overshoots its own target (``limits``)
+    the least, so the layer-wise distribution (uniform or ERK) is kept as well as the discrete
+    choices allow.
+    """
+    used = sum(options[i][chosen[i]].num_params for i in range(len(options)))
+    while True:
+        slack = budget - used
+        best: tuple[float, int] | None = None  # (overshoot ratio, layer)
+        for i, cands in enumerate(options):
+            if chosen[i] == 0:
+                continue
+            nxt = cands[chosen[i] - 1]
+            gain = nxt.num_params - cands[chosen[i]].num_params
+            if gain <= slack:
+                ratio = nxt.num_params / max(limits[i], _EPS)
+                if best is None or ratio < best[0]:
+                    best = (ratio, i)
+        if best is None:
+            return
+        i = best[1]
+        used += options[i][chosen[i] - 1].num_params - options[i][chosen[i]].num_params
+        chosen[i] -= 1

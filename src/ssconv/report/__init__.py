@@ -1,0 +1,1 @@
+"""Reports: pattern pictures, result tables and plots."""

@@ -1,0 +1,107 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ssconv.cli.main import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_python_dash_m_and_version():
+    proc = subprocess.run(
+        [sys.executable, "-m", "ssconv", "--version"], capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.startswith("ssconv ")
+
+
+def test_models_lists_registry(capsys):
+    code, out, _ = run(capsys, "models", "vgg*")
+    assert code == 0 and "vgg19_bn" in out and "cifar_resnet32" not in out
+
+
+def test_summary_table_and_json(capsys):
+    code, out, _ = run(capsys, "summary", "cifar_resnet20", "--density", "0.1")
+    assert code == 0 and "total (conv+linear)" in out and "model density" in out
+    code, out, _ = run(capsys, "summary", "cifar_resnet20", "--density", "0.1", "--json")
+    data = json.loads(out)
+    assert data["target_density"] == 0.1
+    assert abs(data["achieved_density"] / 0.1 - 1) <= 0.05
+    assert data["totals"]["effective_macs"] < data["totals"]["dense_macs"]
+    assert {"name", "settings", "params", "density", "effective_macs", "executed_macs"} <= set(
+        data["layers"][1]
+    )
+
+
+def test_summary_explicit_settings_and_dense(capsys):
+    code, out, _ = run(
+        capsys,
+        "summary",
+        "vgg11_bn",
+        "--period",
+        "4",
+        "--no-pointwise",
+        "--spatial",
+        "checkerboard",
+        "--in-channels",
+        "1",
+        "--input-size",
+        "28",
+        "28",
+    )
+    assert code == 0 and "G=1 P=4 no-pw checkerboard" in out
+    code, out, _ = run(capsys, "summary", "cifar_resnet20", "--json")
+    assert json.loads(out)["achieved_density"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["summary", "vgg19"], "did you mean 'vgg19_bn'"),
+        (["summary", "cifar_resnet20", "--density", "0.0001"], "cannot be met"),
+        (["pattern", "cifar_resnet20", "--layer", "layer1.0.conv"], "did you mean"),
+    ],
+)
+def test_user_errors_exit_2_with_message(capsys, tmp_path, argv, message):
+    if argv[0] == "pattern":
+        argv = [*argv, "-o", str(tmp_path / "p.png")]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in err
+
+
+def test_bad_option_values_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["summary", "cifar_resnet20", "--density", "2"])
+    assert exc.value.code == 2
+    assert "--density must be in (0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["summary", "cifar_resnet20", "--period", "x"])
+
+
+def test_pattern_picture(capsys, tmp_path):
+    path = tmp_path / "pattern.png"
+    code, out, _ = run(
+        capsys,
+        "pattern",
+        "cifar_resnet32",
+        "--period",
+        "4",
+        "--spatial",
+        "checkerboard",
+        "--layer",
+        "layer2.1.conv1",
+        "-o",
+        str(path),
+    )
+    assert code == 0 and path.stat().st_size > 1000
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_runs(capsys):
+    code, out, _ = run(capsys, "demo", "--batch-size", "4")
+    assert code == 0 and "forward/backward" in out

@@ -1,0 +1,138 @@
+import json
+import math
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torch.nn.utils import prune
+
+from ssconv import SSConv2d, convert, profile
+from ssconv.models import candidate_patterns, check_coverage, create_model, erk_densities
+from ssconv.models.budget import LayerSpec, solve_budget
+
+
+@pytest.mark.parametrize("name", ["vgg19_bn", "cifar_resnet32"])
+@pytest.mark.parametrize("density", [0.10, 0.05, 0.02])
+def test_solver_meets_target_within_5_percent(name, density):
+    report = convert(create_model(name), density=density, warn_coverage=False)
+    # Counted over all conv and linear layers, dense stem and classifier included.
+    prof = profile(report.model, (3, 32, 32))
+    assert prof.density == pytest.approx(report.density)
+    assert report.density <= density + 1e-12
+    assert abs(report.density / density - 1) <= 0.05
+    kept = {d.name: d.reason for d in report.layers if not d.converted}
+    assert "stem" in kept.values()
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "erk"])
+def test_solver_distributions(distribution):
+    report = convert(
+        create_model("cifar_resnet20"), density=0.1, distribution=distribution, warn_coverage=False
+    )
+    assert abs(report.density / 0.1 - 1) <= 0.05
+    targets = [d.target_density for d in report.converted]
+    if distribution == "uniform":
+        assert len(set(targets)) == 1
+    else:
+        assert len(set(targets)) > 1
+
+
+def test_erk_formula():
+    layers = [LayerSpec("a", 16, 16, (3, 3)), LayerSpec("b", 64, 64, (3, 3))]
+    dens = erk_densities(layers, 0.1, fixed_params=0)
+    score = [(16 + 16 + 6) / (16 * 16 * 9), (64 + 64 + 6) / (64 * 64 * 9)]
+    assert dens[0] / dens[1] == pytest.approx(score[0] / score[1])
+    total = sum(d * spec.dense_params for d, spec in zip(dens, layers))
+    assert total == pytest.approx(0.1 * sum(s.dense_params for s in layers))
+
+
+def test_erk_caps_at_dense():
+    layers = [LayerSpec("tiny", 3, 4, (3, 3)), LayerSpec("big", 256, 256, (3, 3))]
+    dens = erk_densities(layers, 0.5, fixed_params=0)
+    assert dens[0] == 1.0 and dens[1] < 1.0
+
+
+def test_solver_picks_closest_not_exceeding_per_layer_without_fill():
+    spec = LayerSpec("x", 64, 64, (3, 3))
+    patterns, _ = solve_budget([spec], 0.2, fill=False)
+    best = max(p.density for p in candidate_patterns(spec) if p.density <= 0.2 + 1e-12)
+    assert patterns[0].density == pytest.approx(best)
+
+
+def test_solver_constraints_and_infeasible_budget():
+    patterns, _ = solve_budget(
+        [LayerSpec("x", 64, 64, (3, 3))], 0.3, constraints={"groups": 1, "pointwise": True}
+    )
+    assert patterns[0].groups == 1 and patterns[0].pointwise
+    with pytest.raises(ValueError, match="cannot be met"):
+        convert(create_model("cifar_resnet20"), density=0.001)
+
+
+def test_explicit_settings_and_skip_rules():
+    model = create_model("cifar_resnet20", shortcut="B")
+    report = convert(model, period=4, spatial="checkerboard", skip=["layer3.*"])
+    reasons = {d.name: d.reason for d in report.layers}
+    assert reasons["conv1"] == "stem"
+    assert reasons["layer2.0.shortcut.0"] == "1x1 pointwise"
+    assert reasons["layer3.0.conv1"] == "skip pattern 'layer3.*'"
+    assert isinstance(report.model.layer1[0].conv1, SSConv2d)
+    assert report.model.layer1[0].conv1.spatial == "checkerboard"
+    # The original model is untouched unless inplace=True.
+    assert type(model.layer1[0].conv1) is nn.Conv2d
+    forced = convert(model, period=3, include=["conv1"])
+    assert isinstance(forced.model.conv1, SSConv2d) and forced.model.conv1.period == 3
+    # Where the pattern does not fit, the layer is kept and the reason says why.
+    odd = convert(model, period=32)
+    assert "pattern does not fit" in {d.name: d.reason for d in odd.layers}["layer1.0.conv1"]
+
+
+def test_copy_weights_keeps_outputs_of_dense_pattern():
+    model = create_model("cifar_resnet20").eval()
+    report = convert(model, period=1, copy_weights=True)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(report.model.eval()(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("builder", ["resnet18", "mobilenet_v2"])
+def test_convert_torchvision_models(builder):
+    model = getattr(torchvision.models, builder)(weights=None, num_classes=10)
+    if builder == "mobilenet_v2":
+        # Its 3x3 convs are depthwise and the rest 1x1: the default rules keep them all.
+        with pytest.raises(ValueError, match="no conv layer to convert"):
+            convert(model, density=0.2)
+        keep = ("stem", "depthwise", "classifier")  # convert the 1x1 convs
+    else:
+        keep = ("stem", "pointwise", "depthwise", "classifier")
+    report = convert(model, density=0.2, keep=keep, warn_coverage=False)
+    dense = sum(
+        p.numel() for n, p in model.named_parameters() if p.dim() > 1
+    )  # conv and linear weights of the original model
+    assert report.dense_weight_params == dense
+    assert report.converted
+    assert report.density <= 0.2 and report.density > 0.19
+    out = report.model(torch.randn(1, 3, 64, 64))
+    out.sum().backward()
+
+
+def test_report_table_and_json():
+    report = convert(create_model("cifar_resnet20"), density=0.1, warn_coverage=False)
+    data = json.loads(report.to_json())
+    assert data["target_density"] == 0.1
+    assert math.isclose(data["density"], report.density)
+    assert len(data["layers"]) == 19  # the stem and 18 3x3 convs (option-A shortcuts)
+    assert data["layers"][0]["reason"] == "stem"
+    assert "model density (target 0.1000, achieved)" in report.table()
+
+
+def test_coverage_check_reports_uncovered_channels():
+    layer = SSConv2d(16, 2, 3, period=4, pointwise=True)  # 2 filters, 4 residues
+    issues = check_coverage(layer, "x")
+    assert [i.kind for i in issues] == ["no_spatial_input"]
+    assert issues[0].channels == [2, 3, 6, 7, 10, 11, 14, 15]
+    empty = nn.Conv2d(4, 2, 3)
+    prune.custom_from_mask(empty, "weight", torch.zeros(2, 4, 3, 3))
+    kinds = {i.kind for i in check_coverage(empty, "y")}
+    assert kinds == {"dead_output", "dead_input"}
+    with pytest.warns(UserWarning, match="SSC coverage"):
+        convert(nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 2, 3)), period=4)
