@@ -31,6 +31,7 @@ __all__ = [
     "LayerDecision",
     "replace_convs",
     "replace_module",
+    "select_layers",
     "DEFAULT_CLASSIFIER_PATTERNS",
     "KEEP_RULES",
 ]
@@ -222,12 +223,10 @@ def convert(
         raise ValueError(f"density must be a number in (0, 1], got {density!r}")
     if not inplace:
         model = copy.deepcopy(model)
-    convs = [(n, m) for n, m in model.named_modules() if type(m) is nn.Conv2d]
-    stem = convs[0][0] if convs else None
+    convs = select_layers(model, skip=skip, include=include, keep=keep)
     decisions: dict[str, LayerDecision] = {}
     todo: list[tuple[str, nn.Conv2d]] = []
-    for name, conv in convs:
-        reason = _skip_reason(name, conv, stem, skip, include, keep)
+    for name, conv, reason in convs:
         decision = LayerDecision(
             name,
             conv.in_channels,
@@ -348,6 +347,24 @@ def convert(
         "converted %d of %d convs, density %.4f", len(report.converted), len(convs), report.density
     )
     return report
+
+
+def select_layers(
+    model: nn.Module,
+    *,
+    skip: Sequence[str] = (),
+    include: Sequence[str] = (),
+    keep: Sequence[str] = KEEP_RULES,
+) -> list[tuple[str, nn.Conv2d, str | None]]:
+    """Every ``nn.Conv2d`` of ``model`` with the reason it is kept dense (``None``: convert it).
+
+    The one place that applies the skip rules, shared by :func:`convert` and the pruning
+    baselines so that both touch the same layers at the same budget. See :func:`convert` for
+    ``skip``, ``include`` and ``keep``.
+    """
+    convs = [(n, m) for n, m in model.named_modules() if type(m) is nn.Conv2d]
+    stem = convs[0][0] if convs else None
+    return [(n, m, _skip_reason(n, m, stem, skip, include, keep)) for n, m in convs]
 
 
 def _skip_reason(
