@@ -1,0 +1,72 @@
+"""Per-layer SSC efficiency on the 3x3 layer shapes of CIFAR ResNet-32 and VGG-19 (batch 64).
+
+    python benchmarks/layer_speed.py [--batch 64] [--repeats 11] [--device cpu]
+                                     [--nchw] [--json out.json]
+
+Prints a Markdown table (dense, masked, decomposed and split times side by side, measured
+interleaved in one process) and the median efficiency over the rows at density <= 0.35.
+Speed is never asserted in tests; record the output in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from ssconv.bench.layers import (
+    RESNET32_SHAPES,
+    VGG19_SHAPES,
+    format_markdown,
+    run_layer_bench,
+    summarize,
+)
+from ssconv.bench.timing import machine_info
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=11)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--nchw", action="store_true", help="contiguous (NCHW) instead of channels_last")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--json", default=None, help="also write the rows and summary here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = machine_info(args.device)
+    rows = run_layer_bench(
+        RESNET32_SHAPES + VGG19_SHAPES,
+        batch=args.batch,
+        repeats=args.repeats,
+        device=args.device,
+        channels_last=not args.nchw,
+        progress=lambda s: print(f"  measured {s.label()}", file=sys.stderr, flush=True),
+    )
+    summary = summarize(rows)
+    fmt = "NCHW" if args.nchw else "channels_last"
+    print(f"# layer speed, batch {args.batch}, {fmt}, {info}\n")
+    print(format_markdown(rows))
+    print()
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(
+                {
+                    "machine": info,
+                    "batch": args.batch,
+                    "memory_format": fmt,
+                    "rows": rows,
+                    "summary": summary,
+                },
+                fh,
+                indent=2,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""Speed measurements: timing helpers, the per-layer benchmark and model benchmarks."""
+
+from ssconv.bench.timing import Stats, machine_info, measure
+
+__all__ = ["Stats", "machine_info", "measure"]

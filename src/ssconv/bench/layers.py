@@ -1,0 +1,185 @@
+"""Per-layer speed of SSC against dense ``nn.Conv2d``: the efficiency table.
+
+For each 3x3 layer shape and SSC setting, measures side by side (interleaved, one process) the
+dense convolution, the masked reference and the fast backends, and reports
+
+    efficiency = (dense time / SSC time) / (dense MACs / SSC effective MACs)
+
+i.e. the fraction of the ideal speed-up (the MAC ratio) that is realized. A masked dense conv
+scores about ``density``; 1.0 means the speed-up equals the MAC reduction.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ssconv.bench.timing import measure
+from ssconv.layers.pattern import SSCPattern
+from ssconv.layers.ssconv import SSConv2d
+
+__all__ = [
+    "LayerShape",
+    "RESNET32_SHAPES",
+    "VGG19_SHAPES",
+    "DEFAULT_SETTINGS",
+    "run_layer_bench",
+    "format_markdown",
+]
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    net: str
+    in_channels: int
+    out_channels: int
+    size: int  # input height = width
+    stride: int = 1
+
+    def label(self) -> str:
+        s = f"/s{self.stride}" if self.stride > 1 else ""
+        return f"{self.net} {self.in_channels}->{self.out_channels} @{self.size}{s}"
+
+
+# The distinct 3x3 conv shapes (the 3-channel stems excluded: they stay dense).
+RESNET32_SHAPES = [
+    LayerShape("resnet32", 16, 16, 32),
+    LayerShape("resnet32", 16, 32, 32, 2),
+    LayerShape("resnet32", 32, 32, 16),
+    LayerShape("resnet32", 32, 64, 16, 2),
+    LayerShape("resnet32", 64, 64, 8),
+]
+VGG19_SHAPES = [
+    LayerShape("vgg19", 64, 64, 32),
+    LayerShape("vgg19", 64, 128, 16),
+    LayerShape("vgg19", 128, 128, 16),
+    LayerShape("vgg19", 128, 256, 8),
+    LayerShape("vgg19", 256, 256, 8),
+    LayerShape("vgg19", 256, 512, 4),
+    LayerShape("vgg19", 512, 512, 4),
+    LayerShape("vgg19", 512, 512, 2),
+]
+# (groups, period, pointwise, spatial): HetConv-style, sparser HetConv, no-pointwise,
+# grouped HetConv, checkerboard, and the densest of them (P = 2).
+DEFAULT_SETTINGS = [
+    (1, 2, True, "full"),
+    (1, 4, True, "full"),
+    (1, 8, True, "full"),
+    (1, 16, True, "full"),
+    (1, 4, False, "full"),
+    (2, 4, True, "full"),
+    (1, 4, True, "checkerboard"),
+]
+FAST_BACKENDS = ("decomposed", "split")
+
+
+def run_layer_bench(
+    shapes: list[LayerShape],
+    settings: list[tuple[int, int, bool, str]] = DEFAULT_SETTINGS,
+    *,
+    batch: int = 64,
+    repeats: int = 11,
+    device: str = "cpu",
+    channels_last: bool = True,
+    progress=None,
+) -> list[dict]:
+    """One row per (shape, setting) with times (ms), MACs and efficiencies."""
+    rows = []
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for shape in shapes:
+        x = torch.randn(batch, shape.in_channels, shape.size, shape.size, device=device)
+        x = x.contiguous(memory_format=fmt)
+        dense = nn.Conv2d(shape.in_channels, shape.out_channels, 3, shape.stride, 1, bias=False).to(
+            device
+        )
+        layers = {}
+        for g, p, pw, sp in settings:
+            try:
+                SSCPattern(shape.in_channels, shape.out_channels, 3, g, p, pw, sp)
+            except ValueError:
+                continue
+            layers[(g, p, pw, sp)] = SSConv2d(
+                shape.in_channels,
+                shape.out_channels,
+                3,
+                shape.stride,
+                1,
+                groups=g,
+                bias=False,
+                period=p,
+                pointwise=pw,
+                spatial=sp,
+            ).to(device)
+        candidates = {"dense": lambda dense=dense, x=x: dense(x)}
+        for key, layer in layers.items():
+            for backend in ("masked", *FAST_BACKENDS):
+
+                def call(layer=layer, backend=backend, x=x):
+                    layer.backend = backend
+                    return layer(x)
+
+                candidates[(key, backend)] = call
+        with torch.inference_mode():
+            stats = measure(candidates, repeats=repeats, device=device)
+        t_dense = stats["dense"].median
+        for key, layer in layers.items():
+            ratio = 1.0 / layer.density
+            times = {b: stats[(key, b)].median for b in ("masked", *FAST_BACKENDS)}
+            layer.backend = "auto"
+            auto = layer.resolved_backend()
+            best = min(times, key=times.get)
+            eff = {b: (t_dense / t) / ratio for b, t in times.items()}
+            g, p, pw, sp = key
+            rows.append(
+                {
+                    "shape": shape.label(),
+                    "net": shape.net,
+                    "groups": g,
+                    "period": p,
+                    "pointwise": pw,
+                    "spatial": sp,
+                    "density": layer.density,
+                    "mac_ratio": ratio,
+                    "dense_ms": t_dense * 1e3,
+                    "dense_spread": stats["dense"].spread,
+                    **{f"{b}_ms": times[b] * 1e3 for b in times},
+                    **{f"{b}_eff": eff[b] for b in eff},
+                    "auto_backend": auto,
+                    "auto_eff": eff["decomposed" if auto == "decomposed" else auto],
+                    "best_backend": best,
+                    "best_eff": eff[best],
+                }
+            )
+        if progress is not None:
+            progress(shape)
+    return rows
+
+
+def summarize(rows: list[dict], max_density: float = 0.35) -> dict:
+    sel = [r for r in rows if r["density"] <= max_density + 1e-9]
+    keys = ["masked_eff", "decomposed_eff", "split_eff", "auto_eff", "best_eff"]
+    return {
+        "rows": len(sel),
+        "max_density": max_density,
+        **{f"median_{k}": statistics.median(r[k] for r in sel) for k in keys if sel},
+    }
+
+
+def format_markdown(rows: list[dict]) -> str:
+    head = (
+        "| layer | G | P | pw | spatial | density | dense ms | masked ms | decomposed ms | "
+        "split ms | eff. masked | eff. decomposed | eff. split | auto | eff. best |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(
+            f"| {r['shape']} | {r['groups']} | {r['period']} | {'y' if r['pointwise'] else 'n'} "
+            f"| {r['spatial']} | {r['density']:.3f} | {r['dense_ms']:.2f} | {r['masked_ms']:.2f} "
+            f"| {r['decomposed_ms']:.2f} | {r['split_ms']:.2f} | {r['masked_eff']:.2f} "
+            f"| {r['decomposed_eff']:.2f} | {r['split_eff']:.2f} | {r['auto_backend']} "
+            f"{r['auto_eff']:.2f} | {r['best_eff']:.2f} ({r['best_backend']}) |"
+        )
+    return "\n".join(lines)

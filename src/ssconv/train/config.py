@@ -1,0 +1,234 @@
+"""Training configuration: one dataclass, loaded from YAML/TOML plus overrides, validated strictly.
+
+Every field has help text and a type / range check; an unknown key, a wrong type or an out-of-
+range value raises :class:`ConfigError` naming the key (and the closest valid key).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["TrainConfig", "ConfigError", "load_config", "METHODS", "PRUNING_METHOD_NAMES"]
+
+PRUNING_METHOD_NAMES = ("random", "erk", "magnitude", "snip", "grasp", "synflow")
+METHODS = ("dense", "ssc", *PRUNING_METHOD_NAMES)
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the CLI exits with code 2."""
+
+
+def _f(default, help: str, **checks):
+    """A dataclass field carrying its help text and checks in its metadata."""
+    factory = isinstance(default, (list, dict))
+    meta = {"help": help, **checks}
+    if factory:
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (saved as ``config.yaml`` in the run folder)."""
+
+    # What to train
+    model: str = _f("cifar_resnet20", "model name (see `ssconv models`)", kind=str)
+    model_kwargs: dict = _f({}, "extra builder arguments, e.g. {width_mult: 0.5}", kind=dict)
+    dataset: str = _f("embedded", "dataset name (see `ssconv datasets`) or folder:PATH", kind=str)
+    data_root: str | None = _f(None, "where the dataset lives / is downloaded", kind=str,
+                               nullable=True)
+    download: bool = _f(False, "download the dataset if missing (needs internet)", kind=bool)
+    method: str = _f("ssc", "dense, ssc, or a pruning method", kind=str, choices=METHODS)
+    density: float | None = _f(0.1, "target model density (conv+linear nonzero / dense)",
+                               kind=float, lo=0.0, lo_open=True, hi=1.0, nullable=True)
+    distribution: str = _f("uniform", "layer-wise densities: uniform or erk", kind=str,
+                           choices=("uniform", "erk"))
+    ssc_groups: Any = _f("auto", "SSC groups: int or auto", kind="int_or_auto")
+    ssc_period: Any = _f("auto", "SSC period: int, none (no spatial kernel) or auto",
+                         kind="period")
+    ssc_pointwise: Any = _f("auto", "SSC 1x1 weights: true, false or auto", kind="bool_or_auto")
+    ssc_spatial: str = _f("auto", "SSC spatial taps: full, checkerboard or auto", kind=str,
+                          choices=("auto", "full", "checkerboard"))
+    ssc_backend: str = _f("auto", "SSC execution backend", kind=str,
+                          choices=("auto", "masked", "decomposed", "split"))
+    keep: list = _f(["stem", "pointwise", "depthwise", "classifier"],
+                    "default rules keeping layers dense (stem, pointwise, depthwise, classifier)",
+                    kind=list)
+    skip: list = _f([], "name patterns of layers to keep dense", kind=list)
+    include: list = _f([], "name patterns of layers to convert / prune anyway", kind=list)
+    match_budget: bool = _f(True, "prune to exactly the nonzero count SSC reaches at `density`",
+                            kind=bool)
+    prune_scope: str = _f("global", "pruning score ranking: global or layer", kind=str,
+                          choices=("global", "layer"))
+    prune_iterations: int = _f(100, "SynFlow rounds", kind=int, lo=1)
+    prune_batches: int = _f(1, "batches scored by SNIP / GraSP", kind=int, lo=1)
+    # How to train
+    epochs: int = _f(10, "training epochs", kind=int, lo=1)
+    batch_size: int = _f(128, "batch size (per process)", kind=int, lo=1)
+    eval_batch_size: int = _f(256, "evaluation batch size", kind=int, lo=1)
+    max_steps: int | None = _f(None, "cap on optimizer steps per epoch (quick runs)", kind=int,
+                               lo=1, nullable=True)
+    train_subset: int | None = _f(None, "use only the first N training images (seeded choice)",
+                                  kind=int, lo=1, nullable=True)
+    optimizer: str = _f("sgd", "sgd or adamw", kind=str, choices=("sgd", "adamw"))
+    lr: float = _f(0.1, "peak learning rate", kind=float, lo=0.0, lo_open=True)
+    momentum: float = _f(0.9, "SGD momentum", kind=float, lo=0.0, hi=1.0)
+    nesterov: bool = _f(False, "Nesterov momentum", kind=bool)
+    weight_decay: float = _f(5e-4, "weight decay", kind=float, lo=0.0)
+    schedule: str = _f("cosine", "lr schedule: multistep, cosine or constant", kind=str,
+                       choices=("multistep", "cosine", "constant"))
+    milestones: list = _f([], "multistep: epochs where lr is multiplied by gamma", kind=list)
+    gamma: float = _f(0.1, "multistep decay factor", kind=float, lo=0.0, lo_open=True)
+    warmup_epochs: float = _f(0.0, "linear warm-up length in epochs", kind=float, lo=0.0)
+    label_smoothing: float = _f(0.0, "label smoothing", kind=float, lo=0.0, hi=1.0)
+    seed: int = _f(0, "random seed (init, data order, augmentation)", kind=int, lo=0)
+    # Where and how it runs
+    workers: int = _f(2, "data loader worker processes", kind=int, lo=0)
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N", kind=str)
+    amp: bool = _f(False, "mixed precision (bfloat16 on CPU, float16 on CUDA)", kind=bool)
+    channels_last: bool = _f(False, "channels_last memory format", kind=bool)
+    compile: bool = _f(False, "torch.compile the model", kind=bool)
+    # Outputs
+    log_every: int = _f(0, "also log a metrics row every N steps (0: per epoch only)", kind=int,
+                        lo=0)
+    checkpoint_steps: int = _f(0, "also checkpoint every N steps (0: per epoch only)", kind=int,
+                               lo=0)
+    keep_checkpoints: int = _f(2, "newest checkpoints kept", kind=int, lo=1)
+
+    # ------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """Short hash of the settings that change results (run names, resume guard)."""
+        data = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS}
+        return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
+
+    @classmethod
+    def from_dict(cls, data: dict, *, source: str = "config") -> TrainConfig:
+        config = cls(**_check_items(data, source))
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Cross-field checks."""
+        if self.method in PRUNING_METHOD_NAMES and self.density is None:
+            raise ConfigError(f"density: method {self.method!r} needs a density, e.g. 0.1")
+        if self.method == "ssc" and self.density is None and self.ssc_period == "auto":
+            raise ConfigError("density: method 'ssc' needs a density or an explicit ssc_period")
+        bad = [m for m in self.milestones if not isinstance(m, int) or m < 1]
+        if bad:
+            raise ConfigError(f"milestones: expected positive integer epochs, got {bad}")
+        if self.schedule == "multistep" and not self.milestones:
+            raise ConfigError("milestones: schedule 'multistep' needs milestones, e.g. [80, 120]")
+        unknown = set(self.keep) - {"stem", "pointwise", "depthwise", "classifier"}
+        if unknown:
+            raise ConfigError(f"keep: unknown rule(s) {sorted(unknown)}; allowed: stem, "
+                              "pointwise, depthwise, classifier")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+# Keys that may differ when resuming a run (they do not change the results).
+RUNTIME_KEYS = frozenset({"workers", "log_every", "checkpoint_steps", "keep_checkpoints",
+                          "eval_batch_size", "download", "data_root", "epochs"})
+
+
+def _check_items(data, source: str) -> dict:
+    """Validate each key / value of ``data``; errors name ``source`` and the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys to values, got "
+                          f"{type(data).__name__}")
+    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    values = {}
+    for key, value in data.items():
+        if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{source}: unknown key {key!r}{hint}")
+        values[key] = _validate(key, value, known[key].metadata, source)
+    return values
+
+
+def _validate(key: str, value, meta, source: str):
+    kind = meta.get("kind")
+    where = f"{source}: {key}"
+    if value is None:
+        if meta.get("nullable"):
+            return None
+        if kind == "period":
+            return None
+        raise ConfigError(f"{where}: may not be null ({meta['help']})")
+    if kind == "int_or_auto":
+        if value == "auto":
+            return value
+        kind = int
+    if kind == "bool_or_auto":
+        if value == "auto" or isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true, false or auto, got {value!r}")
+    if kind == "period":
+        if value == "auto":
+            return value
+        if isinstance(value, str) and value.lower() == "none":
+            return None
+        kind = int
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if kind in (str, float, list, dict) and not isinstance(value, kind):
+        raise ConfigError(f"{where}: expected {kind.__name__}, got {value!r}")
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}{hint}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
+        op = ">" if meta.get("lo_open") else ">="
+        raise ConfigError(f"{where}: must be {op} {lo}, got {value!r}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{where}: must be <= {hi}, got {value!r}")
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
+    """Defaults, then the file (YAML ``.yaml/.yml`` or TOML ``.toml``), then ``overrides``."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"--config: file {str(path)!r} does not exist")
+        text = path.read_text()
+        try:
+            if path.suffix == ".toml":
+                if sys.version_info < (3, 11):
+                    raise ConfigError(f"{path}: TOML configs need Python 3.11+; use YAML")
+                import tomllib
+
+                data = tomllib.loads(text)
+            else:
+                data = yaml.safe_load(text) or {}
+        except (yaml.YAMLError, ValueError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"{path}: cannot parse: {exc}") from None
+        data = _check_items(data, str(path))
+    data.update(_check_items(overrides or {}, "command line"))
+    return TrainConfig.from_dict(data, source="config")
+
+
+def field_help() -> dict[str, str]:
+    return {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}

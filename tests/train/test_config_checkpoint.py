@@ -1,0 +1,128 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssconv.train.checkpoint import (
+    CheckpointError,
+    checkpoint_name,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from ssconv.train.config import ConfigError, TrainConfig, load_config
+
+
+# ------------------------------------------------------------------------------ config
+def test_defaults_are_valid_and_round_trip():
+    cfg = TrainConfig()
+    cfg.check()
+    again = TrainConfig.from_dict(cfg.to_dict())
+    assert again == cfg and again.digest() == cfg.digest()
+
+
+def test_yaml_and_toml_files_with_overrides(tmp_path):
+    yml = tmp_path / "c.yaml"
+    yml.write_text("model: vgg11_bn\nepochs: 3\nlr: 0.05\nmilestones: [1, 2]\n"
+                   "schedule: multistep\n")
+    cfg = load_config(yml, {"epochs": 5})
+    assert (cfg.model, cfg.epochs, cfg.lr, cfg.milestones) == ("vgg11_bn", 5, 0.05, [1, 2])
+    toml = tmp_path / "c.toml"
+    toml.write_text('model = "cifar_resnet32"\nbatch_size = 64\nssc_period = 4\n')
+    cfg = load_config(toml)
+    assert cfg.batch_size == 64 and cfg.ssc_period == 4
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"epoch": 3}, "unknown key 'epoch'; did you mean 'epochs'?"),
+        ({"epochs": "three"}, "epochs: expected an integer"),
+        ({"epochs": 0}, "epochs: must be >= 1"),
+        ({"density": 0.0}, "density: must be > 0.0"),
+        ({"density": 1.5}, "density: must be <= 1.0"),
+        ({"optimizer": "adam"}, "did you mean 'adamw'?"),
+        ({"amp": "yes"}, "amp: expected true or false"),
+        ({"method": "snip", "density": None}, "needs a density"),
+        ({"schedule": "multistep"}, "needs milestones"),
+        ({"keep": ["stem", "head"]}, "keep: unknown rule"),
+        ({"device": "tpu"}, "device: expected auto, cpu, cuda"),
+        ({"ssc_pointwise": 1}, "expected true, false or auto"),
+    ],
+)
+def test_strict_validation_names_the_key(data, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("?", r"\?")):
+        TrainConfig.from_dict(data)
+
+
+def test_file_errors_name_the_file_and_overrides_the_command_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 2\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'learning_rate'"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="command line: batch_size"):
+        load_config(None, {"batch_size": -1})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("epochs: [1,\n")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        load_config(broken)
+
+
+# -------------------------------------------------------------------------- checkpoints
+def _state(v: float) -> dict:
+    return {"model": {"w": torch.full((3,), v)}, "epoch": int(v)}
+
+
+def test_atomic_save_rotation_and_newest_first(tmp_path):
+    for step in (1, 2, 3):
+        save_checkpoint(_state(step), tmp_path, checkpoint_name(step, step * 10), keep=2)
+    names = [p.name for p in list_checkpoints(tmp_path)]
+    assert names == [checkpoint_name(3, 30), checkpoint_name(2, 20)]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    path, state = latest_checkpoint(tmp_path)
+    assert path.name == names[0] and state["epoch"] == 3 and state["format_version"] == 1
+
+
+def test_truncated_newest_is_skipped_and_named(tmp_path, caplog):
+    save_checkpoint(_state(1), tmp_path, checkpoint_name(1, 10))
+    good = save_checkpoint(_state(2), tmp_path, checkpoint_name(2, 20))
+    newest = tmp_path / checkpoint_name(3, 30)
+    newest.write_bytes(good.read_bytes()[:100])  # a crash mid-write without atomic rename
+    with caplog.at_level("WARNING"):
+        path, state = latest_checkpoint(tmp_path)
+    assert path == good and state["epoch"] == 2
+    assert newest.name in caplog.text
+
+
+def test_failed_save_keeps_previous_checkpoints(tmp_path, monkeypatch):
+    first = save_checkpoint(_state(1), tmp_path, checkpoint_name(1, 10), keep=1)
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(_state(2), tmp_path, checkpoint_name(2, 20), keep=1)
+    assert first.exists() and list_checkpoints(tmp_path) == [first]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_loading_is_weights_only_without_fallback(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / checkpoint_name(1, 1)
+    torch.save({"format_version": 1, "x": Evil()}, path)
+    with pytest.raises(CheckpointError, match="cannot be loaded"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+    torch.save({"format_version": 99}, path)
+    with pytest.raises(CheckpointError, match="newer than this ssconv"):
+        load_checkpoint(path)
+    assert latest_checkpoint(Path(tmp_path) / "empty") is None
