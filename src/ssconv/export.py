@@ -1,0 +1,337 @@
+"""Deployment: freeze a model for inference (BatchNorm folded, SSC kernels precomputed) and
+export it to ONNX or TorchScript.
+
+A frozen SSC layer (:class:`SSConv2dInference`) holds its grouped K x K and 1 x 1 kernels as
+buffers and runs only standard operators: reshape / transpose for the channel order, a grouped
+convolution, a 1 x 1 convolution and an add (or, where one dense convolution is faster, that
+single convolution). Exported graphs therefore contain nothing but ``Conv``, ``Add``,
+``Reshape`` / ``Transpose`` and the model's own operators.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssconv.layers.ssconv import SSConv2d
+from ssconv.models.convert import replace_module
+
+__all__ = [
+    "SSConv2dInference",
+    "fold_batchnorm",
+    "freeze",
+    "export_onnx",
+    "export_torchscript",
+    "ExportReport",
+]
+
+log = logging.getLogger(__name__)
+
+
+class SSConv2dInference(nn.Module):
+    """A frozen :class:`SSConv2d`: precomputed kernels, standard operators only.
+
+    Args:
+        layer: the trained layer.
+        mode: ``"decomposed"`` (grouped K x K + 1 x 1, executes about the effective MACs) or
+            ``"dense"`` (the folded dense weight, one convolution).
+    """
+
+    def __init__(self, layer: SSConv2d, mode: str = "decomposed") -> None:
+        super().__init__()
+        if mode not in ("decomposed", "dense"):
+            raise ValueError(f"mode must be 'decomposed' or 'dense', got {mode!r}")
+        self.mode = mode
+        self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
+        self.kernel_size = layer.kernel_size
+        self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
+        self.groups, self.padding_mode = layer.groups, layer.padding_mode
+        self.pattern = layer.pattern
+        self.dense_groups = layer.dense_groups
+        self._pad4 = list(layer._reversed_padding_repeated_twice)
+        self._p, self._a, self._m = layer._p, layer._a, layer._m
+        self._has_spatial, self._has_point = layer._has_spatial, layer._has_point
+        self._identity_perm, self._pad_rows = layer._identity_perm, layer._pad_rows
+        with torch.no_grad():
+            bias = None if layer.bias is None else layer.bias.detach().clone()
+            self.register_buffer("bias", bias)
+            if mode == "dense":
+                self.register_buffer("weight", layer.to_dense().detach().clone())
+            else:
+                ws = layer.grouped_spatial_weight().detach().clone() if self._has_spatial else None
+                wp = None
+                if self._has_point:
+                    wp = layer.point_matrix().detach().view(self.out_channels, -1, 1, 1).clone()
+                self.register_buffer("weight_spatial", ws)
+                self.register_buffer("weight_point", wp)
+
+    @property
+    def num_params(self) -> int:
+        return self.pattern.num_params
+
+    @property
+    def dense_weight_count(self) -> int:
+        kh, kw = self.kernel_size
+        return self.out_channels * (self.in_channels // self.dense_groups) * kh * kw
+
+    def forward(self, x: Tensor) -> Tensor:
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._pad4, mode=self.padding_mode)
+            padding = (0, 0)
+        if self.mode == "dense":
+            return F.conv2d(
+                x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups
+            )
+        g, p, a, m = self.groups, self._p, self._a, self._m
+        out = None
+        if self._has_point:
+            off_h = self.dilation[0] * (self.kernel_size[0] // 2) - padding[0]
+            off_w = self.dilation[1] * (self.kernel_size[1] // 2) - padding[1]
+            xc = x
+            if off_h > 0 or off_w > 0:
+                h, w = x.shape[2], x.shape[3]
+                ch, cw = max(off_h, 0), max(off_w, 0)
+                xc = x[:, :, ch : h - ch, cw : w - cw]
+            out = F.conv2d(
+                xc,
+                self.weight_point,
+                self.bias,
+                self.stride,
+                (max(-off_h, 0), max(-off_w, 0)),
+                1,
+                g,
+            )
+        if not self._has_spatial:
+            return out
+        bias = None if self._has_point else self.bias
+        if self._identity_perm:
+            y = F.conv2d(
+                x,
+                self.weight_spatial,
+                bias if self._p == 1 else None,
+                self.stride,
+                padding,
+                self.dilation,
+                g,
+            )
+            return y if out is None else out + y
+        n, _, h, w = x.shape
+        xs = x.reshape(n, g, a, p, h, w).transpose(2, 3).reshape(n, g * a * p, h, w)
+        y = F.conv2d(xs, self.weight_spatial, None, self.stride, padding, self.dilation, g * p)
+        ho, wo = y.shape[2], y.shape[3]
+        cout_g = self.out_channels // g
+        y = y.reshape(n, g, p, m, ho, wo).transpose(2, 3).reshape(n, g, m * p, ho, wo)
+        y = y[:, :, :cout_g].reshape(n, self.out_channels, ho, wo)
+        if out is None:
+            return y if bias is None else y + bias.view(1, -1, 1, 1)
+        return out + y
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, {self.pattern.describe()}, mode={self.mode}"
+        )
+
+
+# ----------------------------------------------------------------------- BN folding
+def _fold_into_ssc(layer: SSConv2d, bn: nn.BatchNorm2d) -> SSConv2d:
+    fused = copy.deepcopy(layer)
+    with torch.no_grad():
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
+        if fused.weight_spatial is not None:
+            if fused.weight_spatial.dim() == 1:  # checkerboard: flat taps in mask order
+                per_tap = scale.view(-1, 1, 1, 1).expand(fused.tap_mask.shape)[fused.tap_mask]
+                fused.weight_spatial.mul_(per_tap)
+            else:
+                fused.weight_spatial.mul_(scale.view(-1, 1, 1, 1))
+        if fused.weight_point is not None:
+            fused.weight_point.mul_(scale.view(-1, 1))
+        bias = fused.bias if fused.bias is not None else torch.zeros_like(bn.running_mean)
+        new_bias = (bias - bn.running_mean) * scale + bn.bias
+        fused.bias = nn.Parameter(new_bias)
+    return fused
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every eval-mode ``BatchNorm2d`` that directly follows a conv into that conv.
+
+    Uses ``torch.fx`` (SSC layers are leaves); a model that cannot be traced is returned
+    unchanged with a warning. Works on a copy.
+    """
+    import torch.fx as fx
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    class _Tracer(fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return isinstance(m, (SSConv2d, SSConv2dInference)) or super().is_leaf_module(
+                m, qualname
+            )
+
+    model = copy.deepcopy(model).eval()
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as exc:  # data-dependent control flow etc.
+        warnings.warn(
+            f"fold_batchnorm: model is not traceable by torch.fx ({exc}); BatchNorm left unfolded",
+            stacklevel=2,
+        )
+        return model
+    gm = fx.GraphModule(model, graph)
+    modules = dict(gm.named_modules())
+    folded = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
+            continue
+        prev = node.args[0]
+        if not isinstance(prev, fx.Node) or prev.op != "call_module" or len(prev.users) != 1:
+            continue
+        conv, bn = modules.get(prev.target), modules[node.target]
+        if bn.running_mean is None or not bn.track_running_stats:
+            continue
+        if type(conv) is nn.Conv2d:
+            fused = fuse_conv_bn_eval(conv, bn)
+        elif isinstance(conv, SSConv2d):
+            fused = _fold_into_ssc(conv, bn)
+        else:
+            continue
+        replace_module(gm, prev.target, fused)
+        modules[prev.target] = fused
+        node.replace_all_uses_with(prev)
+        gm.graph.erase_node(node)
+        folded += 1
+    gm.graph.lint()
+    gm.recompile()
+    gm.delete_all_unused_submodules()
+    log.info("folded %d BatchNorm layers", folded)
+    return gm
+
+
+def freeze(model: nn.Module, *, fold_bn: bool = True, dense_above: float | None = None):
+    """An inference copy of ``model``: BatchNorm folded, SSC layers frozen.
+
+    Args:
+        fold_bn: fold BatchNorm into the preceding convolutions.
+        dense_above: SSC layers denser than this run as one dense convolution (default: the
+            layer's own ``auto`` choice).
+    """
+    model = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
+    for name, layer in [(n, m) for n, m in model.named_modules() if isinstance(m, SSConv2d)]:
+        if dense_above is not None:
+            mode = "dense" if layer.density > dense_above else "decomposed"
+        else:
+            mode = "dense" if layer.resolved_backend() == "masked" else "decomposed"
+        replace_module(model, name, SSConv2dInference(layer, mode))
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------- export
+@dataclass
+class ExportReport:
+    path: Path
+    format: str
+    op_types: list[str] = field(default_factory=list)
+    max_abs_diff: float | None = None
+
+    def __str__(self) -> str:
+        diff = "" if self.max_abs_diff is None else f", max |diff| {self.max_abs_diff:.2e}"
+        ops = f", ops: {', '.join(self.op_types)}" if self.op_types else ""
+        return f"wrote {self.path} ({self.format}{diff}{ops})"
+
+
+def _example(model: nn.Module, input_size) -> Tensor:
+    size = tuple(input_size)
+    if len(size) == 3:
+        size = (1, *size)
+    p = next(iter(model.parameters()), None)
+    if p is None:
+        p = next(iter(model.buffers()), None)
+    return torch.randn(size, device=p.device if p is not None else "cpu")
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    input_size,
+    *,
+    opset: int = 18,
+    check: bool = True,
+    dynamo: bool | None = None,
+    atol: float = 1e-4,
+) -> ExportReport:
+    """Freeze ``model`` and export it to ONNX; with ``check``, compare onnxruntime's output.
+
+    ``dynamo=None`` uses the dynamo exporter when ``onnxscript`` is installed, else the
+    TorchScript-based one. Raises ``RuntimeError`` when onnxruntime disagrees beyond ``atol``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frozen = freeze(model)
+    x = _example(frozen, input_size)
+    if dynamo is None:
+        try:
+            import onnxscript  # noqa: F401
+
+            dynamo = True
+        except ImportError:
+            dynamo = False
+    with torch.no_grad():
+        kwargs = {
+            "dynamo": dynamo,
+            "opset_version": opset,
+            "input_names": ["input"],
+            "output_names": ["output"],
+        }
+        if dynamo:
+            kwargs["external_data"] = False
+        else:
+            kwargs["dynamic_axes"] = {"input": {0: "batch"}, "output": {0: "batch"}}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter's notice
+            torch.onnx.export(frozen, (x,), str(path), verbose=False, **kwargs)
+        reference = frozen(x)
+    report = ExportReport(path, f"onnx opset {opset}")
+    try:
+        import onnx
+
+        graph = onnx.load(str(path)).graph
+        report.op_types = sorted({n.op_type for n in graph.node})
+    except ImportError:
+        pass
+    if check:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            log.warning("onnxruntime is not installed: exported graph not checked")
+            return report
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        out = session.run(None, {session.get_inputs()[0].name: x.cpu().numpy()})[0]
+        diff = (torch.from_numpy(out) - reference.cpu()).abs().max().item()
+        report.max_abs_diff = diff
+        if diff > atol:
+            raise RuntimeError(
+                f"ONNX export of {path} disagrees with PyTorch: max |diff| {diff:.3g} > {atol}"
+            )
+    return report
+
+
+def export_torchscript(model: nn.Module, path: str | Path, input_size) -> ExportReport:
+    """Freeze ``model``, trace it with TorchScript and save it (``torch.jit.load`` reads it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frozen = freeze(model)
+    x = _example(frozen, input_size)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(frozen, (x,))
+        torch.jit.save(traced, str(path))
+        loaded = torch.jit.load(str(path))
+        diff = (loaded(x) - frozen(x)).abs().max().item()
+    return ExportReport(path, "torchscript", max_abs_diff=diff)

@@ -1,0 +1,134 @@
+import pytest
+import torch
+from torch import nn
+
+import ssconv
+from ssconv import SSConv2d
+from ssconv.export import (
+    SSConv2dInference,
+    export_onnx,
+    export_torchscript,
+    fold_batchnorm,
+    freeze,
+)
+
+
+def _randomize_bn(model):
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.normal_()
+            m.bias.data.normal_()
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"density": 0.1},
+        {"period": 4, "spatial": "checkerboard"},
+        {"period": 3, "include": ["*"]},
+        {"period": None},
+    ],
+)
+def test_freeze_folds_bn_and_matches(spec):
+    model = _randomize_bn(
+        ssconv.convert(ssconv.create_model("cifar_resnet20"), warn_coverage=False, **spec).model
+    )
+    frozen = freeze(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
+    assert not any(isinstance(m, SSConv2d) for m in frozen.modules())
+    assert any(isinstance(m, SSConv2dInference) for m in frozen.modules())
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(frozen(x), model(x), atol=1e-4)
+    dense = freeze(model, dense_above=0.0)
+    assert all(m.mode == "dense" for m in dense.modules() if isinstance(m, SSConv2dInference))
+    assert torch.allclose(dense(x), model(x), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"period": 4, "padding": 1},
+        {"period": 2, "pointwise": False, "stride": 2, "padding": 0, "bias": True},
+        {"period": 3, "groups": 2, "padding": 2, "dilation": 2, "padding_mode": "reflect"},
+        {"period": 4, "padding": 1, "spatial": "checkerboard", "bias": False},
+        {"period": None, "padding": 1},
+        {"period": 1, "groups": 2, "padding": 1},
+    ],
+)
+def test_inference_layer_matches_ssconv(kwargs):
+    c_out = 12 if kwargs.get("period") != 3 else 10  # 3 does not divide 10 / 2: padded rows
+    layer = SSConv2d(12, c_out, 3, **kwargs)
+    x = torch.randn(2, 12, 9, 9)
+    for mode in ("decomposed", "dense"):
+        frozen = SSConv2dInference(layer, mode)
+        assert torch.allclose(frozen(x), layer(x), atol=1e-5)
+        assert frozen.num_params == layer.num_params
+
+
+def test_fold_batchnorm_on_untraceable_model_warns():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: not traceable by FX
+                return self.bn(self.conv(x))
+            return self.conv(x)
+
+    with pytest.warns(UserWarning, match="not traceable"):
+        out = fold_batchnorm(Branchy())
+    assert isinstance(out.bn, nn.BatchNorm2d)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_onnx_export_standard_ops_and_onnxruntime(tmp_path, dynamo):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    model = _randomize_bn(
+        ssconv.convert(
+            ssconv.create_model("vgg11_bn", width_mult=0.25), density=0.1, warn_coverage=False
+        ).model
+    )
+    report = export_onnx(model, tmp_path / "m.onnx", (3, 32, 32), dynamo=dynamo)
+    assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4
+    allowed = {
+        "Conv",
+        "Add",
+        "Reshape",
+        "Transpose",
+        "Relu",
+        "MaxPool",
+        "Gemm",
+        "ReduceMean",
+        "GlobalAveragePool",
+        "Flatten",
+        "Constant",
+        "Slice",
+        "Concat",
+        "Shape",
+        "Gather",
+        "Unsqueeze",
+        "Identity",
+    }
+    assert set(report.op_types) <= allowed, set(report.op_types) - allowed
+    assert "Conv" in report.op_types and "BatchNormalization" not in report.op_types
+
+
+def test_torchscript_export(tmp_path):
+    model = _randomize_bn(
+        ssconv.convert(
+            ssconv.create_model("cifar_resnet20"), density=0.1, warn_coverage=False
+        ).model
+    )
+    report = export_torchscript(model, tmp_path / "m.pt", (3, 32, 32))
+    loaded = torch.jit.load(str(tmp_path / "m.pt"))
+    x = torch.randn(3, 3, 32, 32)
+    assert torch.allclose(loaded(x), model(x), atol=1e-4)
+    assert report.max_abs_diff == 0.0
