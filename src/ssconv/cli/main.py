@@ -11,7 +11,7 @@ from ssconv import __version__
 from ssconv.cli.common import CLIError
 
 # One module per subcommand, each with ``register(subparsers)``.
-SUBCOMMANDS = ["demo", "models", "summary", "pattern"]
+SUBCOMMANDS = ["demo", "models", "summary", "pattern", "prune", "train", "eval"]
 
 EXIT_OK = 0
 EXIT_ERROR = 1

@@ -228,6 +228,10 @@ class SSConv2d(nn.Module):
         self.register_buffer("spatial_onehot", onehot.to(device), persistent=False)
         tap_mask = pat.spatial_tap_mask if self._checkerboard else torch.zeros(0, dtype=torch.bool)
         self.register_buffer("tap_mask", tap_mask.to(device), persistent=False)
+        # Flat positions of the used taps: index_copy's backward is a cheap index_select
+        # (masked_scatter's backward is a scatter_add that costs tens of ms on CPU).
+        tap_index = tap_mask.flatten().nonzero().flatten()
+        self.register_buffer("tap_index", tap_index.to(**long), persistent=False)
 
     @property
     def backend(self) -> str:
@@ -288,7 +292,8 @@ class SSConv2d(nn.Module):
         w = self.weight_spatial
         assert w is not None
         if self._checkerboard:
-            return w.new_zeros(self.tap_mask.shape).masked_scatter(self.tap_mask, w)
+            flat = w.new_zeros(self.tap_mask.numel()).index_copy(0, self.tap_index, w)
+            return flat.view(self.tap_mask.shape)
         return w
 
     def point_matrix(self) -> Tensor:
