@@ -309,7 +309,7 @@ def profile(
         layers.append(
             LayerProfile(
                 name=name or root,
-                kind=type(module).__name__,
+                kind=type(module).__name__.removeprefix("Parametrized"),
                 in_shape=in_shape,
                 out_shape=out_shape,
                 settings=_settings(module),

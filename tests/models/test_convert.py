@@ -136,3 +136,8 @@ def test_coverage_check_reports_uncovered_channels():
     assert kinds == {"dead_output", "dead_input"}
     with pytest.warns(UserWarning, match="SSC coverage"):
         convert(nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 2, 3)), period=4)
+
+
+def test_erk_all_dense_budget():
+    layers = [LayerSpec("a", 4, 4, (3, 3)), LayerSpec("b", 8, 8, (3, 3))]
+    assert erk_densities(layers, 1.0, fixed_params=0) == [1.0, 1.0]

@@ -25,8 +25,9 @@ def test_defaults_are_valid_and_round_trip():
 
 def test_yaml_and_toml_files_with_overrides(tmp_path):
     yml = tmp_path / "c.yaml"
-    yml.write_text("model: vgg11_bn\nepochs: 3\nlr: 0.05\nmilestones: [1, 2]\n"
-                   "schedule: multistep\n")
+    yml.write_text(
+        "model: vgg11_bn\nepochs: 3\nlr: 0.05\nmilestones: [1, 2]\nschedule: multistep\n"
+    )
     cfg = load_config(yml, {"epochs": 5})
     assert (cfg.model, cfg.epochs, cfg.lr, cfg.milestones) == ("vgg11_bn", 5, 0.05, [1, 2])
     toml = tmp_path / "c.toml"

@@ -148,6 +148,8 @@ def erk_densities(layers: Sequence[LayerSpec], target: float, fixed_params: int)
     ]
     dense_set: set[int] = set()
     while True:
+        if len(dense_set) == len(layers):
+            return [1.0] * len(layers)  # the budget allows every layer dense
         remaining = budget - sum(layers[i].dense_params for i in dense_set)
         weighted = sum(
             score[i] * layers[i].dense_params for i in range(len(layers)) if i not in dense_set

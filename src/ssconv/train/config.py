@@ -44,48 +44,74 @@ class TrainConfig:
     model: str = _f("cifar_resnet20", "model name (see `ssconv models`)", kind=str)
     model_kwargs: dict = _f({}, "extra builder arguments, e.g. {width_mult: 0.5}", kind=dict)
     dataset: str = _f("embedded", "dataset name (see `ssconv datasets`) or folder:PATH", kind=str)
-    data_root: str | None = _f(None, "where the dataset lives / is downloaded", kind=str,
-                               nullable=True)
+    data_root: str | None = _f(
+        None, "where the dataset lives / is downloaded", kind=str, nullable=True
+    )
     download: bool = _f(False, "download the dataset if missing (needs internet)", kind=bool)
+    image_size: int | None = _f(
+        None, "resize images to this size (default: the dataset's)", kind=int, lo=8, nullable=True
+    )
     method: str = _f("ssc", "dense, ssc, or a pruning method", kind=str, choices=METHODS)
-    density: float | None = _f(0.1, "target model density (conv+linear nonzero / dense)",
-                               kind=float, lo=0.0, lo_open=True, hi=1.0, nullable=True)
-    distribution: str = _f("uniform", "layer-wise densities: uniform or erk", kind=str,
-                           choices=("uniform", "erk"))
+    density: float | None = _f(
+        0.1,
+        "target model density (conv+linear nonzero / dense)",
+        kind=float,
+        lo=0.0,
+        lo_open=True,
+        hi=1.0,
+        nullable=True,
+    )
+    distribution: str = _f(
+        "uniform", "layer-wise densities: uniform or erk", kind=str, choices=("uniform", "erk")
+    )
     ssc_groups: Any = _f("auto", "SSC groups: int or auto", kind="int_or_auto")
-    ssc_period: Any = _f("auto", "SSC period: int, none (no spatial kernel) or auto",
-                         kind="period")
+    ssc_period: Any = _f("auto", "SSC period: int, none (no spatial kernel) or auto", kind="period")
     ssc_pointwise: Any = _f("auto", "SSC 1x1 weights: true, false or auto", kind="bool_or_auto")
-    ssc_spatial: str = _f("auto", "SSC spatial taps: full, checkerboard or auto", kind=str,
-                          choices=("auto", "full", "checkerboard"))
-    ssc_backend: str = _f("auto", "SSC execution backend", kind=str,
-                          choices=("auto", "masked", "decomposed", "split"))
-    keep: list = _f(["stem", "pointwise", "depthwise", "classifier"],
-                    "default rules keeping layers dense (stem, pointwise, depthwise, classifier)",
-                    kind=list)
+    ssc_spatial: str = _f(
+        "auto",
+        "SSC spatial taps: full, checkerboard or auto",
+        kind=str,
+        choices=("auto", "full", "checkerboard"),
+    )
+    ssc_backend: str = _f(
+        "auto", "SSC execution backend", kind=str, choices=("auto", "masked", "decomposed", "split")
+    )
+    keep: list = _f(
+        ["stem", "pointwise", "depthwise", "classifier"],
+        "default rules keeping layers dense (stem, pointwise, depthwise, classifier)",
+        kind=list,
+    )
     skip: list = _f([], "name patterns of layers to keep dense", kind=list)
     include: list = _f([], "name patterns of layers to convert / prune anyway", kind=list)
-    match_budget: bool = _f(True, "prune to exactly the nonzero count SSC reaches at `density`",
-                            kind=bool)
-    prune_scope: str = _f("global", "pruning score ranking: global or layer", kind=str,
-                          choices=("global", "layer"))
+    match_budget: bool = _f(
+        True, "prune to exactly the nonzero count SSC reaches at `density`", kind=bool
+    )
+    prune_scope: str = _f(
+        "global", "pruning score ranking: global or layer", kind=str, choices=("global", "layer")
+    )
     prune_iterations: int = _f(100, "SynFlow rounds", kind=int, lo=1)
     prune_batches: int = _f(1, "batches scored by SNIP / GraSP", kind=int, lo=1)
     # How to train
     epochs: int = _f(10, "training epochs", kind=int, lo=1)
     batch_size: int = _f(128, "batch size (per process)", kind=int, lo=1)
     eval_batch_size: int = _f(256, "evaluation batch size", kind=int, lo=1)
-    max_steps: int | None = _f(None, "cap on optimizer steps per epoch (quick runs)", kind=int,
-                               lo=1, nullable=True)
-    train_subset: int | None = _f(None, "use only the first N training images (seeded choice)",
-                                  kind=int, lo=1, nullable=True)
+    max_steps: int | None = _f(
+        None, "cap on optimizer steps per epoch (quick runs)", kind=int, lo=1, nullable=True
+    )
+    train_subset: int | None = _f(
+        None, "use only the first N training images (seeded choice)", kind=int, lo=1, nullable=True
+    )
     optimizer: str = _f("sgd", "sgd or adamw", kind=str, choices=("sgd", "adamw"))
     lr: float = _f(0.1, "peak learning rate", kind=float, lo=0.0, lo_open=True)
     momentum: float = _f(0.9, "SGD momentum", kind=float, lo=0.0, hi=1.0)
     nesterov: bool = _f(False, "Nesterov momentum", kind=bool)
     weight_decay: float = _f(5e-4, "weight decay", kind=float, lo=0.0)
-    schedule: str = _f("cosine", "lr schedule: multistep, cosine or constant", kind=str,
-                       choices=("multistep", "cosine", "constant"))
+    schedule: str = _f(
+        "cosine",
+        "lr schedule: multistep, cosine or constant",
+        kind=str,
+        choices=("multistep", "cosine", "constant"),
+    )
     milestones: list = _f([], "multistep: epochs where lr is multiplied by gamma", kind=list)
     gamma: float = _f(0.1, "multistep decay factor", kind=float, lo=0.0, lo_open=True)
     warmup_epochs: float = _f(0.0, "linear warm-up length in epochs", kind=float, lo=0.0)
@@ -98,10 +124,12 @@ class TrainConfig:
     channels_last: bool = _f(False, "channels_last memory format", kind=bool)
     compile: bool = _f(False, "torch.compile the model", kind=bool)
     # Outputs
-    log_every: int = _f(0, "also log a metrics row every N steps (0: per epoch only)", kind=int,
-                        lo=0)
-    checkpoint_steps: int = _f(0, "also checkpoint every N steps (0: per epoch only)", kind=int,
-                               lo=0)
+    log_every: int = _f(
+        0, "also log a metrics row every N steps (0: per epoch only)", kind=int, lo=0
+    )
+    checkpoint_steps: int = _f(
+        0, "also checkpoint every N steps (0: per epoch only)", kind=int, lo=0
+    )
     keep_checkpoints: int = _f(2, "newest checkpoints kept", kind=int, lo=1)
 
     # ------------------------------------------------------------------
@@ -132,22 +160,35 @@ class TrainConfig:
             raise ConfigError("milestones: schedule 'multistep' needs milestones, e.g. [80, 120]")
         unknown = set(self.keep) - {"stem", "pointwise", "depthwise", "classifier"}
         if unknown:
-            raise ConfigError(f"keep: unknown rule(s) {sorted(unknown)}; allowed: stem, "
-                              "pointwise, depthwise, classifier")
+            raise ConfigError(
+                f"keep: unknown rule(s) {sorted(unknown)}; allowed: stem, "
+                "pointwise, depthwise, classifier"
+            )
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
 # Keys that may differ when resuming a run (they do not change the results).
-RUNTIME_KEYS = frozenset({"workers", "log_every", "checkpoint_steps", "keep_checkpoints",
-                          "eval_batch_size", "download", "data_root", "epochs"})
+RUNTIME_KEYS = frozenset(
+    {
+        "workers",
+        "log_every",
+        "checkpoint_steps",
+        "keep_checkpoints",
+        "eval_batch_size",
+        "download",
+        "data_root",
+        "epochs",
+    }
+)
 
 
 def _check_items(data, source: str) -> dict:
     """Validate each key / value of ``data``; errors name ``source`` and the key."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of keys to values, got "
-                          f"{type(data).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping of keys to values, got {type(data).__name__}"
+        )
     known = {f.name: f for f in dataclasses.fields(TrainConfig)}
     values = {}
     for key, value in data.items():

@@ -1,0 +1,79 @@
+"""``ssconv eval RUN_OR_CHECKPOINT``: accuracy and the profile table of a trained model."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ssconv.cli.common import CLIError, emit_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a trained run or checkpoint: accuracy and per-layer profile",
+        description="Load a run folder (its newest valid checkpoint) or a checkpoint file, "
+        "evaluate it on its dataset's test split (or --dataset), print accuracy and the "
+        "per-layer params / MACs table.",
+    )
+    p.add_argument("path", metavar="RUN_OR_CHECKPOINT")
+    p.add_argument("--dataset", default=None, help="dataset name (default: the run's)")
+    p.add_argument("--data-root", default=None, help="dataset folder (default: the run's)")
+    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ssconv.data import DatasetError, build_dataset
+    from ssconv.profile import profile
+    from ssconv.train.checkpoint import CheckpointError
+    from ssconv.train.config import ConfigError
+    from ssconv.train.trainer import evaluate_model, load_trained_model
+
+    try:
+        model, cfg, state = load_trained_model(args.path)
+        dataset_name = args.dataset or cfg.dataset
+        dataset, info = build_dataset(
+            dataset_name,
+            root=args.data_root or cfg.data_root,
+            train=args.split == "train",
+            augment=False,
+        )
+    except (CheckpointError, ConfigError, DatasetError) as exc:
+        raise CLIError(str(exc)) from None
+    device = torch.device(args.device)
+    model.to(device)
+    metrics = evaluate_model(
+        model,
+        dataset,
+        batch_size=args.batch_size,
+        device=device,
+        workers=args.workers,
+        channels_last=cfg.channels_last,
+    )
+    prof = profile(model, (1, *info.input_size), device=device)
+    if args.json:
+        emit_json(
+            {
+                "path": str(args.path),
+                "dataset": dataset_name,
+                "split": args.split,
+                "epoch": state["epoch"],
+                **metrics,
+                "profile": prof.to_dict(),
+            }
+        )
+        return 0
+    print(f"{args.path}: {cfg.method} {cfg.model} after {state['epoch']} epoch(s)")
+    print(
+        f"{dataset_name} {args.split}: top-1 {metrics['acc1']:.4f}, top-5 {metrics['acc5']:.4f}"
+        f", loss {metrics['loss']:.4f} on {metrics['images']} images"
+    )
+    print()
+    print(prof.table())
+    return 0

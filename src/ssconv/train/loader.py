@@ -1,0 +1,108 @@
+"""Deterministic data order and augmentation, so that a resumed run sees exactly the same batches.
+
+The order of epoch ``e`` is a permutation drawn from a generator seeded with ``(seed, e)``; the
+random augmentation of image ``i`` in epoch ``e`` runs under a torch RNG seeded with
+``(seed, e, i)``. Both are pure functions of their keys, whatever the number of worker processes
+and wherever a run was interrupted, so resuming at batch ``k`` of epoch ``e`` needs only
+``(e, k)``. Under DDP each process takes every ``world``-th index of the same permutation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+__all__ = ["EpochBatchSampler", "SeededDataset", "mix_seed"]
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integer parts (SplitMix64-style mixing, stable across runs)."""
+    x = 0x9E3779B97F4A7C15
+    for p in parts:
+        x ^= int(p) + 0x9E3779B97F4A7C15 + ((x << 6) & 0xFFFFFFFFFFFFFFFF) + (x >> 2)
+        x &= 0xFFFFFFFFFFFFFFFF
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset; item ``(epoch, index)`` is ``base[index]`` under a per-item RNG seed."""
+
+    def __init__(self, base: Dataset, seed: int) -> None:
+        self.base = base
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, key):
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(mix_seed(self.seed, epoch, index))
+            return self.base[index]
+
+
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of ``(epoch, index)`` keys for one epoch, deterministic in ``(seed, epoch)``.
+
+    Args:
+        size: dataset length.
+        batch_size: per-process batch size.
+        seed, epoch: fix the permutation.
+        rank, world: this process and the number of processes (DDP).
+        shuffle: permute (training) or keep order (evaluation).
+        drop_last: drop the last incomplete batch (training).
+        start_batch: skip the first batches (resuming mid-epoch).
+        max_batches: cap on batches per epoch (``--max-steps``).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int,
+        rank: int = 0,
+        world: int = 1,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        start_batch: int = 0,
+        max_batches: int | None = None,
+    ) -> None:
+        self.size, self.batch_size = size, batch_size
+        self.seed, self.epoch = seed, epoch
+        self.rank, self.world = rank, world
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.start_batch, self.max_batches = start_batch, max_batches
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 7))
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        per_rank = len(order) // self.world if self.drop_last else -(-len(order) // self.world)
+        mine = order[self.rank :: self.world][:per_rank]
+        return mine
+
+    def num_batches(self) -> int:
+        n = len(self._indices()) if self.world > 1 else self.size
+        full = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        if self.max_batches is not None:
+            full = min(full, self.max_batches)
+        return full
+
+    def __len__(self) -> int:
+        return max(0, self.num_batches() - self.start_batch)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        indices = self._indices()
+        total = self.num_batches()
+        for b in range(self.start_batch, total):
+            chunk = indices[b * self.batch_size : (b + 1) * self.batch_size]
+            yield [(self.epoch, i) for i in chunk]

@@ -1,0 +1,120 @@
+"""Build the model a run trains: dense, SSC at a budget, or a pruning baseline at the same budget.
+
+"The same budget" is exact: with ``match_budget`` a pruning run first computes the SSC
+conversion of the same architecture at ``density`` and prunes to exactly its number of nonzero
+weights (conv and linear layers, kept layers included), so SSC and its rivals are compared at
+equal parameter counts.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from torch import nn
+
+from ssconv.models import convert, create_model
+from ssconv.train.config import PRUNING_METHOD_NAMES, TrainConfig
+
+__all__ = ["build_model", "ssc_settings"]
+
+log = logging.getLogger(__name__)
+
+
+def ssc_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The explicit SSC settings of a config ("auto" ones are left to the solver)."""
+    settings = {
+        "groups": cfg.ssc_groups,
+        "period": cfg.ssc_period,
+        "pointwise": cfg.ssc_pointwise,
+        "spatial": cfg.ssc_spatial,
+    }
+    return {k: v for k, v in settings.items() if v != "auto"}
+
+
+def _rules(cfg: TrainConfig) -> dict[str, Any]:
+    return {"skip": tuple(cfg.skip), "include": tuple(cfg.include), "keep": tuple(cfg.keep)}
+
+
+def build_dense(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Module:
+    return create_model(
+        cfg.model, num_classes=num_classes, in_channels=in_channels, **cfg.model_kwargs
+    )
+
+
+def build_model(
+    cfg: TrainConfig,
+    num_classes: int,
+    in_channels: int,
+    input_size: tuple[int, int, int],
+    data: Callable[[], Iterable] | None = None,
+    *,
+    for_loading: bool = False,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of ``cfg.method`` and a JSON-ready description of how it was made.
+
+    Args:
+        data: returns an iterable of ``(images, labels)`` batches for data-driven pruning.
+        for_loading: only build the structure a checkpoint will be loaded into (a pruned
+            model is returned dense: its masks come from the checkpoint, see
+            :func:`ssconv.pruning.prepare_masks`).
+    """
+    model = build_dense(cfg, num_classes, in_channels)
+    info: dict[str, Any] = {"method": cfg.method}
+    if cfg.method == "dense" or (for_loading and cfg.method in PRUNING_METHOD_NAMES):
+        return model, info
+    if cfg.method == "ssc":
+        report = convert(
+            model,
+            density=cfg.density,
+            distribution=cfg.distribution,
+            inplace=True,
+            backend=cfg.ssc_backend,
+            warn_coverage=False,
+            **ssc_settings(cfg),
+            **_rules(cfg),
+        )
+        for issue in report.coverage:
+            log.warning("SSC coverage: %s", issue.message)
+        info["conversion"] = report.to_dict()
+        info["target_density"] = cfg.density
+        info["density"] = report.density
+        return report.model, info
+    if cfg.method in PRUNING_METHOD_NAMES:
+        from ssconv import pruning
+
+        num_params = None
+        if cfg.match_budget:
+            ssc = convert(
+                copy.deepcopy(model),
+                density=cfg.density,
+                distribution=cfg.distribution,
+                inplace=True,
+                warn_coverage=False,
+                **ssc_settings(cfg),
+                **_rules(cfg),
+            )
+            num_params = ssc.weight_params
+            info["matched_ssc_params"] = num_params
+        batches = data() if (data is not None and cfg.method in ("snip", "grasp")) else None
+        report = pruning.prune(
+            model,
+            cfg.method,
+            density=None if num_params is not None else cfg.density,
+            num_params=num_params,
+            data=batches,
+            input_size=input_size,
+            scope=cfg.prune_scope,
+            iterations=cfg.prune_iterations,
+            batches=cfg.prune_batches,
+            seed=cfg.seed,
+            distribution=cfg.distribution,
+            **_rules(cfg),
+        )
+        info["pruning"] = report.to_dict()
+        info["target_density"] = cfg.density
+        info["density"] = report.density
+        return model, info
+    raise ValueError(f"unknown method {cfg.method!r}")

@@ -1,0 +1,826 @@
+"""One training loop for every method: dense, SSC, or a pruning baseline.
+
+A run writes a folder::
+
+    OUT/
+      config.yaml       resolved configuration
+      method.json       how the model was made (conversion / pruning report)
+      metrics.jsonl     one JSON row per epoch (and per N steps with log_every)
+      profile.txt/json  per-layer params and MACs of the trained model
+      final.json        final and best accuracy, params, MACs, time
+      checkpoints/      atomic, rotated checkpoints (see ssconv.train.checkpoint)
+      tb/               TensorBoard events when tensorboard is installed
+
+Resuming restores the model (masks included), optimizer, scheduler, grad scaler, all RNG states
+and the position inside the epoch, so that an interrupted and resumed run ends with the same
+weights, bit for bit on CPU, as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ssconv.profile import profile
+from ssconv.train.checkpoint import (
+    CheckpointError,
+    checkpoint_name,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from ssconv.train.config import RUNTIME_KEYS, ConfigError, TrainConfig
+from ssconv.train.loader import EpochBatchSampler, SeededDataset
+from ssconv.train.methods import build_model
+
+__all__ = [
+    "Trainer",
+    "TrainResult",
+    "RunFolderError",
+    "NonFiniteLossError",
+    "TrainingInterrupted",
+    "ResumeMismatchError",
+    "evaluate_model",
+    "load_trained_model",
+    "train",
+]
+
+log = logging.getLogger(__name__)
+
+
+class RunFolderError(ValueError):
+    """The output folder cannot be used (not empty without --resume / --overwrite)."""
+
+
+class ResumeMismatchError(ValueError):
+    """The resumed run's configuration differs from the saved one."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Stopped by SIGINT / SIGTERM after saving a checkpoint."""
+
+    def __init__(self, signum: int, checkpoint: Path | None) -> None:
+        self.signum = signum
+        self.checkpoint = checkpoint
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"stopped by {name}; checkpoint saved to {checkpoint}; resume with --resume"
+        )
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    final: dict[str, Any]
+    model: nn.Module = field(repr=False)
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return rank, world, local
+
+
+def _resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name!r} requested but CUDA is not available")
+    return device
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": _python_state_to_lists(random.getstate()),
+    }
+
+
+def _python_state_to_lists(state):
+    if isinstance(state, tuple):
+        return [_python_state_to_lists(s) for s in state]
+    return state
+
+
+def _lists_to_tuples(state):
+    if isinstance(state, list):
+        return tuple(_lists_to_tuples(s) for s in state)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state.get("cuda"):
+        torch.cuda.set_rng_state_all(state["cuda"])
+    npd = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            npd["keys"].numpy().astype(np.uint32),
+            npd["pos"],
+            npd["has_gauss"],
+            npd["cached_gaussian"],
+        )
+    )
+    random.setstate(_lists_to_tuples(state["python"]))
+
+
+def _lr_lambda(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    total = cfg.epochs * steps_per_epoch
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    milestones = sorted(m * steps_per_epoch for m in cfg.milestones)
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "cosine":
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        if cfg.schedule == "multistep":
+            return cfg.gamma ** sum(step >= m for m in milestones)
+        return 1.0
+
+    return factor
+
+
+def _topk_correct(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> list[int]:
+    k_max = min(max(ks), logits.shape[1])
+    pred = logits.topk(k_max, dim=1).indices  # (N, k)
+    hit = pred.eq(target.view(-1, 1))
+    return [int(hit[:, : min(k, k_max)].any(1).sum()) for k in ks]
+
+
+class Trainer:
+    """Runs one configuration into one output folder (``train()`` is the entry point)."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        out: str | Path,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        progress: bool | None = None,
+        callbacks: list[Callable[[Trainer], None]] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.out = Path(out)
+        self.resume = resume
+        self.overwrite = overwrite
+        self.progress = progress
+        self.callbacks = callbacks or []
+        self.rank, self.world, self.local_rank = _distributed()
+        self.is_main = self.rank == 0
+        self.global_step = 0
+        self.epoch = 0  # epochs completed
+        self.step_in_epoch = 0  # batches done in the current epoch
+        self.best_acc = 0.0
+        self._stop_signal: int | None = None
+
+    # ---------------------------------------------------------------- folder
+    def _prepare_folder(self) -> tuple[Path, dict] | None:
+        """Check the run folder; return the newest valid checkpoint when resuming."""
+        out = self.out
+        existing = [p for p in out.iterdir()] if out.is_dir() else []
+        if existing and not self.resume:
+            if not self.overwrite:
+                raise RunFolderError(
+                    f"--out {str(out)!r} is not empty; pass --resume to continue that run or "
+                    f"--overwrite to replace it"
+                )
+            if not (out / "config.yaml").is_file():
+                raise RunFolderError(
+                    f"--overwrite refused: {str(out)!r} does not look like an ssconv run folder "
+                    f"(no config.yaml); choose another --out"
+                )
+            if self.is_main:
+                for p in existing:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+        if self.resume and existing:
+            found = latest_checkpoint(out / "checkpoints")
+            if found is None:
+                broken = list_checkpoints(out / "checkpoints")
+                if broken:
+                    raise CheckpointError(
+                        f"--resume: no usable checkpoint in {str(out / 'checkpoints')!r} "
+                        f"(broken: {', '.join(p.name for p in broken)})"
+                    )
+                log.warning("--resume: no checkpoint in %s yet; starting from scratch", out)
+            return found
+        return None
+
+    def _check_resume_config(self, saved: dict) -> None:
+        mine = self.cfg.to_dict()
+        diff = {
+            k: (saved.get(k), mine[k])
+            for k in mine
+            if k not in RUNTIME_KEYS and saved.get(k) != mine[k]
+        }
+        if diff:
+            lines = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+            raise ResumeMismatchError(
+                f"--resume: the configuration differs from the run's ({lines}); resume with the "
+                f"same settings or start a new run in another --out"
+            )
+
+    # ------------------------------------------------------------------- run
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        if self.world > 1 and not dist.is_initialized():
+            backend = "nccl" if (cfg.device != "cpu" and torch.cuda.is_available()) else "gloo"
+            dist.init_process_group(backend)
+        try:
+            return self._run()
+        finally:
+            if self.world > 1 and dist.is_initialized():
+                dist.destroy_process_group()
+
+    def _run(self) -> TrainResult:
+        if self.world == 1:
+            found = self._prepare_folder()
+        else:
+            # Rank 0 inspects the folder; everybody resumes from the same checkpoint (or fails
+            # with the same error instead of waiting forever).
+            found, error = None, None
+            if self.is_main:
+                try:
+                    found = self._prepare_folder()
+                except (RunFolderError, CheckpointError) as exc:
+                    error = exc
+            holder = [str(found[0]) if found else None, repr(error) if error else None]
+            dist.broadcast_object_list(holder, src=0)
+            if error is not None:
+                raise error
+            if holder[1] is not None:
+                raise RunFolderError(f"rank 0 could not use --out: {holder[1]}")
+            if not self.is_main and holder[0] is not None:
+                found = (Path(holder[0]), load_checkpoint(holder[0]))
+        if found is not None:
+            self._check_resume_config(found[1]["config"])
+        self.out.mkdir(parents=True, exist_ok=True)
+        # OUT/train.log receives what the "ssconv" loggers emit at the level the application
+        # configured (the CLI sets INFO).
+        handler = None
+        logger = logging.getLogger("ssconv")
+        if self.is_main:
+            handler = logging.FileHandler(self.out / "train.log")
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+            )
+            logger.addHandler(handler)
+        try:
+            return self._run_in_folder(found)
+        finally:
+            if handler is not None:
+                logger.removeHandler(handler)
+                handler.close()
+
+    def _run_in_folder(self, found) -> TrainResult:
+        from ssconv.data import build_dataset
+
+        cfg = self.cfg
+        device = _resolve_device(cfg.device, self.local_rank)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        self.device = device
+
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        root = cfg.data_root
+        train_set, info = build_dataset(
+            cfg.dataset, root=root, train=True, download=cfg.download, size=cfg.image_size
+        )
+        test_set, _ = build_dataset(
+            cfg.dataset,
+            root=root,
+            train=False,
+            download=cfg.download,
+            augment=False,
+            size=cfg.image_size,
+        )
+        if cfg.train_subset is not None and cfg.train_subset < len(train_set):
+            g = torch.Generator().manual_seed(cfg.seed)
+            subset = torch.randperm(len(train_set), generator=g)[: cfg.train_subset].tolist()
+            train_set = torch.utils.data.Subset(train_set, sorted(subset))
+        self.info = info
+        self.train_set = SeededDataset(train_set, cfg.seed)
+        self.test_set = test_set
+        num_classes = info.num_classes
+
+        def prune_batches():
+            sampler = EpochBatchSampler(
+                len(self.train_set),
+                cfg.batch_size,
+                seed=cfg.seed,
+                epoch=10**6,
+                max_batches=cfg.prune_batches,
+            )
+            loader = DataLoader(self.train_set, batch_sampler=sampler, num_workers=0)
+            return list(loader)
+
+        # When resuming, the masks come from the checkpoint: no pruning scores to compute.
+        model, method_info = build_model(
+            cfg,
+            num_classes,
+            info.input_size[0],
+            info.input_size,
+            data=prune_batches,
+            for_loading=found is not None,
+        )
+        if found is not None:
+            # Masks first: registering them reorders parameters, and the optimizer's state is
+            # matched to parameters by position.
+            from ssconv.pruning import prepare_masks
+
+            prepare_masks(model, found[1]["model"])
+        model.to(device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+
+        steps_per_epoch = EpochBatchSampler(
+            len(self.train_set),
+            cfg.batch_size,
+            seed=cfg.seed,
+            epoch=0,
+            rank=self.rank,
+            world=self.world,
+            max_batches=cfg.max_steps,
+        ).num_batches()
+        if steps_per_epoch == 0:
+            raise ConfigError(
+                f"batch_size: {cfg.batch_size} (x {self.world} processes) is larger than the "
+                f"{len(self.train_set)} training images; lower it"
+            )
+        self.steps_per_epoch = steps_per_epoch
+        params = [p for p in model.parameters() if p.requires_grad]
+        if cfg.optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                params,
+                lr=cfg.lr,
+                momentum=cfg.momentum,
+                nesterov=cfg.nesterov and cfg.momentum > 0,
+                weight_decay=cfg.weight_decay,
+            )
+        else:
+            optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps_per_epoch))
+        use_scaler = cfg.amp and device.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+
+        if found is not None:
+            path, state = found
+            self._load_state(state)
+            log.info(
+                "resumed from %s (epoch %d, step %d of %d)",
+                path.name,
+                self.epoch,
+                self.step_in_epoch,
+                steps_per_epoch,
+            )
+            method_info = json.loads((self.out / "method.json").read_text())
+        elif self.is_main:
+            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            (self.out / "method.json").write_text(json.dumps(method_info, indent=2))
+            (self.out / "metrics.jsonl").write_text("")
+
+        train_model: nn.Module = model
+        if self.world > 1:
+            ddp_ids = [device.index] if device.type == "cuda" else None
+            train_model = nn.parallel.DistributedDataParallel(model, device_ids=ddp_ids)
+        if cfg.compile:
+            train_model = torch.compile(train_model)
+        self.train_model = train_model
+
+        writer = self._tensorboard()
+        start_wall = time.time()
+        previous = self._install_signal_handlers()
+        try:
+            while self.epoch < cfg.epochs:
+                self._train_epoch(writer)
+        finally:
+            self._restore_signal_handlers(previous)
+            if writer is not None:
+                writer.close()
+        final = self._finish(time.time() - start_wall, method_info)
+        return TrainResult(self.out, final, model)
+
+    # ------------------------------------------------------------ one epoch
+    def _autocast(self):
+        if not self.cfg.amp:
+            return contextlib.nullcontext()
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    def _train_epoch(self, writer) -> dict:
+        cfg, model = self.cfg, self.train_model
+        sampler = EpochBatchSampler(
+            len(self.train_set),
+            cfg.batch_size,
+            seed=cfg.seed,
+            epoch=self.epoch,
+            rank=self.rank,
+            world=self.world,
+            start_batch=self.step_in_epoch,
+            max_batches=cfg.max_steps,
+        )
+        loader = DataLoader(
+            self.train_set,
+            batch_sampler=sampler,
+            num_workers=cfg.workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        model.train()
+        sums = torch.zeros(4, dtype=torch.float64)  # loss * n, correct1, correct5, n
+        if self.step_in_epoch and getattr(self, "_epoch_sums", None) is not None:
+            sums = self._epoch_sums
+        epoch_start = time.time()
+        images = 0
+        bar = self._progress(len(sampler))
+        for x, y in loader:
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            bad = not bool(torch.isfinite(loss.detach()))
+            flags = torch.tensor([float(bad), float(self._stop_signal is not None)])
+            if self.world > 1:
+                dist.all_reduce(flags)
+            if flags[0] > 0:
+                raise NonFiniteLossError(
+                    f"loss became {loss.item()} at epoch {self.epoch + 1}, step "
+                    f"{self.step_in_epoch + 1}; the last good checkpoint is kept in "
+                    f"{self.out / 'checkpoints'}; lower lr or disable amp"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.global_step += 1
+            self.step_in_epoch += 1
+            n = y.shape[0]
+            images += n
+            c1, c5 = _topk_correct(logits.detach().float(), y)
+            sums += torch.tensor([loss.item() * n, c1, c5, n], dtype=torch.float64)
+            self._epoch_sums = sums
+            if bar is not None:
+                rate = images / max(time.time() - epoch_start, 1e-9)
+                bar.set_postfix(
+                    loss=f"{sums[0] / sums[3]:.3f}",
+                    acc=f"{sums[1] / sums[3]:.3f}",
+                    img_s=f"{rate:.0f}",
+                )
+                bar.update(1)
+            if cfg.log_every and self.global_step % cfg.log_every == 0:
+                self._log_row(
+                    {
+                        "kind": "step",
+                        "epoch": self.epoch + 1,
+                        "step": self.global_step,
+                        "loss": loss.item(),
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                    },
+                    writer,
+                )
+            for callback in self.callbacks:
+                callback(self)
+            stop = self._stop_signal is not None or flags[1] > 0
+            if stop or (cfg.checkpoint_steps and self.global_step % cfg.checkpoint_steps == 0):
+                path = self._save()
+                if stop:
+                    if bar is not None:
+                        bar.close()
+                    raise TrainingInterrupted(self._stop_signal or signal.SIGTERM, path)
+        if bar is not None:
+            bar.close()
+        elapsed = time.time() - epoch_start
+        if self.world > 1:
+            dist.all_reduce(sums)
+        val = self.evaluate(self.test_set)
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self._epoch_sums = None
+        n = max(sums[3].item(), 1)
+        row = {
+            "kind": "epoch",
+            "epoch": self.epoch,
+            "step": self.global_step,
+            "train_loss": sums[0].item() / n,
+            "train_acc1": sums[1].item() / n,
+            "train_acc5": sums[2].item() / n,
+            "val_loss": val["loss"],
+            "val_acc1": val["acc1"],
+            "val_acc5": val["acc5"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_s": images * self.world / max(elapsed, 1e-9),
+            "epoch_time_s": elapsed,
+            "wall_time": time.time(),
+        }
+        self.best_acc = max(self.best_acc, val["acc1"])
+        self._log_row(row, writer)
+        log.info(
+            "epoch %d/%d  loss %.4f  train acc %.4f  val acc %.4f (top-5 %.4f)  %.0f img/s",
+            self.epoch,
+            self.cfg.epochs,
+            row["train_loss"],
+            row["train_acc1"],
+            row["val_acc1"],
+            row["val_acc5"],
+            row["images_per_s"],
+        )
+        self._save()
+        return row
+
+    def evaluate(self, dataset) -> dict[str, float]:
+        """Loss and top-1 / top-5 accuracy of the model on ``dataset`` (all processes)."""
+        return evaluate_model(
+            self.model,
+            dataset,
+            batch_size=self.cfg.eval_batch_size,
+            device=self.device,
+            workers=self.cfg.workers,
+            channels_last=self.cfg.channels_last,
+            autocast=self._autocast,
+            rank=self.rank,
+            world=self.world,
+        )
+
+    # ------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": _rng_state(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "best_acc": self.best_acc,
+            "epoch_sums": getattr(self, "_epoch_sums", None),
+            "data_info": {
+                "num_classes": self.info.num_classes,
+                "input_size": list(self.info.input_size),
+            },
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        self.epoch = state["epoch"]
+        self.step_in_epoch = state["step_in_epoch"]
+        self.global_step = state["global_step"]
+        self.best_acc = state["best_acc"]
+        self._epoch_sums = state.get("epoch_sums")
+        if self.is_main:
+            self._truncate_metrics(self.global_step)
+
+    def _save(self) -> Path | None:
+        if not self.is_main:
+            return None
+        name = checkpoint_name(self.epoch, self.global_step)
+        return save_checkpoint(
+            self.state_dict(), self.out / "checkpoints", name, keep=self.cfg.keep_checkpoints
+        )
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric rows written after the checkpoint we resume from (no duplicates)."""
+        path = self.out / "metrics.jsonl"
+        if not path.is_file():
+            return
+        rows = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = [r for r in rows if json.loads(r).get("step", 0) <= step]
+        path.write_text("".join(r + "\n" for r in kept))
+
+    # ------------------------------------------------------------- outputs
+    def _log_row(self, row: dict, writer) -> None:
+        if not self.is_main:
+            return
+        with open(self.out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if writer is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key not in ("epoch", "step", "wall_time"):
+                    writer.add_scalar(f"{row['kind']}/{key}", value, row["step"])
+
+    def _tensorboard(self):
+        if not self.is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.debug("tensorboard is not installed; no event files written")
+            return None
+        return SummaryWriter(str(self.out / "tb"))
+
+    def _progress(self, total: int):
+        if not self.is_main or self.progress is False:
+            return None
+        from tqdm.auto import tqdm
+
+        # disable=None: quiet when stderr is not a terminal (logs, CI), unless forced on.
+        return tqdm(
+            total=total,
+            desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+            leave=False,
+            disable=None if self.progress is None else False,
+            dynamic_ncols=True,
+        )
+
+    def _finish(self, wall: float, method_info: dict) -> dict[str, Any]:
+        final: dict[str, Any] = {}
+        if self.is_main:
+            rows = [
+                json.loads(r)
+                for r in (self.out / "metrics.jsonl").read_text().splitlines()
+                if r.strip()
+            ]
+            epochs = [r for r in rows if r.get("kind") == "epoch"]
+            prof = profile(self.model, (1, *self.info.input_size))
+            (self.out / "profile.txt").write_text(prof.table() + "\n")
+            (self.out / "profile.json").write_text(prof.to_json(indent=2))
+            final = {
+                "method": self.cfg.method,
+                "model": self.cfg.model,
+                "dataset": self.cfg.dataset,
+                "target_density": method_info.get("target_density"),
+                "density": prof.density,
+                "weight_params": prof.weight_params,
+                "params": prof.total_params,
+                "effective_macs": prof.effective_macs,
+                "executed_macs": prof.executed_macs,
+                "epochs": self.epoch,
+                "final_acc1": epochs[-1]["val_acc1"] if epochs else None,
+                "final_acc5": epochs[-1]["val_acc5"] if epochs else None,
+                "best_acc1": max((r["val_acc1"] for r in epochs), default=None),
+                "mean_epoch_time_s": (
+                    sum(r["epoch_time_s"] for r in epochs) / len(epochs) if epochs else None
+                ),
+                "images_per_s": epochs[-1]["images_per_s"] if epochs else None,
+                "wall_time_s": wall,
+                "complete": self.epoch >= self.cfg.epochs,
+                "config_digest": self.cfg.digest(),
+            }
+            (self.out / "final.json").write_text(json.dumps(final, indent=2))
+        return final
+
+    # ------------------------------------------------------------- signals
+    def _install_signal_handlers(self):
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            if self._stop_signal is not None:  # second signal: stop now
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            log.warning(
+                "%s received: saving a checkpoint at the next step", signal.Signals(signum).name
+            )
+
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in previous:
+            signal.signal(s, handler)
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous) -> None:
+        if previous:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module,
+    dataset,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    workers: int = 0,
+    channels_last: bool = False,
+    autocast: Callable[[], Any] = contextlib.nullcontext,
+    rank: int = 0,
+    world: int = 1,
+) -> dict[str, float]:
+    """Loss and top-1 / top-5 accuracy of ``model`` on ``dataset`` (sharded under DDP)."""
+    was_training = model.training
+    model.eval()
+    sampler = EpochBatchSampler(
+        len(dataset),
+        batch_size,
+        seed=0,
+        epoch=0,
+        rank=rank,
+        world=world,
+        shuffle=False,
+        drop_last=False,
+    )
+    loader = DataLoader(
+        dataset, batch_sampler=[[i for _, i in batch] for batch in sampler], num_workers=workers
+    )
+    sums = torch.zeros(4, dtype=torch.float64)
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, reduction="sum")
+        c1, c5 = _topk_correct(logits.float(), y)
+        sums += torch.tensor([loss.item(), c1, c5, y.shape[0]], dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(sums)
+    model.train(was_training)
+    n = max(sums[3].item(), 1)
+    return {
+        "loss": sums[0].item() / n,
+        "acc1": sums[1].item() / n,
+        "acc5": sums[2].item() / n,
+        "images": int(sums[3].item()),
+    }
+
+
+def load_trained_model(
+    run_or_checkpoint: str | Path, map_location: Any = "cpu"
+) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
+    """Rebuild a trained model from a run folder (its newest valid checkpoint) or a file.
+
+    Returns ``(model, config, checkpoint state)``; the model is in eval mode on the CPU (or
+    ``map_location``).
+    """
+    from ssconv.pruning import prepare_masks
+
+    path = Path(run_or_checkpoint)
+    if path.is_dir():
+        found = latest_checkpoint(
+            path / "checkpoints" if (path / "checkpoints").is_dir() else path, map_location
+        )
+        if found is None:
+            raise CheckpointError(f"no usable checkpoint in {str(path)!r}")
+        path, state = found
+    else:
+        state = load_checkpoint(path, map_location)
+    cfg = TrainConfig.from_dict(state["config"], source=str(path))
+    data_info = state["data_info"]
+    input_size = tuple(data_info["input_size"])
+    model, _ = build_model(
+        cfg, data_info["num_classes"], input_size[0], input_size, for_loading=True
+    )
+    prepare_masks(model, state["model"])
+    model.load_state_dict(state["model"])
+    return model.eval(), cfg, state
+
+
+def train(cfg: TrainConfig, out: str | Path, **kwargs) -> TrainResult:
+    """Train ``cfg`` into ``out`` (see :class:`Trainer` for the keyword arguments)."""
+    return Trainer(cfg, out, **kwargs).run()

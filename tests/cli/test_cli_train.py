@@ -1,0 +1,286 @@
+"""`ssconv train` / `ssconv eval` from the command line: every dataset kind, exit codes, DDP."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torchvision
+
+from ssconv.cli.main import main
+from tests.data import fakes
+
+TINY = [
+    "--model",
+    "cifar_resnet20",
+    "--set",
+    "model_kwargs={width: 4}",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "4",
+    "--max-steps",
+    "2",
+    "--workers",
+    "0",
+    "--set",
+    "eval_batch_size=8",
+]
+
+
+def train(capsys, out, *extra):
+    code = main(["train", "--out", str(out), *TINY, *extra])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def no_md5(monkeypatch):
+    monkeypatch.setattr(
+        torchvision.datasets.cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath)
+    )
+
+
+def _dataset_args(kind: str, root: Path) -> list[str]:
+    if kind == "cifar10":
+        fakes.make_cifar10(root)
+        return ["--dataset", "cifar10", "--data-root", str(root)]
+    if kind == "cifar100":
+        fakes.make_cifar100(root)
+        return ["--dataset", "cifar100", "--data-root", str(root)]
+    if kind == "fashion_mnist":
+        fakes.make_fashion(root / "FashionMNIST" / "raw")
+        return ["--dataset", "fashion_mnist", "--data-root", str(root)]
+    if kind == "tiny_imagenet":
+        fakes.make_tiny_imagenet(root)
+        return ["--dataset", "tiny_imagenet", "--data-root", str(root), "--set", "image_size=32"]
+    if kind == "imagenet":
+        for split in ("train", "val"):
+            fakes.make_image_tree(root / split, ["n01", "n02"], per_class=3)
+        return ["--dataset", "imagenet", "--data-root", str(root), "--set", "image_size=32"]
+    if kind == "folder":
+        fakes.make_image_tree(root / "train", ["cat", "dog"], per_class=4)
+        fakes.make_image_tree(root / "val", ["cat", "dog"], per_class=2)
+        return ["--dataset", f"folder:{root}"]
+    if kind == "embedded":
+        return ["--dataset", "embedded", "--set", "train_subset=16"]
+    return ["--dataset", "synthetic:3:16:16:4:32:8"]
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "cifar10",
+        "cifar100",
+        "fashion_mnist",
+        "tiny_imagenet",
+        "imagenet",
+        "folder",
+        "embedded",
+        "synthetic",
+    ],
+)
+def test_train_and_eval_every_dataset_kind(capsys, tmp_path, no_md5, kind):
+    args = _dataset_args(kind, tmp_path / "data")
+    code, out, _ = train(capsys, tmp_path / "run", *args, "--method", "ssc", "--density", "0.3")
+    assert code == 0, out
+    assert "done: ssc cifar_resnet20" in out
+    code = main(["eval", str(tmp_path / "run"), "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0 and data["images"] > 0 and 0.0 <= data["acc1"] <= 1.0
+    assert data["profile"]["totals"]["density"] <= 0.3
+
+
+def test_eval_table_and_errors(capsys, tmp_path):
+    code, _, _ = train(capsys, tmp_path / "run", "--dataset", "synthetic:3:16:16:4:32:8")
+    assert code == 0
+    assert main(["eval", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "top-1" in out and "total (conv+linear)" in out
+    assert main(["eval", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_config_file_overrides_and_print_config(capsys, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("model: vgg11_bn\nmodel_kwargs: {width_mult: 0.125}\nepochs: 7\n")
+    code = main(
+        [
+            "train",
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "r"),
+            "--epochs",
+            "2",
+            "--set",
+            "lr=0.01",
+            "--print-config",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "model: vgg11_bn" in out and "epochs: 2" in out and "lr: 0.01" in out
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--set", "epoch=3"], "unknown key 'epoch'; did you mean 'epochs'?"),
+        (["--set", "lr=-1"], "command line: lr: must be > 0.0"),
+        (["--set", "optimizer=adam"], "did you mean 'adamw'?"),
+        (["--dataset", "cifar11"], "did you mean"),
+        (["--dataset", "cifar10", "--data-root", "/nonexistent"], "cifar-10-batches-py"),
+        (["--set", "nonsense"], "--set expects KEY=VALUE"),
+    ],
+)
+def test_bad_config_and_data_exit_2(capsys, tmp_path, argv, message):
+    code, _, err = train(capsys, tmp_path / "run", *argv)
+    assert code == 2
+    assert message in err
+
+
+def test_exit_codes_folder_resume_and_nan(capsys, tmp_path):
+    run = tmp_path / "run"
+    data = ["--dataset", "synthetic:3:16:16:4:32:8"]
+    assert train(capsys, run, *data)[0] == 0
+    code, _, err = train(capsys, run, *data)
+    assert code == 2 and "--resume" in err and "--overwrite" in err
+    code, _, err = train(capsys, run, *data, "--resume", "--lr", "0.5")
+    assert code == 2 and "lr: saved" in err
+    assert train(capsys, run, *data, "--overwrite", "--seed", "5")[0] == 0
+    code, out, _ = train(
+        capsys, tmp_path / "nan", *data, "--method", "dense", "--lr", "1e30", "--epochs", "3"
+    )
+    assert code == 3 and "loss became" in out
+
+
+def _cli(*args) -> list[str]:
+    return [sys.executable, "-m", "ssconv", *args]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores: no oversubscription
+
+
+def test_sigterm_saves_checkpoint_and_exits_143(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        _cli(
+            "train",
+            "--out",
+            str(out),
+            "--dataset",
+            "synthetic:3:16:16:4:4000:8",
+            "--model",
+            "cifar_resnet20",
+            "--set",
+            "model_kwargs={width: 4}",
+            "--epochs",
+            "50",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+            "--set",
+            "eval_batch_size=8",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside the first epoch
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "stopped by SIGTERM" in stdout
+    checkpoints = list((out / "checkpoints").glob("ckpt-*.pt"))
+    assert checkpoints
+    final = subprocess.run(
+        _cli("train", "--out", str(out), "--resume", "--epochs", "1", "--max-steps", "3"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
+    # Resuming with fewer steps per epoch than already done is a config change: refused.
+    assert final.returncode == 2 and "max_steps" in final.stderr
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "ssconv",
+            "train",
+            "--out",
+            str(out),
+            "--dataset",
+            "synthetic:3:16:16:4:64:16",
+            "--model",
+            "cifar_resnet20",
+            "--set",
+            "model_kwargs={width: 4}",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--method",
+            "ssc",
+            "--density",
+            "0.3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=ENV,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    # Two processes with batch 8 each over 64 images: 4 steps per epoch.
+    assert rows[-1]["step"] == 8
+    final = json.loads((out / "final.json").read_text())
+    assert final["complete"]
+    # Resume under DDP after the run finished: nothing left to do, same result.
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29518",
+            "-m",
+            "ssconv",
+            "train",
+            "--out",
+            str(out),
+            "--resume",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=ENV,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
