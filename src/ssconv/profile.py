@@ -29,10 +29,12 @@ from ssconv.layers.ssconv import SSConv2d
 __all__ = [
     "LayerProfile",
     "ProfileResult",
+    "counted_layers",
+    "format_count",
+    "model_weight_counts",
     "profile",
     "weight_counts",
     "weight_mask",
-    "format_count",
 ]
 
 
@@ -183,9 +185,14 @@ def format_count(n: float) -> str:
 def weight_counts(module: nn.Module) -> tuple[int, int] | None:
     """``(nonzero weights, dense weights)`` of a conv / linear layer, else ``None``.
 
-    Understands :class:`SSConv2d`, and layers pruned with a mask buffer (``weight_mask``, as
-    ``torch.nn.utils.prune`` and :mod:`ssconv.pruning` leave them).
+    Understands :class:`SSConv2d`, layers pruned with a mask buffer (``weight_mask``, as
+    ``torch.nn.utils.prune`` and :mod:`ssconv.pruning` leave them), and blocks that count their
+    own weights through an ``ssconv_weight_counts()`` method (e.g. a depthwise-separable block
+    standing in for one dense conv).
     """
+    own = getattr(module, "ssconv_weight_counts", None)
+    if callable(own):
+        return own()
     if isinstance(module, SSConv2d):
         return module.num_params, module.dense_weight_count
     if isinstance(module, (nn.Conv2d, nn.Linear, nn.Conv1d, nn.Conv3d)):
@@ -195,6 +202,32 @@ def weight_counts(module: nn.Module) -> tuple[int, int] | None:
             return int(mask.count_nonzero()), dense
         return dense, dense
     return None
+
+
+def counted_layers(model: nn.Module):
+    """``(name, module, (nonzero, dense))`` for each counted layer, every weight counted once.
+
+    Children of a block that counts its own weights are skipped.
+    """
+    inside: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix) for prefix in inside):
+            continue
+        counts = weight_counts(module)
+        if counts is None:
+            continue
+        if callable(getattr(module, "ssconv_weight_counts", None)):
+            inside.append(name + ".")
+        yield name, module, counts
+
+
+def model_weight_counts(model: nn.Module) -> tuple[int, int]:
+    """(nonzero, dense) weights of all conv and linear layers: the model density's terms."""
+    nonzero = dense = 0
+    for _, _, (n, d) in counted_layers(model):
+        nonzero += n
+        dense += d
+    return nonzero, dense
 
 
 def _dense_weight_numel(module: nn.Module) -> int:
@@ -221,6 +254,9 @@ def weight_mask(module: nn.Module) -> torch.Tensor | None:
 
 
 def _settings(module: nn.Module) -> str:
+    describe = getattr(module, "ssconv_describe", None)
+    if callable(describe):
+        return describe()
     if isinstance(module, SSConv2d):
         kh, kw = module.kernel_size
         return f"{kh}x{kw} {module.pattern.describe()}"
@@ -271,13 +307,13 @@ def profile(
         example_input = torch.zeros(size, device=device, dtype=dtype)
     shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     handles = []
-    for name, module in model.named_modules():
-        if weight_counts(module) is not None:
+    layers_to_count = list(counted_layers(model))
+    for name, module, _ in layers_to_count:
 
-            def hook(mod, args, output, name=name):
-                shapes.setdefault(name, (tuple(args[0].shape), tuple(output.shape)))
+        def hook(mod, args, output, name=name):
+            shapes.setdefault(name, (tuple(args[0].shape), tuple(output.shape)))
 
-            handles.append(module.register_forward_hook(hook))
+        handles.append(module.register_forward_hook(hook))
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
@@ -292,9 +328,8 @@ def profile(
     root = type(model).__name__
     layers: list[LayerProfile] = []
     counted_ids: set[int] = set()
-    for name, module in model.named_modules():
-        counts = weight_counts(module)
-        if counts is None or name not in shapes:
+    for name, module, counts in layers_to_count:
+        if name not in shapes:
             continue
         counted_ids.update(id(p) for p in module.parameters())
         nonzero, dense = counts

@@ -19,7 +19,7 @@ so that the achieved model density lands close to the target.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ssconv.layers.pattern import SSCPattern
@@ -30,6 +30,7 @@ __all__ = [
     "erk_densities",
     "uniform_densities",
     "solve_budget",
+    "choose_per_layer",
     "AUTO",
 ]
 
@@ -84,7 +85,15 @@ def candidate_patterns(
         if layer.in_channels % g or layer.out_channels % g:
             continue
         width = layer.in_channels // g
-        periods: list[int | None] = [*_divisors(width), None] if period == AUTO else [period]
+        # "auto" never proposes period=None (no spatial kernel at all) for a K x K layer: a
+        # stage of 1 x 1 layers loses all spatial filtering; spatial patterns reach densities
+        # down to a checkerboard depthwise conv, and the solver's floors handle the rest.
+        if period != AUTO:
+            periods: list[int | None] = [period]
+        elif layer.kernel_size == (1, 1):
+            periods = [*_divisors(width), None]
+        else:
+            periods = list(_divisors(width))
         for p in periods:
             for pw in pw_options:
                 for sp in sp_options:
@@ -181,7 +190,7 @@ def solve_budget(
     fill: bool = True,
     constraints: dict | None = None,
 ) -> tuple[list[SSCPattern], list[float]]:
-    """Choose one pattern per layer for a model-level target density.
+    """Choose one SSC pattern per layer for a model-level target density.
 
     Args:
         layers: the convolutions to convert.
@@ -194,33 +203,93 @@ def solve_budget(
     Returns:
         ``(patterns, layer_targets)``.
     """
+    constraints = constraints or {}
+
+    def options(layer: LayerSpec) -> list[SSCPattern]:
+        cands = _dedupe(sorted(candidate_patterns(layer, **constraints), key=_rank_key))
+        if not cands:
+            raise ValueError(f"no SSC pattern fits layer {layer.name!r} with {constraints}")
+        return cands
+
+    return choose_per_layer(
+        layers, target, options, fixed_params=fixed_params, distribution=distribution, fill=fill
+    )
+
+
+def choose_per_layer(
+    layers: Sequence[LayerSpec],
+    target: float,
+    options: Callable[[LayerSpec], list],
+    *,
+    fixed_params: int = 0,
+    distribution: str = "uniform",
+    fill: bool = True,
+) -> tuple[list, list[float]]:
+    """The budget solver for any family of discrete per-layer structures.
+
+    ``options(layer)`` lists the layer's candidates (objects with ``num_params``), densest and
+    best first, one per distinct size. Layers whose sparsest candidate is denser than their
+    share of the budget get that candidate, and the others share what is left (keeping the
+    uniform / ERK proportions); :class:`ValueError` when even the sparsest choices exceed the
+    budget.
+    """
     if not 0 < target <= 1:
         raise ValueError(f"density must be in (0, 1], got {target}")
     if distribution not in ("uniform", "erk"):
         raise ValueError(f"distribution must be 'uniform' or 'erk', got {distribution!r}")
-    constraints = constraints or {}
     make = uniform_densities if distribution == "uniform" else erk_densities
     targets = make(layers, target, fixed_params)
     total = sum(layer.dense_params for layer in layers) + fixed_params
-    budget = math.floor(target * total + 1e-9)
-    options: list[list[SSCPattern]] = []
+    budget = math.floor(target * total + 1e-9) - fixed_params
+    cand_lists = [options(layer) for layer in layers]
+    floors = [c[-1].num_params for c in cand_lists]
+    if sum(floors) > budget:
+        raise ValueError(
+            f"density={target} cannot be met with this structure: its sparsest choice per layer "
+            f"already holds {sum(floors) + fixed_params} of {total} weights "
+            f"({(sum(floors) + fixed_params) / total:.4f}); raise density"
+        )
+    targets = _apply_floors(layers, targets, floors, budget)
     chosen: list[int] = []
-    for layer, t in zip(layers, targets):
-        cands = sorted(candidate_patterns(layer, **constraints), key=_rank_key)
-        cands = _dedupe(cands)
-        if not cands:
-            raise ValueError(f"no SSC pattern fits layer {layer.name!r} with {constraints}")
+    for layer, t, cands in zip(layers, targets, cand_lists):
         limit = t * layer.dense_params + _EPS
-        index = next((i for i, c in enumerate(cands) if c.num_params <= limit), len(cands) - 1)
-        options.append(cands)
-        chosen.append(index)
+        chosen.append(
+            next((i for i, c in enumerate(cands) if c.num_params <= limit), len(cands) - 1)
+        )
     if fill:
         limits = [t * layer.dense_params for layer, t in zip(layers, targets)]
-        _fill(options, chosen, budget - fixed_params, limits)
-    return [options[i][chosen[i]] for i in range(len(layers))], targets
+        _fill(cand_lists, chosen, budget, limits)
+    return [cand_lists[i][chosen[i]] for i in range(len(layers))], targets
 
 
-def _dedupe(cands: Iterable[SSCPattern]) -> list[SSCPattern]:
+def _apply_floors(
+    layers: Sequence[LayerSpec], targets: list[float], floors: list[int], budget: int
+) -> list[float]:
+    """Raise targets below a layer's sparsest option to it; scale the rest to fit ``budget``."""
+    targets = list(targets)
+    floored: set[int] = set()
+    while True:
+        new = {
+            i
+            for i, (layer, t) in enumerate(zip(layers, targets))
+            if i not in floored and floors[i] > t * layer.dense_params + _EPS
+        }
+        if not new:
+            return targets
+        floored |= new
+        for i in floored:
+            targets[i] = floors[i] / layers[i].dense_params
+        rest = [i for i in range(len(layers)) if i not in floored]
+        wanted = sum(targets[i] * layers[i].dense_params for i in rest)
+        left = budget - sum(floors[i] for i in floored)
+        if not rest or wanted <= 0:
+            return targets
+        scale = left / wanted
+        for i in rest:
+            targets[i] = min(1.0, targets[i] * scale)
+
+
+def _dedupe(cands: Iterable) -> list:
     """Keep the best-ranked pattern per distinct parameter count (input sorted by rank)."""
     out: list[SSCPattern] = []
     seen: set[int] = set()
@@ -231,9 +300,7 @@ def _dedupe(cands: Iterable[SSCPattern]) -> list[SSCPattern]:
     return out
 
 
-def _fill(
-    options: list[list[SSCPattern]], chosen: list[int], budget: int, limits: Sequence[float]
-) -> None:
+def _fill(options: list[list], chosen: list[int], budget: int, limits: Sequence[float]) -> None:
     """Greedily upgrade layers to their next denser pattern while the sum stays in ``budget``.
 
     Each round upgrades the layer whose new weight count overshoots its own target (``limits``)

@@ -23,7 +23,7 @@ from ssconv.layers.pattern import SSCPattern
 from ssconv.layers.ssconv import SSConv2d
 from ssconv.models.budget import AUTO, LayerSpec, solve_budget
 from ssconv.models.coverage import CoverageIssue, check_coverage
-from ssconv.profile import weight_counts
+from ssconv.profile import counted_layers, model_weight_counts, weight_counts
 
 __all__ = [
     "convert",
@@ -264,11 +264,7 @@ def convert(
             for n, c in todo
         ]
         todo_ids = {id(c) for _, c in todo}
-        fixed = 0
-        for module in model.modules():
-            counts = weight_counts(module)
-            if counts is not None and id(module) not in todo_ids:
-                fixed += counts[0]
+        fixed = sum(n for _, m, (n, _) in counted_layers(model) if id(m) not in todo_ids)
         chosen, layer_targets = solve_budget(
             specs,
             float(density),
@@ -320,12 +316,7 @@ def convert(
         d.params, d.dense_params = counts
         d.density = d.params / d.dense_params
 
-    weight, dense = 0, 0
-    for module in model.modules():
-        counts = weight_counts(module)
-        if counts is not None:
-            weight += counts[0]
-            dense += counts[1]
+    weight, dense = model_weight_counts(model)
     issues = [
         issue
         for name in decisions

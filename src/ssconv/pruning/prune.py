@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ssconv.models.budget import LayerSpec
 from ssconv.models.convert import KEEP_RULES, select_layers
-from ssconv.profile import weight_counts
+from ssconv.profile import counted_layers, weight_counts
 from ssconv.pruning.masks import (
     DISTRIBUTIONS,
     apply_masks,
@@ -198,9 +198,7 @@ def prunable_layers(
         for _, m, reason in select_layers(model, skip=skip, include=include, keep=keep)
     }
     out: list[tuple[str, nn.Module, str | None]] = []
-    for name, module in model.named_modules():
-        if weight_counts(module) is None:
-            continue
+    for name, module, _ in counted_layers(model):
         reason: str | None
         if id(module) in convs:
             reason = convs[id(module)]
