@@ -102,6 +102,23 @@ def test_pattern_picture(capsys, tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_demo_runs(capsys):
-    code, out, _ = run(capsys, "demo", "--batch-size", "4")
-    assert code == 0 and "forward/backward" in out
+def test_demo_trains_compares_and_reuses(capsys, tmp_path):
+    argv = [
+        "demo",
+        "--out",
+        str(tmp_path / "demo"),
+        "--epochs",
+        "1",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "32",
+    ]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0
+    table = out[out.index("method") :]
+    for method in ("dense", "ssc", "snip"):
+        assert f"\n{method} " in table
+    assert "same number of nonzero" in out
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and out.count("reusing the finished run") == 3

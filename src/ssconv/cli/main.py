@@ -11,7 +11,18 @@ from ssconv import __version__
 from ssconv.cli.common import CLIError
 
 # One module per subcommand, each with ``register(subparsers)``.
-SUBCOMMANDS = ["demo", "models", "summary", "pattern", "prune", "train", "eval"]
+SUBCOMMANDS = [
+    "demo",
+    "models",
+    "datasets",
+    "summary",
+    "pattern",
+    "prune",
+    "train",
+    "eval",
+    "sweep",
+    "report",
+]
 
 EXIT_OK = 0
 EXIT_ERROR = 1

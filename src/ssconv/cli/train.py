@@ -22,6 +22,7 @@ _FLAGS = {
     "model": str,
     "dataset": str,
     "data_root": str,
+    "image_size": int,
     "method": str,
     "density": density_arg,
     "distribution": str,

@@ -17,10 +17,26 @@ from typing import Any
 
 import yaml
 
-__all__ = ["TrainConfig", "ConfigError", "load_config", "METHODS", "PRUNING_METHOD_NAMES"]
+__all__ = [
+    "TrainConfig",
+    "ConfigError",
+    "load_config",
+    "METHODS",
+    "PRUNING_METHOD_NAMES",
+    "SSC_PRESETS",
+]
 
 PRUNING_METHOD_NAMES = ("random", "erk", "magnitude", "snip", "grasp", "synflow")
-METHODS = ("dense", "ssc", *PRUNING_METHOD_NAMES)
+#: SSC with some settings fixed (the solver picks the rest); group_conv is SSC with period 1.
+SSC_PRESETS: dict[str, dict] = {
+    "ssc": {},
+    "ssc_hetconv": {"ssc_pointwise": True, "ssc_spatial": "full"},
+    "ssc_groupwise": {"ssc_pointwise": False, "ssc_spatial": "full"},
+    "ssc_checkerboard": {"ssc_spatial": "checkerboard"},
+    "group_conv": {"ssc_period": 1, "ssc_spatial": "full"},
+}
+STRUCTURED_BASELINES = ("dw_separable",)
+METHODS = ("dense", *SSC_PRESETS, *STRUCTURED_BASELINES, *PRUNING_METHOD_NAMES)
 
 
 class ConfigError(ValueError):
@@ -51,7 +67,13 @@ class TrainConfig:
     image_size: int | None = _f(
         None, "resize images to this size (default: the dataset's)", kind=int, lo=8, nullable=True
     )
-    method: str = _f("ssc", "dense, ssc, or a pruning method", kind=str, choices=METHODS)
+    method: str = _f(
+        "ssc",
+        "dense; ssc or an SSC preset (ssc_hetconv, ssc_groupwise, "
+        "ssc_checkerboard, group_conv); dw_separable; or a pruning method",
+        kind=str,
+        choices=METHODS,
+    )
     density: float | None = _f(
         0.1,
         "target model density (conv+linear nonzero / dense)",
@@ -131,6 +153,9 @@ class TrainConfig:
         0, "also checkpoint every N steps (0: per epoch only)", kind=int, lo=0
     )
     keep_checkpoints: int = _f(2, "newest checkpoints kept", kind=int, lo=1)
+    latency_batch: int = _f(
+        64, "batch size of the inference latency measured after training (0: skip)", kind=int, lo=0
+    )
 
     # ------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -149,7 +174,7 @@ class TrainConfig:
 
     def check(self) -> None:
         """Cross-field checks."""
-        if self.method in PRUNING_METHOD_NAMES and self.density is None:
+        if self.method != "dense" and self.method != "ssc" and self.density is None:
             raise ConfigError(f"density: method {self.method!r} needs a density, e.g. 0.1")
         if self.method == "ssc" and self.density is None and self.ssc_period == "auto":
             raise ConfigError("density: method 'ssc' needs a density or an explicit ssc_period")

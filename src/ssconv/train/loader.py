@@ -41,9 +41,14 @@ class SeededDataset(Dataset):
 
     def __getitem__(self, key):
         epoch, index = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(mix_seed(self.seed, epoch, index))
+        # The CPU generator only (torch.manual_seed also reseeds CUDA: 100x slower per item).
+        gen = torch.default_generator
+        state = gen.get_state()
+        gen.manual_seed(mix_seed(self.seed, epoch, index))
+        try:
             return self.base[index]
+        finally:
+            gen.set_state(state)
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):

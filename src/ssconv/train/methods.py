@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from ssconv.models import convert, create_model
-from ssconv.train.config import PRUNING_METHOD_NAMES, TrainConfig
+from ssconv.train.config import PRUNING_METHOD_NAMES, SSC_PRESETS, TrainConfig
 
 __all__ = ["build_model", "ssc_settings"]
 
@@ -24,14 +24,17 @@ log = logging.getLogger(__name__)
 
 
 def ssc_settings(cfg: TrainConfig) -> dict[str, Any]:
-    """The explicit SSC settings of a config ("auto" ones are left to the solver)."""
-    settings = {
-        "groups": cfg.ssc_groups,
-        "period": cfg.ssc_period,
-        "pointwise": cfg.ssc_pointwise,
-        "spatial": cfg.ssc_spatial,
+    """The fixed SSC settings of a config: the method's preset, then explicit ``ssc_*`` keys
+    ("auto" ones are left to the solver)."""
+    values = {
+        "ssc_groups": cfg.ssc_groups,
+        "ssc_period": cfg.ssc_period,
+        "ssc_pointwise": cfg.ssc_pointwise,
+        "ssc_spatial": cfg.ssc_spatial,
     }
-    return {k: v for k, v in settings.items() if v != "auto"}
+    preset = SSC_PRESETS.get(cfg.method, {})
+    merged = {k: (preset[k] if v == "auto" and k in preset else v) for k, v in values.items()}
+    return {k.removeprefix("ssc_"): v for k, v in merged.items() if v != "auto"}
 
 
 def _rules(cfg: TrainConfig) -> dict[str, Any]:
@@ -65,7 +68,17 @@ def build_model(
     info: dict[str, Any] = {"method": cfg.method}
     if cfg.method == "dense" or (for_loading and cfg.method in PRUNING_METHOD_NAMES):
         return model, info
-    if cfg.method == "ssc":
+    if cfg.method == "dw_separable":
+        from ssconv.models.baselines import to_depthwise_separable
+
+        report = to_depthwise_separable(
+            model, density=cfg.density, distribution=cfg.distribution, inplace=True, **_rules(cfg)
+        )
+        info["conversion"] = report.to_dict()
+        info["target_density"] = cfg.density
+        info["density"] = report.density
+        return report.model, info
+    if cfg.method in SSC_PRESETS:
         report = convert(
             model,
             density=cfg.density,

@@ -199,8 +199,10 @@ class Trainer:
         overwrite: bool = False,
         progress: bool | None = None,
         callbacks: list[Callable[[Trainer], None]] | None = None,
+        ignore: tuple[str, ...] = (),
     ) -> None:
         self.cfg = cfg
+        self.ignore = ignore  # file names in OUT that do not make it "non-empty" (sweep locks)
         self.out = Path(out)
         self.resume = resume
         self.overwrite = overwrite
@@ -218,7 +220,7 @@ class Trainer:
     def _prepare_folder(self) -> tuple[Path, dict] | None:
         """Check the run folder; return the newest valid checkpoint when resuming."""
         out = self.out
-        existing = [p for p in out.iterdir()] if out.is_dir() else []
+        existing = [p for p in out.iterdir() if p.name not in self.ignore] if out.is_dir() else []
         if existing and not self.resume:
             if not self.overwrite:
                 raise RunFolderError(
@@ -687,6 +689,7 @@ class Trainer:
             prof = profile(self.model, (1, *self.info.input_size))
             (self.out / "profile.txt").write_text(prof.table() + "\n")
             (self.out / "profile.json").write_text(prof.to_json(indent=2))
+            latency = self._latency()
             final = {
                 "method": self.cfg.method,
                 "model": self.cfg.model,
@@ -705,12 +708,34 @@ class Trainer:
                     sum(r["epoch_time_s"] for r in epochs) / len(epochs) if epochs else None
                 ),
                 "images_per_s": epochs[-1]["images_per_s"] if epochs else None,
+                "latency_ms": latency,
+                "latency_batch": self.cfg.latency_batch,
+                "threads": torch.get_num_threads(),
+                "device": str(self.device),
                 "wall_time_s": wall,
                 "complete": self.epoch >= self.cfg.epochs,
                 "config_digest": self.cfg.digest(),
             }
             (self.out / "final.json").write_text(json.dumps(final, indent=2))
         return final
+
+    @torch.inference_mode()
+    def _latency(self) -> float | None:
+        """Median inference time (ms) of one batch of ``latency_batch`` images, eval mode."""
+        from ssconv.bench.timing import measure
+
+        batch = self.cfg.latency_batch
+        if not batch:
+            return None
+        model = self.model
+        was_training = model.training
+        model.eval()
+        x = torch.randn(batch, *self.info.input_size, device=self.device)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        stats = measure({"model": lambda: model(x)}, repeats=7, warmup=2, device=self.device)
+        model.train(was_training)
+        return stats["model"].median * 1e3
 
     # ------------------------------------------------------------- signals
     def _install_signal_handlers(self):

@@ -1,0 +1,53 @@
+"""``ssconv report RUNS...``: tables (Markdown, CSV) and plots from run folders."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ssconv.cli.common import CLIError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="tables and plots over run folders (mean ± std over seeds)",
+        description="Collect finished runs under the given folders, group them by dataset, "
+        "model, method and target density, and write results.md, results.csv and plots "
+        "(accuracy vs density, vs effective MACs, vs measured latency; training curves). "
+        "Reports are built only from the run folders.",
+    )
+    p.add_argument("runs", nargs="+", help="run folders or folders containing runs")
+    p.add_argument(
+        "-o", "--out", default=None, help="output folder (default: print the Markdown table only)"
+    )
+    p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ssconv.report.plots import plot_all
+    from ssconv.report.results import csv_table, find_runs, group_runs, markdown_table
+
+    try:
+        runs = find_runs(args.runs)
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from None
+    if not runs:
+        raise CLIError(f"no finished runs (final.json with complete: true) under {args.runs}")
+    groups = group_runs(runs)
+    table = markdown_table(groups)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.md").write_text(table + "\n")
+        (out / "results.csv").write_text(csv_table(groups))
+        written = [out / "results.md", out / "results.csv"]
+        if not args.no_plots:
+            written += plot_all(groups, out)
+        print(
+            f"\n{len(runs)} runs in {len(groups)} groups; wrote "
+            + ", ".join(str(p) for p in written)
+        )
+    return 0

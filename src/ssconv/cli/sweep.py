@@ -1,0 +1,108 @@
+"""``ssconv sweep SWEEP_FILE``: run a grid of training runs (skip done, resume partial)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from ssconv.cli.common import CLIError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="run a grid of training runs (models x methods x densities x seeds)",
+        description="Run the cells of a sweep file as ordinary training runs. Finished cells "
+        "are skipped and unfinished ones resumed. Several processes or machines sharing the "
+        "output folder can work on the same grid: each claims a cell with a lock file "
+        "(--next runs exactly one cell), or use --shard K/N for a static split.",
+        epilog="Exit codes: 0 every selected cell done or skipped (the budget cannot be met by "
+        "that structure); 1 some cell failed (see its failed.json); 2 bad sweep file; "
+        "130/143 interrupted (the running cell saved a checkpoint; run again to resume).",
+    )
+    p.add_argument("sweep_file", help="YAML or TOML file with out, base and grid")
+    p.add_argument("--out", default=None, help="override the file's output folder")
+    p.add_argument("--list", action="store_true", help="list the cells and their status")
+    p.add_argument(
+        "--cell",
+        type=int,
+        action="append",
+        default=None,
+        help="run only this cell index (repeatable)",
+    )
+    p.add_argument(
+        "--shard", default=None, metavar="K/N", help="run only cells with index %% N == K"
+    )
+    p.add_argument("--next", action="store_true", help="claim and run one pending cell")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.set_defaults(func=run)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise CLIError(f"--shard expects K/N with integers, e.g. 0/4, got {text!r}") from None
+    if not (n >= 1 and 0 <= k < n):
+        raise CLIError(f"--shard {text}: need 0 <= K < N")
+    return k, n
+
+
+def run(args: argparse.Namespace) -> int:
+    from ssconv.cli.train import console_logging
+    from ssconv.train.config import ConfigError
+    from ssconv.train.sweep import cell_status, claim, load_sweep, print_cells, release, run_cell
+    from ssconv.train.trainer import TrainingInterrupted
+
+    try:
+        spec = load_sweep(args.sweep_file, args.out)
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+    cells = spec.cells()
+    if args.cell is not None:
+        bad = [i for i in args.cell if not 0 <= i < len(cells)]
+        if bad:
+            raise CLIError(f"--cell {bad[0]}: the grid has cells 0..{len(cells) - 1}")
+        cells = [cells[i] for i in args.cell]
+    if args.shard is not None:
+        k, n = _shard(args.shard)
+        cells = [c for c in cells if c.index % n == k]
+    if args.list:
+        print_cells(cells)
+        return 0
+    failed = 0
+    ran = 0
+    start = time.time()
+    for cell in cells:
+        status = cell_status(cell)
+        if status in ("done", "skipped", "running"):
+            continue
+        if not claim(cell):
+            continue
+        print(f"[{cell.index + 1}/{len(spec.cells())}] {cell.label()} -> {cell.folder}", flush=True)
+        try:
+            with console_logging():
+                status = run_cell(cell, progress=args.progress)
+        except TrainingInterrupted as exc:
+            print(f"sweep: {exc}", flush=True)
+            return 128 + int(exc.signum)
+        except Exception as exc:  # record and go on with the next cell
+            reason = {"reason": f"{type(exc).__name__}: {exc}"}
+            (cell.folder / "failed.json").write_text(json.dumps(reason, indent=2))
+            print(
+                f"sweep: cell {cell.index} failed: {type(exc).__name__}: {exc}",
+                file=sys.stderr,
+                flush=True,
+            )
+            status = "failed"
+        finally:
+            release(cell)
+        ran += 1
+        failed += status == "failed"
+        print(f"[{cell.index + 1}] {status} after {time.time() - start:.0f} s total", flush=True)
+        if args.next:
+            break
+    print_cells(spec.cells() if args.cell is None and args.shard is None else cells)
+    return 1 if failed else 0

@@ -1,0 +1,186 @@
+"""Collect run folders and aggregate them over seeds: Markdown / CSV tables.
+
+Everything comes from the run folders themselves (``config.yaml``, ``final.json``,
+``metrics.jsonl``): a report can be rebuilt anywhere the folders are copied.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["Run", "Group", "find_runs", "group_runs", "markdown_table", "csv_table"]
+
+
+@dataclass
+class Run:
+    folder: Path
+    config: dict[str, Any]
+    final: dict[str, Any]
+    epochs: list[dict[str, Any]]
+
+    @property
+    def key(self) -> tuple:
+        c = self.config
+        density = None if c["method"] == "dense" else c.get("density")
+        return (c["dataset"], c["model"], c["method"], density)
+
+
+@dataclass
+class Group:
+    """The runs of one (dataset, model, method, target density), one per seed."""
+
+    dataset: str
+    model: str
+    method: str
+    target_density: float | None
+    runs: list[Run] = field(default_factory=list)
+
+    def values(self, key: str) -> list[float]:
+        return [r.final[key] for r in self.runs if r.final.get(key) is not None]
+
+    def mean_std(self, key: str) -> tuple[float | None, float | None]:
+        vals = self.values(key)
+        if not vals:
+            return None, None
+        return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+    def mean(self, key: str) -> float | None:
+        return self.mean_std(key)[0]
+
+    def row(self) -> dict[str, Any]:
+        final_m, final_s = self.mean_std("final_acc1")
+        best_m, best_s = self.mean_std("best_acc1")
+        return {
+            "dataset": self.dataset,
+            "model": self.model,
+            "method": self.method,
+            "target_density": self.target_density,
+            "density": self.mean("density"),
+            "weights": self.mean("weight_params"),
+            "effective_macs": self.mean("effective_macs"),
+            "executed_macs": self.mean("executed_macs"),
+            "final_acc1_mean": final_m,
+            "final_acc1_std": final_s,
+            "best_acc1_mean": best_m,
+            "best_acc1_std": best_s,
+            "seeds": len(self.runs),
+            "latency_ms": self.mean("latency_ms"),
+            "train_images_per_s": self.mean("images_per_s"),
+            "epoch_time_s": self.mean("mean_epoch_time_s"),
+        }
+
+
+def _read_run(folder: Path) -> Run | None:
+    final_path, config_path = folder / "final.json", folder / "config.yaml"
+    if not (final_path.is_file() and config_path.is_file()):
+        return None
+    final = json.loads(final_path.read_text())
+    if not final.get("complete"):
+        return None
+    config = yaml.safe_load(config_path.read_text())
+    epochs = []
+    metrics = folder / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                if row.get("kind") == "epoch":
+                    epochs.append(row)
+    return Run(folder, config, final, epochs)
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[Run]:
+    """Every finished run under ``paths`` (run folders or folders containing them)."""
+    runs: list[Run] = []
+    seen: set[Path] = set()
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{str(path)!r} does not exist")
+        candidates = (
+            [path]
+            if (path / "final.json").is_file()
+            else [p.parent for p in sorted(path.rglob("final.json"))]
+        )
+        for folder in candidates:
+            folder = folder.resolve()
+            if folder in seen:
+                continue
+            seen.add(folder)
+            run = _read_run(folder)
+            if run is not None:
+                runs.append(run)
+    return runs
+
+
+def group_runs(runs: Iterable[Run]) -> list[Group]:
+    groups: dict[tuple, Group] = {}
+    for run in runs:
+        if run.key not in groups:
+            groups[run.key] = Group(*run.key)
+        groups[run.key].runs.append(run)
+    return sorted(
+        groups.values(), key=lambda g: (g.dataset, g.model, -(g.target_density or 2.0), g.method)
+    )
+
+
+def _pm(mean: float | None, std: float | None, scale: float = 100.0) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean * scale:.2f} ± {std * scale:.2f}"
+
+
+def _count(n: float | None) -> str:
+    from ssconv.profile import format_count
+
+    return "-" if n is None or (isinstance(n, float) and math.isnan(n)) else format_count(n)
+
+
+def markdown_table(groups: list[Group]) -> str:
+    head = (
+        "| dataset | model | method | target density | density | weights | eff. MACs | "
+        "exec. MACs | final acc (%) | best acc (%) | seeds | latency (ms) | train img/s |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for g in groups:
+        r = g.row()
+        target = "-" if g.target_density is None else f"{g.target_density:g}"
+        latency = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.1f}"
+        speed = "-" if r["train_images_per_s"] is None else f"{r['train_images_per_s']:.0f}"
+        cells = [
+            g.dataset,
+            g.model,
+            g.method,
+            target,
+            f"{r['density']:.4f}",
+            _count(r["weights"]),
+            _count(r["effective_macs"]),
+            _count(r["executed_macs"]),
+            _pm(r["final_acc1_mean"], r["final_acc1_std"]),
+            _pm(r["best_acc1_mean"], r["best_acc1_std"]),
+            str(r["seeds"]),
+            latency,
+            speed,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def csv_table(groups: list[Group]) -> str:
+    rows = [g.row() for g in groups]
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()

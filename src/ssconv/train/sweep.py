@@ -1,0 +1,217 @@
+"""Grids of ordinary training runs: models x methods x densities x seeds (any config key).
+
+A sweep file (YAML or TOML)::
+
+    out: runs/fmnist            # where the cells' run folders go
+    base:                       # TrainConfig keys shared by every cell
+      dataset: fashion_mnist
+      epochs: 3
+    grid:                       # TrainConfig keys with lists of values (cartesian product)
+      method: [dense, ssc, snip]
+      density: [0.1, 0.05]
+      seed: [0, 1, 2]
+
+Each cell is a normal run in ``out/<key>=<value>/...``. Finished cells are skipped, unfinished
+ones resumed from their checkpoints. Several processes (or machines sharing the folder) can
+work on one grid: a cell is claimed by creating its lock file atomically, so two workers never
+train the same cell; ``--shard K/N`` splits the grid statically instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ssconv.train.config import ConfigError, TrainConfig, _check_items
+
+__all__ = ["SweepSpec", "Cell", "load_sweep", "cell_status", "run_cell", "claim", "release"]
+
+log = logging.getLogger(__name__)
+
+LOCK = "sweep.lock"
+SKIPPED = "skipped.json"
+FAILED = "failed.json"
+
+
+@dataclass(frozen=True)
+class Cell:
+    index: int
+    values: dict[str, Any]  # the grid values of this cell
+    config: TrainConfig
+    folder: Path
+
+    def label(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.values.items())
+
+
+@dataclass
+class SweepSpec:
+    out: Path
+    base: dict[str, Any]
+    grid: dict[str, list]
+    source: str
+
+    def cells(self) -> list[Cell]:
+        """Every distinct cell (dense runs do not depend on density: one per other value)."""
+        keys = list(self.grid)
+        seen: set[str] = set()
+        cells: list[Cell] = []
+        for combo in itertools.product(*(self.grid[k] for k in keys)):
+            values = dict(zip(keys, combo))
+            data = {**self.base, **values}
+            if data.get("method", TrainConfig.method) == "dense" and "density" in values:
+                values = {k: v for k, v in values.items() if k != "density"}
+                data["density"] = None
+            config = TrainConfig.from_dict(data, source=f"{self.source} cell {values}")
+            digest = config.digest()
+            if digest in seen:
+                continue
+            seen.add(digest)
+            folder = self.out.joinpath(*(_slug(k, v) for k, v in values.items()))
+            cells.append(Cell(len(cells), values, config, folder))
+        return cells
+
+
+def _slug(key: str, value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
+    return f"{key}={safe}"
+
+
+def load_sweep(path: str | Path, out: str | Path | None = None) -> SweepSpec:
+    """Read and validate a sweep file; every cell's config is checked up front."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file {str(path)!r} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text) or {}
+    except Exception as exc:
+        raise ConfigError(f"{path}: cannot parse: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with out, base and grid")
+    unknown = set(data) - {"out", "base", "grid", "description"}
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown top-level key(s) {sorted(unknown)}; expected out, "
+            f"base, grid, description"
+        )
+    base = data.get("base") or {}
+    grid = data.get("grid") or {}
+    if not isinstance(grid, dict) or not grid:
+        raise ConfigError(f"{path}: grid must map config keys to lists of values")
+    _check_items(base, f"{path}: base")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}: grid.{key} must be a non-empty list")
+        for v in values:
+            _check_items({key: v}, f"{path}: grid")
+    folder = Path(out) if out is not None else Path(data.get("out") or "runs/sweep")
+    spec = SweepSpec(folder, base, grid, str(path))
+    spec.cells()  # validate every combination now, not hours later
+    return spec
+
+
+def cell_status(cell: Cell) -> str:
+    """done, running (locked), skipped, failed, partial (checkpoints) or pending."""
+    final = cell.folder / "final.json"
+    if final.is_file():
+        data = json.loads(final.read_text())
+        if data.get("complete") and data.get("config_digest") == cell.config.digest():
+            return "done"
+    if (cell.folder / SKIPPED).is_file():
+        return "skipped"
+    lock = cell.folder / LOCK
+    if lock.is_file() and not _stale(lock):
+        return "running"
+    if (cell.folder / FAILED).is_file():
+        return "failed"
+    if any((cell.folder / "checkpoints").glob("ckpt-*.pt")):
+        return "partial"
+    return "pending"
+
+
+def _stale(lock: Path, max_age_s: float = 6 * 3600) -> bool:
+    """A lock whose process is gone (same host), or older than ``max_age_s`` without progress."""
+    try:
+        info = json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return True
+    if info.get("host") == socket.gethostname():
+        try:
+            os.kill(int(info["pid"]), 0)
+        except (ProcessLookupError, ValueError, KeyError):
+            return True
+        except PermissionError:
+            return False
+        return False
+    newest = max(
+        (p.stat().st_mtime for p in lock.parent.rglob("*") if p.is_file()),
+        default=lock.stat().st_mtime,
+    )
+    return time.time() - newest > max_age_s
+
+
+def claim(cell: Cell) -> bool:
+    """Atomically create the cell's lock; False if another live worker holds it."""
+    cell.folder.mkdir(parents=True, exist_ok=True)
+    lock = cell.folder / LOCK
+    if lock.is_file() and _stale(lock):
+        lock.unlink(missing_ok=True)
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}, fh)
+    return True
+
+
+def release(cell: Cell) -> None:
+    (cell.folder / LOCK).unlink(missing_ok=True)
+
+
+def run_cell(cell: Cell, *, progress: bool | None = None) -> str:
+    """Train (or resume) one claimed cell; returns its new status."""
+    from ssconv.train.trainer import NonFiniteLossError, Trainer
+
+    folder = cell.folder
+    (folder / FAILED).unlink(missing_ok=True)
+    try:
+        Trainer(cell.config, folder, resume=True, progress=progress, ignore=(LOCK,)).run()
+    except ValueError as exc:
+        if "cannot be met" in str(exc) or "no conv layer" in str(exc):
+            # The structure cannot reach this budget ("where shapes allow"): not a failure.
+            (folder / SKIPPED).write_text(json.dumps({"reason": str(exc)}, indent=2))
+            return "skipped"
+        raise
+    except NonFiniteLossError as exc:
+        (folder / FAILED).write_text(json.dumps({"reason": str(exc)}, indent=2))
+        return "failed"
+    return "done"
+
+
+def print_cells(cells: list[Cell], out=None) -> None:
+    out = out or sys.stdout
+    counts: dict[str, int] = {}
+    for cell in cells:
+        status = cell_status(cell)
+        counts[status] = counts.get(status, 0) + 1
+        print(f"{cell.index:4d}  {status:8s}  {cell.label()}", file=out)
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    print(f"{len(cells)} cells: {summary}", file=out)
