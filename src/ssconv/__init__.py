@@ -6,6 +6,7 @@ structured sparsity pattern chosen before training.
 """
 
 from ssconv.layers import SSCFactory, SSConv2d, SSCPattern
+from ssconv.layers.tuning import autotune
 from ssconv.models import convert, create_model, list_models
 from ssconv.profile import ProfileResult, profile
 
@@ -17,6 +18,7 @@ __all__ = [
     "SSCPattern",
     "SSConv2d",
     "__version__",
+    "autotune",
     "convert",
     "create_model",
     "list_models",

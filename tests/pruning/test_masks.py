@@ -155,7 +155,9 @@ def test_remove_masks_bakes_zeros_into_plain_layers():
     remove_masks(model)
     assert type(model.layer1[0].conv1) is nn.Conv2d and not get_masks(model)
     assert (model.layer1[0].conv1.weight[~mask] == 0).all()
-    assert layer is model.layer1[0].conv1
+    # A new plain layer (not the parametrized one re-classed: that would break copies).
+    assert layer is not model.layer1[0].conv1
+    assert torch.equal(model.layer1[0].conv1.weight, layer.weight)
 
 
 def test_apply_masks_errors_and_optimizer_identity():
@@ -178,3 +180,21 @@ def test_profile_counts_masks_and_dense_executed_macs():
     assert prof.weight_params == report.weight_params == math.floor(0.05 * prof.dense_weight_params)
     assert prof.executed_macs == profile(create_model("cifar_resnet20"), (3, 16, 16)).executed_macs
     assert prof.effective_macs < prof.executed_macs
+
+
+def test_remove_masks_on_a_copy_leaves_the_original_masked():
+    import copy
+
+    from torch import nn
+
+    from ssconv.pruning import apply_masks, get_masks, remove_masks
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
+    mask = torch.rand(4, 3, 3, 3) > 0.5
+    apply_masks(model, {"0": mask})
+    baked = remove_masks(copy.deepcopy(model))
+    assert type(baked[0]) is nn.Conv2d and not get_masks(baked)
+    assert torch.equal(baked[0].weight, model[0].weight)  # the original still works
+    assert torch.equal(get_masks(model)["0"], mask)
+    x = torch.randn(2, 3, 6, 6)
+    assert torch.equal(baked(x), model(x))

@@ -18,6 +18,7 @@ BASE = {
     "eval_batch_size": 16,
     "latency_batch": 4,
     "prune_iterations": 3,
+    "density": 0.3,
 }
 
 
@@ -121,3 +122,31 @@ def test_report_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "no finished runs" in capsys.readouterr().err
+
+
+def test_report_measures_latency_into_run_folders(tmp_path, capsys):
+    BASE["latency_batch"] = 0
+    try:
+        path = write_sweep(tmp_path, {"method": ["ssc", "magnitude", "dw_separable"]})
+    finally:
+        BASE["latency_batch"] = 4
+    assert main(["sweep", str(path)]) == 0
+    assert (
+        main(
+            [
+                "report",
+                str(tmp_path / "runs"),
+                "--measure-latency",
+                "--latency-batch",
+                "4",
+                "--no-plots",
+                "-o",
+                str(tmp_path / "rep"),
+            ]
+        )
+        == 0
+    )
+    for cell in load_sweep(path).cells():
+        final = json.loads((cell.folder / "final.json").read_text())
+        assert final["latency_ms"] > 0 and final["latency_batch"] == 4
+    assert "latency" in capsys.readouterr().err

@@ -22,6 +22,8 @@ SUBCOMMANDS = [
     "eval",
     "sweep",
     "report",
+    "bench",
+    "export",
 ]
 
 EXIT_OK = 0

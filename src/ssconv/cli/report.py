@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ssconv.cli.common import CLIError
@@ -22,6 +23,14 @@ def register(sub) -> None:
         "-o", "--out", default=None, help="output folder (default: print the Markdown table only)"
     )
     p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.add_argument(
+        "--measure-latency",
+        action="store_true",
+        help="first measure the inference latency of runs that lack it (frozen "
+        "model, one run after the other) and store it in their final.json",
+    )
+    p.add_argument("--remeasure", action="store_true", help="with --measure-latency: all runs")
+    p.add_argument("--latency-batch", type=int, default=64)
     p.set_defaults(func=run)
 
 
@@ -35,6 +44,14 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     if not runs:
         raise CLIError(f"no finished runs (final.json with complete: true) under {args.runs}")
+    if args.measure_latency:
+        from ssconv.report.latency import measure_run_latency
+
+        todo = [r for r in runs if args.remeasure or r.final.get("latency_ms") is None]
+        for i, r in enumerate(todo, 1):
+            ms = measure_run_latency(r.folder, batch=args.latency_batch)
+            r.final["latency_ms"] = ms
+            print(f"latency {i}/{len(todo)}: {ms:.1f} ms  {r.folder}", file=sys.stderr, flush=True)
     groups = group_runs(runs)
     table = markdown_table(groups)
     print(table)

@@ -157,13 +157,49 @@ def prepare_masks(model: nn.Module, state_dict: Mapping[str, Tensor]) -> list[st
 def remove_masks(model: nn.Module) -> nn.Module:
     """Bake the masks into plain weights (zeros where pruned) and drop them; returns ``model``.
 
-    The layers become ordinary ``nn.Conv2d`` / ``nn.Linear`` again (for export, or to convert
-    the model); ``ssconv.profile`` then counts them as dense.
+    The layers are replaced by new, ordinary ``nn.Conv2d`` / ``nn.Linear`` modules (for export,
+    or to convert the model): an optimizer built before does not follow them.
+    ``ssconv.profile`` then counts them as dense.
     """
-    for _, module in list(model.named_modules()):
+    from ssconv.models.convert import replace_module
+
+    for name, module in list(model.named_modules()):
         if _weight_mask_module(module) is not None:
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            # A fresh plain layer instead of parametrize.remove_parametrizations: removal edits
+            # the parametrized class, which a deepcopy of the model shares with the original.
+            replace_module(model, name, _plain_twin(module))
     return model
+
+
+@torch.no_grad()
+def _plain_twin(module: nn.Module) -> nn.Module:
+    """An ``nn.Conv2d`` / ``nn.Linear`` holding ``module``'s masked weight and bias."""
+    weight = module.weight.detach().clone()
+    bias = module.bias
+    kind = parametrize.type_before_parametrizations(module)
+    factory = {"device": weight.device, "dtype": weight.dtype}
+    if issubclass(kind, nn.Linear):
+        twin = nn.Linear(module.in_features, module.out_features, bias is not None, **factory)
+    elif issubclass(kind, nn.Conv2d):
+        twin = nn.Conv2d(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            module.groups,
+            bias is not None,
+            module.padding_mode,
+            **factory,
+        )
+    else:
+        raise TypeError(f"cannot bake masks of a {kind.__name__}")
+    twin.weight.copy_(weight)
+    if bias is not None:
+        twin.bias.copy_(bias)
+    twin.train(module.training)
+    return twin
 
 
 def layer_budgets(

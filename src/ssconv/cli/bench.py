@@ -1,0 +1,110 @@
+"""``ssconv bench MODEL``: dense vs SSC vs pruned-mask vs depthwise-separable, side by side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ssconv.cli.common import CLIError, density_arg, emit_json
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure inference (and training) speed of dense, SSC, pruned and dw-separable "
+        "variants of a model at one budget",
+        description="Build MODEL dense, as SSC at --density, pruned (magnitude masks) to the "
+        "same nonzero count and depthwise-separable at --density, then time them side by side "
+        "in this process (interleaved repeats, median and spread). Inference uses the "
+        "deployable form (masks baked, BatchNorm folded, SSC kernels precomputed).",
+    )
+    p.add_argument("model", help="model name (see `ssconv models`)")
+    p.add_argument("--density", type=density_arg, default=0.1)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None)
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--train", action="store_true", help="also time one training step")
+    p.add_argument(
+        "--onnx", action="store_true", help="also time the ONNX export with onnxruntime (CPU)"
+    )
+    p.add_argument(
+        "--tune",
+        action="store_true",
+        help="autotune each SSC layer's backend on this machine first",
+    )
+    p.add_argument("--nchw", action="store_true", help="NCHW instead of channels_last")
+    p.add_argument("--repeats", type=int, default=11)
+    p.add_argument(
+        "--variants", nargs="+", default=None, help="subset of: dense ssc pruned dw_separable"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("-o", "--output", default=None, help="also write the JSON here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ssconv.bench.models import (
+        VARIANTS,
+        bench_variants,
+        build_variants,
+        default_input_size,
+        format_bench,
+    )
+    from ssconv.models import model_info
+
+    try:
+        model_info(args.model)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError(f"--device {args.device}: CUDA is not available on this machine")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = default_input_size(args.model, args.in_channels)
+    if args.input_size:
+        size = (args.in_channels, *args.input_size)
+    variants = tuple(args.variants or VARIANTS)
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise CLIError(f"--variants: unknown {sorted(unknown)}; choose from {VARIANTS}")
+    if args.onnx:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise CLIError("--onnx needs onnxruntime: pip install 'ssconv[export]'") from None
+    try:
+        built = build_variants(
+            args.model,
+            args.density,
+            in_channels=args.in_channels,
+            num_classes=args.num_classes,
+            variants=variants,
+        )
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    result = bench_variants(
+        built,
+        size,
+        batch=args.batch,
+        device=args.device,
+        train=args.train,
+        onnx=args.onnx,
+        channels_last=not args.nchw,
+        repeats=args.repeats,
+        tune=args.tune,
+    )
+    result.update(model=args.model, target_density=args.density)
+    if args.output:
+        with open(args.output, "w") as fh:
+            json.dump(result, fh, indent=2)
+    if args.json:
+        emit_json(result)
+    else:
+        print(f"{args.model} at density {args.density}")
+        print(format_bench(result))
+    return 0

@@ -1,0 +1,81 @@
+"""``ssconv export``: a trained run (or a registry model) to ONNX or TorchScript."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ssconv.cli.common import CLIError
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a trained run / checkpoint (or an untrained registry model) to ONNX or "
+        "TorchScript, frozen for inference",
+        description="Freeze the model (pruning masks baked, BatchNorm folded, SSC kernels "
+        "precomputed) and export it. ONNX graphs use only standard operators (Conv, Add, "
+        "Reshape/Transpose, ...) and are checked against onnxruntime.",
+    )
+    p.add_argument("source", help="run folder, checkpoint file, or model name (untrained)")
+    p.add_argument("-o", "--output", required=True, help="output file (.onnx or .pt)")
+    p.add_argument(
+        "--format",
+        choices=["onnx", "torchscript"],
+        default=None,
+        help="default: from the output suffix",
+    )
+    p.add_argument(
+        "--density",
+        type=float,
+        default=None,
+        help="with a model name: convert to SSC at this density first",
+    )
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None)
+    p.add_argument("--opset", type=int, default=18)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ssconv.export import export_onnx, export_torchscript
+    from ssconv.models import convert, create_model, model_info
+    from ssconv.pruning import remove_masks
+    from ssconv.train.checkpoint import CheckpointError
+    from ssconv.train.trainer import load_trained_model
+
+    source = Path(args.source)
+    if source.exists():
+        try:
+            model, cfg, state = load_trained_model(source)
+        except CheckpointError as exc:
+            raise CLIError(str(exc)) from None
+        size = tuple(state["data_info"]["input_size"])
+    else:
+        try:
+            info = model_info(args.source)
+        except ValueError as exc:
+            raise CLIError(
+                f"{args.source!r} is neither a run / checkpoint path nor a model: {exc}"
+            ) from None
+        model = create_model(args.source, in_channels=args.in_channels)
+        if args.density is not None:
+            model = convert(model, density=args.density, warn_coverage=False).model
+        size = (args.in_channels, *info.input_size[1:])
+    if args.input_size:
+        size = (size[0], *args.input_size)
+    remove_masks(model)
+    model.eval()
+    fmt = args.format or ("torchscript" if args.output.endswith((".pt", ".pth")) else "onnx")
+    if fmt == "onnx":
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            raise CLIError(
+                "ONNX export needs onnx and onnxruntime: pip install 'ssconv[export]'"
+            ) from None
+        report = export_onnx(model, args.output, size, opset=args.opset)
+    else:
+        report = export_torchscript(model, args.output, size)
+    print(report)
+    return 0

@@ -1,0 +1,138 @@
+"""Benchmark and export plumbing on small shapes. No timing is asserted (speed lives in
+benchmarks/ and docs/benchmarks.md)."""
+
+import json
+
+import pytest
+import torch
+
+import ssconv
+from ssconv.bench.layers import LayerShape, run_layer_bench, summarize
+from ssconv.bench.models import bench_variants, build_variants, format_bench
+from ssconv.bench.timing import measure
+from ssconv.cli.main import main
+
+
+def test_measure_interleaves_and_reports_spread():
+    calls = []
+    stats = measure(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1
+    )
+    assert calls == ["a", "b"] * 4  # warm-up, then interleaved rounds
+    assert stats["a"].runs == 3 and stats["a"].p25 <= stats["a"].median <= stats["a"].p75
+
+
+def test_layer_bench_rows_and_efficiency_definition():
+    rows = run_layer_bench([LayerShape("t", 8, 8, 6)], [(1, 4, True, "full")], batch=2, repeats=2)
+    (row,) = rows
+    assert row["density"] == pytest.approx((9 / 4 + 3 / 4) / 9)
+    for b in ("masked", "decomposed", "split"):
+        expected = (row["dense_ms"] / row[f"{b}_ms"]) / row["mac_ratio"]
+        assert row[f"{b}_eff"] == pytest.approx(expected)
+    assert summarize(rows)["rows"] == 1
+
+
+def test_autotune_sets_explicit_backends_and_keeps_outputs():
+    model = ssconv.convert(
+        ssconv.create_model("cifar_resnet20", width=8), density=0.2, warn_coverage=False
+    ).model.eval()
+    x = torch.randn(2, 3, 16, 16)
+    before = model(x)
+    chosen = ssconv.autotune(model, x, repeats=1)
+    assert chosen and set(chosen.values()) <= {"masked", "decomposed", "split"}
+    for name, backend in chosen.items():
+        assert model.get_submodule(name).backend == backend
+    assert torch.allclose(model(x), before, atol=1e-5)
+
+
+def test_bench_variants_same_budget_and_table():
+    variants = build_variants("cifar_resnet20", 0.2, in_channels=1, num_classes=10)
+    assert [v.name for v in variants] == ["dense", "ssc", "pruned", "dw_separable"]
+    result = bench_variants(variants, (1, 16, 16), batch=2, repeats=2, train=True)
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert rows["ssc"]["params"] == rows["pruned"]["params"]
+    assert rows["pruned"]["executed_macs"] == rows["dense"]["executed_macs"]
+    assert rows["ssc"]["executed_macs"] < rows["dense"]["executed_macs"]
+    assert rows["dense"]["latency_speedup"] == 1.0 and "train_step_ms" in rows["ssc"]
+    assert "speed-up" in format_bench(result)
+
+
+def test_bench_cli_json_and_errors(capsys, tmp_path):
+    out = tmp_path / "b.json"
+    code = main(
+        [
+            "bench",
+            "cifar_resnet20",
+            "--density",
+            "0.2",
+            "--batch",
+            "2",
+            "--repeats",
+            "2",
+            "--input-size",
+            "16",
+            "16",
+            "--variants",
+            "dense",
+            "ssc",
+            "--json",
+            "-o",
+            str(out),
+        ]
+    )
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["variant"] for r in data["rows"]] == ["dense", "ssc"]
+    assert json.loads(out.read_text())["model"] == "cifar_resnet20"
+    assert main(["bench", "cifar_resnet20", "--variants", "sparse"]) == 2
+    if not torch.cuda.is_available():
+        assert main(["bench", "cifar_resnet20", "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_cli_from_a_trained_run(capsys, tmp_path, fmt):
+    pytest.importorskip("onnxruntime")
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(run),
+                "--dataset",
+                "synthetic:3:16:16:4:32:8",
+                "--model",
+                "cifar_resnet20",
+                "--set",
+                "model_kwargs={width: 4}",
+                "--epochs",
+                "1",
+                "--max-steps",
+                "1",
+                "--batch-size",
+                "8",
+                "--workers",
+                "0",
+                "--method",
+                "snip",
+                "--density",
+                "0.3",
+                "--set",
+                "latency_batch=0",
+            ]
+        )
+        == 0
+    )
+    target = tmp_path / ("m.onnx" if fmt == "onnx" else "m.pt")
+    assert main(["export", str(run), "-o", str(target)]) == 0
+    assert target.stat().st_size > 0
+    assert "max |diff|" in capsys.readouterr().out
+    assert main(["export", "no_such_model", "-o", str(target)]) == 2
+
+
+@pytest.mark.gpu
+def test_bench_on_cuda():
+    variants = build_variants("cifar_resnet20", 0.1)
+    result = bench_variants(variants, (3, 32, 32), batch=8, repeats=3, device="cuda", train=True)
+    assert all(r["latency_ms"] > 0 for r in result["rows"])
