@@ -24,7 +24,10 @@ from ssconv.layers.ssconv import SSConv2d
 from ssconv.models.convert import replace_module
 
 __all__ = [
+    "ChannelOrder",
     "SSConv2dInference",
+    "optimize_channel_order",
+    "residue_permutation",
     "fold_batchnorm",
     "freeze",
     "export_onnx",
@@ -49,6 +52,10 @@ class SSConv2dInference(nn.Module):
         if mode not in ("decomposed", "dense"):
             raise ValueError(f"mode must be 'decomposed' or 'dense', got {mode!r}")
         self.mode = mode
+        # In "residue" channel order the layer reads its input and writes its output with the
+        # channels of each group ordered by residue (see residue_tag); set by
+        # optimize_channel_order so that a chain of such layers needs no transposes.
+        self.residue = False
         self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
         self.kernel_size = layer.kernel_size
         self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
@@ -81,11 +88,43 @@ class SSConv2dInference(nn.Module):
         kh, kw = self.kernel_size
         return self.out_channels * (self.in_channels // self.dense_groups) * kh * kw
 
+    def residue_tags(self) -> tuple[tuple, tuple] | None:
+        """Channel-order tags (input, output) of residue mode, or None when not applicable."""
+        if (
+            self.mode != "decomposed"
+            or not self._has_spatial
+            or self._identity_perm
+            or self._pad_rows
+        ):
+            return None
+        return ((self.groups, self._p, self.in_channels), (self.groups, self._p, self.out_channels))
+
+    @torch.no_grad()
+    def use_residue_order(self) -> None:
+        """Switch to residue channel order: the 1 x 1 weights and the bias are permuted once."""
+        if self.residue_tags() is None:
+            raise ValueError(
+                "this layer has no residue channel order (dense mode, period 1 / "
+                "None, or padded residue classes)"
+            )
+        if self.residue:
+            return
+        out_perm = residue_permutation(self.groups, self._p, self.out_channels)
+        if self.weight_point is not None:
+            cin_g = self.in_channels // self.groups
+            local = residue_permutation(1, self._p, cin_g)
+            self.weight_point = self.weight_point[out_perm][:, local].contiguous()
+        if self.bias is not None:
+            self.bias = self.bias[out_perm].contiguous()
+        self.residue = True
+
     def forward(self, x: Tensor) -> Tensor:
         padding = self.padding
         if self.padding_mode != "zeros":
             x = F.pad(x, self._pad4, mode=self.padding_mode)
             padding = (0, 0)
+        if self.residue:
+            return self._forward_residue(x, padding)
         if self.mode == "dense":
             return F.conv2d(
                 x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups
@@ -134,11 +173,200 @@ class SSConv2dInference(nn.Module):
             return y if bias is None else y + bias.view(1, -1, 1, 1)
         return out + y
 
+    def _forward_residue(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
+        g, p = self.groups, self._p
+        bias = None if self._has_point else self.bias
+        y = F.conv2d(x, self.weight_spatial, bias, self.stride, padding, self.dilation, g * p)
+        if not self._has_point:
+            return y
+        off_h = self.dilation[0] * (self.kernel_size[0] // 2) - padding[0]
+        off_w = self.dilation[1] * (self.kernel_size[1] // 2) - padding[1]
+        xc = x
+        if off_h > 0 or off_w > 0:
+            h, w = x.shape[2], x.shape[3]
+            ch, cw = max(off_h, 0), max(off_w, 0)
+            xc = x[:, :, ch : h - ch, cw : w - cw]
+        z = F.conv2d(
+            xc, self.weight_point, self.bias, self.stride, (max(-off_h, 0), max(-off_w, 0)), 1, g
+        )
+        return z + y
+
     def extra_repr(self) -> str:
+        order = ", residue order" if self.residue else ""
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, {self.pattern.describe()}, mode={self.mode}"
+            f"stride={self.stride}, {self.pattern.describe()}, mode={self.mode}{order}"
         )
+
+
+# ------------------------------------------------------------------ channel order
+def residue_permutation(groups: int, period: int, channels: int) -> Tensor:
+    """Residue order as a gather index: physical position -> canonical channel.
+
+    Inside each group of ``Cg = channels / groups`` channels, physical ``s * (Cg / P) + x``
+    holds canonical ``x * P + s``: channels sorted by residue ``mod P``, the layout in which an
+    SSC layer's spatial pairs form a grouped convolution.
+    """
+    cg = channels // groups
+    a = cg // period
+    g = torch.arange(groups).view(-1, 1, 1)
+    s = torch.arange(period).view(1, -1, 1)
+    x = torch.arange(a).view(1, 1, -1)
+    return (g * cg + x * period + s).reshape(-1)
+
+
+class ChannelOrder(nn.Module):
+    """Converts a tensor between channel orders: ``None`` (canonical) or a residue tag
+    ``(groups, period, channels)``. Two structured transposes at most, in the tensor's own
+    memory format (standard Reshape / Transpose operators when exported)."""
+
+    def __init__(self, source: tuple | None, target: tuple | None) -> None:
+        super().__init__()
+        self.source, self.target = source, target
+
+    def forward(self, x: Tensor) -> Tensor:
+        from ssconv.layers.ssconv import _channel_transpose, _is_channels_last
+
+        cl = _is_channels_last(x)
+        if self.source is not None:  # residue -> canonical: (g, s, x) -> (g, x, s)
+            g, p, c = self.source
+            x = _channel_transpose(x, g, p, c // g // p, cl)
+        if self.target is not None:  # canonical -> residue: (g, x, s) -> (g, s, x)
+            g, p, c = self.target
+            x = _channel_transpose(x, g, c // g // p, p, cl)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"{self.source} -> {self.target}"
+
+
+_PASS_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.Identity,
+    nn.Dropout,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.Hardswish,
+    nn.SiLU,
+    nn.GELU,
+    nn.LeakyReLU,
+)
+
+
+def _is_pass_through(node, modules) -> bool:
+    """Per-channel ops that keep any channel order."""
+    import operator
+
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), _PASS_MODULES)
+    if node.op == "call_function":
+        return (
+            node.target
+            in (
+                F.relu,
+                torch.relu,
+                torch.relu_,
+                F.relu6,
+                F.max_pool2d,
+                F.avg_pool2d,
+                F.hardswish,
+                F.silu,
+            )
+            or node.target is operator.neg
+        )
+    if node.op == "call_method":
+        return node.target in ("relu", "relu_")
+    return False
+
+
+def _is_add(node) -> bool:
+    import operator
+
+    if node.op == "call_function":
+        return node.target in (operator.add, operator.iadd, torch.add)
+    return node.op == "call_method" and node.target in ("add", "add_")
+
+
+def optimize_channel_order(model: nn.Module) -> nn.Module:
+    """Run chains of SSC layers in residue channel order, converting only where orders differ.
+
+    Each frozen SSC layer normally permutes its input into residue order and its output back.
+    Between two layers with the same ``(groups, period, channels)`` (through ReLU, pooling and
+    residual adds) both permutations cancel; this pass removes them and keeps conversions
+    (:class:`ChannelOrder`) only where orders really change. Outputs are unchanged (up to
+    floating-point summation order). Works on a ``torch.fx``-traceable frozen model; others
+    are returned unchanged with a warning.
+    """
+    import torch.fx as fx
+
+    class _Tracer(fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return isinstance(m, (SSConv2dInference, ChannelOrder)) or super().is_leaf_module(
+                m, qualname
+            )
+
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as exc:
+        warnings.warn(
+            f"optimize_channel_order: model is not traceable by torch.fx ({exc}); "
+            "channel order left as is",
+            stacklevel=2,
+        )
+        return model
+    gm = fx.GraphModule(model, graph)
+    modules = dict(gm.named_modules())
+    tags: dict = {}
+    converters: dict = {}
+    count = 0
+
+    def convert(node, target):
+        nonlocal count
+        source = tags.get(node)
+        if source == target:
+            return node
+        key = (node, target)
+        if key not in converters:
+            name = f"channel_order_{count}"
+            count += 1
+            gm.add_submodule(name, ChannelOrder(source, target))
+            with gm.graph.inserting_after(node):
+                converters[key] = gm.graph.call_module(name, (node,))
+            tags[converters[key]] = target
+        return converters[key]
+
+    for node in list(gm.graph.nodes):
+        if node in tags or node.op in ("placeholder", "get_attr"):
+            tags.setdefault(node, None)
+            continue
+        module = modules.get(node.target) if node.op == "call_module" else None
+        args = [a for a in node.args if isinstance(a, fx.Node)]
+        if isinstance(module, SSConv2dInference) and module.residue_tags() is not None:
+            need, out = module.residue_tags()
+            node.replace_input_with(args[0], convert(args[0], need))
+            module.use_residue_order()
+            tags[node] = out
+        elif _is_pass_through(node, modules) and len(args) >= 1:
+            tags[node] = tags.get(args[0])
+        elif _is_add(node) and len(args) == 2 and not node.kwargs:
+            first = tags.get(args[0])
+            node.replace_input_with(args[1], convert(args[1], first))
+            tags[node] = first
+        else:
+            for a in args:
+                if tags.get(a) is not None:
+                    node.replace_input_with(a, convert(a, None))
+            for value in node.kwargs.values():
+                if isinstance(value, fx.Node) and tags.get(value) is not None:
+                    raise RuntimeError(
+                        "optimize_channel_order: keyword tensor inputs are not supported"
+                    )
+            tags[node] = None
+    gm.graph.lint()
+    gm.recompile()
+    log.info("channel order: %d conversions kept", count)
+    return gm
 
 
 # ----------------------------------------------------------------------- BN folding
@@ -214,13 +442,21 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return gm
 
 
-def freeze(model: nn.Module, *, fold_bn: bool = True, dense_above: float | None = None):
+def freeze(
+    model: nn.Module,
+    *,
+    fold_bn: bool = True,
+    dense_above: float | None = None,
+    channel_order: bool = True,
+):
     """An inference copy of ``model``: BatchNorm folded, SSC layers frozen.
 
     Args:
         fold_bn: fold BatchNorm into the preceding convolutions.
         dense_above: SSC layers denser than this run as one dense convolution (default: the
             layer's own ``auto`` choice).
+        channel_order: keep activations in residue order between SSC layers that share it
+            (:func:`optimize_channel_order`).
     """
     model = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
     for name, layer in [(n, m) for n, m in model.named_modules() if isinstance(m, SSConv2d)]:
@@ -229,6 +465,8 @@ def freeze(model: nn.Module, *, fold_bn: bool = True, dense_above: float | None 
         else:
             mode = "dense" if layer.resolved_backend() == "masked" else "decomposed"
         replace_module(model, name, SSConv2dInference(layer, mode))
+    if channel_order:
+        model = optimize_channel_order(model)
     return model.eval()
 
 
