@@ -12,6 +12,7 @@ import pytest
 import torchvision
 
 from ssconv.cli.main import main
+from ssconv.train.checkpoint import list_checkpoints, load_checkpoint
 from tests.data import fakes
 
 TINY = [
@@ -166,7 +167,20 @@ def _cli(*args) -> list[str]:
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores: no oversubscription
 
 
-def test_sigterm_saves_checkpoint_and_exits_143(tmp_path):
+def test_unexpected_error_exits_1_with_traceback(capsys, tmp_path, monkeypatch):
+    import ssconv.train.trainer as trainer
+
+    def broken(self):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(trainer.Trainer, "run", broken)
+    code, _, err = train(capsys, tmp_path / "run", "--dataset", "synthetic:3:16:16:4:32:8")
+    assert code == 1
+    assert "unexpected error: RuntimeError: disk on fire" in err and "Traceback" in err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_checkpoint_and_exits_128_plus_signal(tmp_path, sig):
     out = tmp_path / "run"
     proc = subprocess.Popen(
         _cli(
@@ -197,21 +211,21 @@ def test_sigterm_saves_checkpoint_and_exits_143(tmp_path):
     while not (out / "metrics.jsonl").exists() and time.time() < deadline:
         time.sleep(0.2)
     time.sleep(1.0)  # inside the first epoch
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, stderr
-    assert "stopped by SIGTERM" in stdout
-    checkpoints = list((out / "checkpoints").glob("ckpt-*.pt"))
-    assert checkpoints
-    final = subprocess.run(
-        _cli("train", "--out", str(out), "--resume", "--epochs", "1", "--max-steps", "3"),
+    assert proc.returncode == 128 + sig, stderr
+    assert f"stopped by {signal.Signals(sig).name}" in stdout
+    state = load_checkpoint(list_checkpoints(out / "checkpoints")[0])
+    assert state["epoch"] == 0 and state["step_in_epoch"] > 0  # mid-epoch, at a step boundary
+    # Resuming with other result-relevant settings is refused (the run's config rules).
+    changed = subprocess.run(
+        _cli("train", "--out", str(out), "--resume", "--max-steps", "3"),
         capture_output=True,
         text=True,
         timeout=300,
         env=ENV,
     )
-    # Resuming with fewer steps per epoch than already done is a config change: refused.
-    assert final.returncode == 2 and "max_steps" in final.stderr
+    assert changed.returncode == 2 and "max_steps" in changed.stderr
 
 
 def test_ddp_two_cpu_processes(tmp_path):

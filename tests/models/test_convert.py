@@ -141,3 +141,18 @@ def test_coverage_check_reports_uncovered_channels():
 def test_erk_all_dense_budget():
     layers = [LayerSpec("a", 4, 4, (3, 3)), LayerSpec("b", 8, 8, (3, 3))]
     assert erk_densities(layers, 1.0, fixed_params=0) == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_b0", "convnext_atto"])
+def test_convert_timm_models(name):
+    timm = pytest.importorskip("timm")
+    model = timm.create_model(name, pretrained=False, num_classes=10)  # no weights downloaded
+    report = convert(
+        model, density=0.3, keep=("stem", "depthwise", "classifier"), warn_coverage=False
+    )
+    assert report.converted and abs(report.density / 0.3 - 1) <= 0.05
+    if name == "convnext_atto":
+        assert any(d.reason.startswith("even kernel") for d in report.layers)
+    out = report.model(torch.randn(1, 3, 64, 64))
+    assert out.shape == (1, 10)
+    out.sum().backward()

@@ -81,6 +81,11 @@ def test_run_folder_artifacts(tmp_path):
     assert final["final_acc1"] == rows[-1]["val_acc1"]
     assert result.final == final
     assert len(list_checkpoints(out / "checkpoints")) == 2
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return
+    assert list((out / "tb").glob("events.out.tfevents.*"))
 
 
 def test_resume_is_bit_identical_after_crash_and_after_sigterm(tmp_path):

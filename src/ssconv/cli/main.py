@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 
 from ssconv import __version__
 from ssconv.cli.common import CLIError
@@ -66,6 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug, not a user error: say so, keep the traceback
+        traceback.print_exc()
+        print(
+            f"ssconv {args.command}: unexpected error: {type(exc).__name__}: {exc}\n"
+            "This is a bug in ssconv (or its environment); please report it with the "
+            "traceback above.",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

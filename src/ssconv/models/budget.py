@@ -18,6 +18,7 @@ so that the achieved model density lands close to the target.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = [
 
 AUTO = "auto"
 _EPS = 1e-12
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,11 +66,13 @@ def candidate_patterns(
     period=AUTO,
     pointwise=AUTO,
     spatial=AUTO,
+    pointwise_only: bool = False,
 ) -> list[SSCPattern]:
     """All valid SSC patterns for ``layer``; a setting other than ``"auto"`` is held fixed.
 
     ``groups`` counts SSC groups on top of the conv's own (the pattern's group count is
-    ``layer.groups * groups``).
+    ``layer.groups * groups``). With ``period="auto"``, patterns without any spatial kernel
+    (``period=None``) are proposed for K x K layers only when ``pointwise_only`` is set.
     """
     common = math.gcd(layer.in_channels, layer.out_channels)
     if groups == AUTO:
@@ -85,12 +89,12 @@ def candidate_patterns(
         if layer.in_channels % g or layer.out_channels % g:
             continue
         width = layer.in_channels // g
-        # "auto" never proposes period=None (no spatial kernel at all) for a K x K layer: a
-        # stage of 1 x 1 layers loses all spatial filtering; spatial patterns reach densities
-        # down to a checkerboard depthwise conv, and the solver's floors handle the rest.
+        # "auto" does not propose period=None (no spatial kernel at all) for a K x K layer
+        # unless asked: a stage of 1 x 1 layers loses all spatial filtering; spatial patterns
+        # reach densities down to a checkerboard depthwise conv.
         if period != AUTO:
             periods: list[int | None] = [period]
-        elif layer.kernel_size == (1, 1):
+        elif layer.kernel_size == (1, 1) or pointwise_only:
             periods = [*_divisors(width), None]
         else:
             periods = list(_divisors(width))
@@ -205,15 +209,27 @@ def solve_budget(
     """
     constraints = constraints or {}
 
-    def options(layer: LayerSpec) -> list[SSCPattern]:
-        cands = _dedupe(sorted(candidate_patterns(layer, **constraints), key=_rank_key))
-        if not cands:
-            raise ValueError(f"no SSC pattern fits layer {layer.name!r} with {constraints}")
-        return cands
+    def solve(pointwise_only: bool):
+        def options(layer: LayerSpec) -> list[SSCPattern]:
+            cands = candidate_patterns(layer, pointwise_only=pointwise_only, **constraints)
+            cands = _dedupe(sorted(cands, key=_rank_key))
+            if not cands:
+                raise ValueError(f"no SSC pattern fits layer {layer.name!r} with {constraints}")
+            return cands
 
-    return choose_per_layer(
-        layers, target, options, fixed_params=fixed_params, distribution=distribution, fill=fill
-    )
+        return choose_per_layer(
+            layers, target, options, fixed_params=fixed_params, distribution=distribution, fill=fill
+        )
+
+    try:
+        return solve(pointwise_only=False)
+    except ValueError as exc:
+        if "cannot be met" not in str(exc) or constraints.get("period", AUTO) != AUTO:
+            raise
+    # Even the sparsest spatial patterns exceed the budget (e.g. a dense classifier holding
+    # most of it): allow layers without spatial kernels, as a last resort.
+    log.warning("density=%s needs layers without spatial kernels (period=None)", target)
+    return solve(pointwise_only=True)
 
 
 def choose_per_layer(

@@ -372,6 +372,9 @@ def _skip_reason(
     pattern = _matches(name, skip)
     if pattern is not None:
         return f"skip pattern {pattern!r}"
+    if any(k % 2 == 0 for k in conv.kernel_size):
+        # SSC needs a centre tap (e.g. ConvNeXt's 2x2 stride-2 downsampling convs).
+        return f"even kernel {tuple(conv.kernel_size)}"
     if _matches(name, include) is not None:
         return None
     if "stem" in keep and name == stem:

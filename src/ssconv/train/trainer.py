@@ -308,7 +308,13 @@ class Trainer:
             )
             logger.addHandler(handler)
         try:
-            return self._run_in_folder(found)
+            # Signals are handled from here on: one arriving during set-up stops the run at
+            # its first step boundary, after saving a checkpoint.
+            previous = self._install_signal_handlers()
+            try:
+                return self._run_in_folder(found)
+            finally:
+                self._restore_signal_handlers(previous)
         finally:
             if handler is not None:
                 logger.removeHandler(handler)
@@ -435,12 +441,10 @@ class Trainer:
 
         writer = self._tensorboard()
         start_wall = time.time()
-        previous = self._install_signal_handlers()
         try:
             while self.epoch < cfg.epochs:
                 self._train_epoch(writer)
         finally:
-            self._restore_signal_handlers(previous)
             if writer is not None:
                 writer.close()
         final = self._finish(time.time() - start_wall, method_info)

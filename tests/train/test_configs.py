@@ -1,0 +1,60 @@
+"""Every shipped sweep config builds, and one cell of each trains a step on synthetic data."""
+
+from pathlib import Path
+
+import pytest
+
+from ssconv.train.config import TrainConfig
+from ssconv.train.sweep import load_sweep
+from ssconv.train.trainer import Trainer
+
+CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
+
+# The shape and classes of each config's dataset, as a synthetic stand-in.
+STAND_INS = {
+    "cifar10": "synthetic:3:32:32:10:16:8",
+    "cifar100": "synthetic:3:32:32:100:16:8",
+    "tiny_imagenet": "synthetic:3:64:64:200:16:8",
+    "imagenet": "synthetic:3:64:64:1000:16:8",
+    "fashion_mnist": "synthetic:1:28:28:10:16:8",
+}
+
+
+def test_configs_exist_and_state_their_cost():
+    names = {p.stem for p in CONFIGS}
+    for dataset in ("cifar10", "cifar100"):
+        assert {f"{dataset}_resnet32", f"{dataset}_vgg19"} <= names
+    assert {"tinyimagenet_resnet32", "tinyimagenet_vgg19", "imagenet_resnet50"} <= names
+    for path in CONFIGS:
+        assert "Expected cost" in path.read_text() or "two hours" in path.read_text()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_builds_and_trains_one_step(path, tmp_path):
+    spec = load_sweep(path, out=tmp_path / "runs")
+    cells = spec.cells()
+    methods = {c.values["method"] for c in cells}
+    assert {"dense", "ssc", "snip", "grasp", "synflow", "random", "erk"} <= methods
+    densities = sorted({c.values.get("density") for c in cells if "density" in c.values})
+    cell = next(
+        c for c in cells if c.values["method"] == "ssc" and c.values["density"] == densities[0]
+    )
+    data = {
+        **cell.config.to_dict(),
+        "dataset": STAND_INS[cell.config.dataset],
+        "data_root": None,
+        "download": False,
+        "epochs": 1,
+        "max_steps": 1,
+        "batch_size": 4,
+        "eval_batch_size": 8,
+        "workers": 0,
+        "device": "cpu",
+        "amp": False,
+        "latency_batch": 0,
+        "milestones": [],
+        "schedule": "constant",
+    }
+    result = Trainer(TrainConfig.from_dict(data), tmp_path / "one", progress=False).run()
+    assert result.final["complete"]
+    assert result.final["density"] <= densities[0] + 1e-9
