@@ -45,17 +45,24 @@ def build_variants(
     num_classes: int | None = None,
     variants=VARIANTS,
     seed: int = 0,
-    ssc_options: dict | None = None,
+    keep=None,
 ) -> list[Variant]:
     """The model dense, as SSC at ``density``, pruned (magnitude) to SSC's exact nonzero count,
-    and depthwise-separable at ``density`` (skipped where the budget cannot be met)."""
+    and depthwise-separable at ``density`` (skipped where the budget cannot be met).
+
+    ``keep``: the default rules keeping layers dense (see :func:`ssconv.convert`), the same for
+    every variant.
+    """
+    from ssconv.models.convert import KEEP_RULES
+
+    rules = {"keep": tuple(KEEP_RULES if keep is None else keep)}
     from ssconv.models.baselines import to_depthwise_separable
     from ssconv.pruning import prune
 
     torch.manual_seed(seed)
     dense = create_model(model_name, num_classes=num_classes, in_channels=in_channels)
     out: list[Variant] = []
-    ssc = convert(dense, density=density, warn_coverage=False, **(ssc_options or {}))
+    ssc = convert(dense, density=density, warn_coverage=False, **rules)
     for name in variants:
         if name == "dense":
             out.append(Variant("dense", copy.deepcopy(dense)))
@@ -63,11 +70,11 @@ def build_variants(
             out.append(Variant("ssc", ssc.model, f"density {ssc.density:.4f}"))
         elif name == "pruned":
             pruned = copy.deepcopy(dense)
-            prune(pruned, "magnitude", num_params=ssc.weight_params, seed=seed)
+            prune(pruned, "magnitude", num_params=ssc.weight_params, seed=seed, **rules)
             out.append(Variant("pruned", pruned, "magnitude masks, same nonzero count as SSC"))
         elif name == "dw_separable":
             try:
-                dw = to_depthwise_separable(dense, density=density)
+                dw = to_depthwise_separable(dense, density=density, **rules)
             except ValueError as exc:
                 log.warning("dw_separable skipped: %s", exc)
                 continue

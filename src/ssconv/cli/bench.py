@@ -40,6 +40,15 @@ def register(sub) -> None:
     p.add_argument(
         "--variants", nargs="+", default=None, help="subset of: dense ssc pruned dw_separable"
     )
+    p.add_argument(
+        "--keep",
+        nargs="*",
+        default=None,
+        metavar="RULE",
+        help="default rules keeping layers dense, for every variant (stem pointwise "
+        "depthwise classifier; e.g. --keep stem depthwise classifier converts 1x1 "
+        "convs, needed for ResNet-50)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("-o", "--output", default=None, help="also write the JSON here")
     p.set_defaults(func=run)
@@ -84,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
             in_channels=args.in_channels,
             num_classes=args.num_classes,
             variants=variants,
+            keep=args.keep,
         )
     except ValueError as exc:
         raise CLIError(str(exc)) from None

@@ -1,0 +1,65 @@
+"""End-to-end CPU/GPU speed of dense vs SSC vs pruned vs depthwise-separable models.
+
+    python benchmarks/end_to_end.py [--device cpu] [--out benchmarks/results/cpu]
+                                    [--tune] [--onnx]
+
+Runs ``ssconv bench`` for VGG-19 and ResNet-32 (32 x 32, batch 64) and ResNet-50 (224 x 224,
+batch 8, 1x1 convs converted) at densities 0.10 and 0.05, inference and one training step,
+and writes one JSON per case plus a Markdown summary. Record the output in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ssconv.bench.models import bench_variants, build_variants, format_bench
+
+CASES = [
+    # model, input size, batch, keep rules
+    ("vgg19_bn", (3, 32, 32), 64, None),
+    ("cifar_resnet32", (3, 32, 32), 64, None),
+    ("resnet50", (3, 224, 224), 8, ("stem", "depthwise", "classifier")),
+]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="benchmarks/results/cpu")
+    p.add_argument("--densities", type=float, nargs="+", default=[0.1, 0.05])
+    p.add_argument("--models", nargs="+", default=[c[0] for c in CASES])
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--tune", action="store_true")
+    p.add_argument("--onnx", action="store_true")
+    p.add_argument("--no-train", action="store_true")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for model, size, batch, keep in CASES:
+        if model not in args.models:
+            continue
+        for density in args.densities:
+            variants = build_variants(model, density, keep=keep)
+            result = bench_variants(
+                variants,
+                size,
+                batch=batch,
+                device=args.device,
+                train=not args.no_train,
+                onnx=args.onnx,
+                repeats=args.repeats,
+                tune=args.tune,
+            )
+            result.update(model=model, target_density=density, keep=keep)
+            name = f"{model}_d{density}{'_tuned' if args.tune else ''}.json"
+            (out / name).write_text(json.dumps(result, indent=2))
+            print(f"\n### {model}, density {density}\n")
+            print(format_bench(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
