@@ -102,8 +102,13 @@ def bench_variants(
     channels_last: bool = True,
     repeats: int = 11,
     tune: bool = False,
+    compile: bool = False,
 ) -> dict:
-    """Measure every variant; returns a JSON-ready dict (rows + machine)."""
+    """Measure every variant; returns a JSON-ready dict (rows + machine).
+
+    ``compile``: also time each frozen model under ``torch.compile`` (inductor), whose
+    compilation is excluded from the timings.
+    """
     dev = torch.device(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(batch, *input_size, device=dev).contiguous(memory_format=fmt)
@@ -131,6 +136,16 @@ def bench_variants(
         )
     for v in variants:
         v.results["latency"] = stats[v.name]
+    if compile:
+        compiled = {n: torch.compile(m) for n, m in frozen.items()}
+        with torch.inference_mode():
+            for m in compiled.values():
+                m(x)  # compile outside the timed region
+            cstats = measure(
+                {n: (lambda m=m: m(x)) for n, m in compiled.items()}, repeats=repeats, device=dev
+            )
+        for v in variants:
+            v.results["compiled"] = cstats[v.name]
     if train:
         steps = {}
         y = torch.randint(0, 10, (batch,), device=dev)
@@ -167,7 +182,7 @@ def bench_variants(
             "effective_macs": r["effective_macs"],
             "executed_macs": r["executed_macs_frozen"],
         }
-        for key in ("latency", "train_step", "onnx"):
+        for key in ("latency", "compiled", "train_step", "onnx"):
             if key in r:
                 s: Stats = r[key]
                 row[f"{key}_ms"] = s.median * 1e3
@@ -216,6 +231,9 @@ def format_bench(result: dict) -> str:
     cols = ["variant", "params", "density", "eff. MACs", "exec. MACs", "latency ms", "speed-up"]
     has_train = any("train_step_ms" in r for r in result["rows"])
     has_onnx = any("onnx_ms" in r for r in result["rows"])
+    has_compiled = any("compiled_ms" in r for r in result["rows"])
+    if has_compiled:
+        cols += ["compiled ms", "compiled speed-up"]
     if has_train:
         cols += ["train step ms", "train speed-up"]
     if has_onnx:
@@ -231,6 +249,8 @@ def format_bench(result: dict) -> str:
             f"{r['latency_ms']:.2f} ± {r['latency_spread'] * 100:.0f}%",
             f"{r.get('latency_speedup', 1.0):.2f}x",
         ]
+        if has_compiled:
+            cells += [f"{r['compiled_ms']:.2f}", f"{r.get('compiled_speedup', 1.0):.2f}x"]
         if has_train:
             cells += [
                 f"{r['train_step_ms']:.1f} ± {r['train_step_spread'] * 100:.0f}%",

@@ -31,6 +31,9 @@ def register(sub) -> None:
         "--onnx", action="store_true", help="also time the ONNX export with onnxruntime (CPU)"
     )
     p.add_argument(
+        "--compile", action="store_true", help="also time the frozen models under torch.compile"
+    )
+    p.add_argument(
         "--tune",
         action="store_true",
         help="autotune each SSC layer's backend on this machine first",
@@ -107,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         channels_last=not args.nchw,
         repeats=args.repeats,
         tune=args.tune,
+        compile=args.compile,
     )
     result.update(model=args.model, target_density=args.density)
     if args.output:
