@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--tune", action="store_true")
     p.add_argument("--onnx", action="store_true")
+    p.add_argument("--compile", action="store_true")
     p.add_argument("--no-train", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -52,6 +53,7 @@ def main(argv=None) -> int:
                 onnx=args.onnx,
                 repeats=args.repeats,
                 tune=args.tune,
+                compile=args.compile,
             )
             result.update(model=model, target_density=density, keep=keep)
             name = f"{model}_d{density}{'_tuned' if args.tune else ''}.json"
