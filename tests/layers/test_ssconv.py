@@ -265,9 +265,11 @@ def test_backend_setter_validates():
 
 
 def test_auto_backend_choice():
-    assert SSConv2d(8, 8, 3, period=1).resolved_backend() == "decomposed"
+    assert SSConv2d(8, 8, 3, period=1).resolved_backend() == "decomposed"  # a plain conv
     assert SSConv2d(64, 64, 3, period=2).resolved_backend() == "masked"  # density 0.56
-    assert SSConv2d(64, 64, 3, period=4).resolved_backend() in ("masked", "decomposed")
+    assert SSConv2d(32, 32, 3, period=4).resolved_backend() == "masked"  # a small layer
+    assert SSConv2d(128, 128, 3, period=32).resolved_backend() == "masked"  # groups of 4
+    assert SSConv2d(128, 128, 3, period=4).resolved_backend() == "decomposed"
 
 
 # --------------------------------------------------------- tracing, export, compile, dtypes

@@ -38,9 +38,14 @@ __all__ = ["SSConv2d", "BACKENDS"]
 BACKENDS = ("auto", "masked", "decomposed", "split")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
-# Above this density a single dense convolution beats the decomposition on CPU and GPU
-# (see docs/benchmarks.md); "auto" then runs the dense weight.
+# The static "auto" rule, from the layer benchmark (docs/benchmarks.md): one dense convolution
+# beats the decomposition above this density, for layers narrower than AUTO_MIN_CHANNELS
+# (fixed costs dominate) and when the grouped convolution's groups are narrower than
+# AUTO_MIN_GROUP_WIDTH input channels (stock kernels are inefficient there).
+# ssconv.autotune measures instead.
 AUTO_DENSE_ABOVE = 0.5
+AUTO_MIN_CHANNELS = 64
+AUTO_MIN_GROUP_WIDTH = 8
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -284,7 +289,13 @@ class SSConv2d(nn.Module):
         if self._identity_perm:
             # P = 1 or P = None: the decomposition is already a single stock convolution.
             return "decomposed"
-        return "masked" if self.density > AUTO_DENSE_ABOVE else "decomposed"
+        if (
+            self.density > AUTO_DENSE_ABOVE
+            or min(self.in_channels, self.out_channels) < AUTO_MIN_CHANNELS
+            or self._a < AUTO_MIN_GROUP_WIDTH
+        ):
+            return "masked"
+        return "decomposed"
 
     # ------------------------------------------------------------- weights
     def spatial_kernels(self) -> Tensor:
