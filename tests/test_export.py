@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -153,3 +155,25 @@ def test_channel_order_pass_removes_transposes_and_keeps_outputs(name):
     perm = residue_permutation(2, 4, 16)
     assert sorted(perm.tolist()) == list(range(16))
     assert perm[:2].tolist() == [0, 4]  # group 0 (8 channels, P=4): residue 0 is 0, 4
+
+
+def test_freezing_a_frozen_model_is_a_no_op_and_exports(tmp_path):
+    # ``bench --onnx`` exports frozen models; export_onnx freezes again. A second channel-order
+    # pass used to overwrite the first pass's converters (same names) and break VGG-19.
+    pytest.importorskip("onnxruntime")
+    from ssconv.export import ChannelOrder, export_onnx
+
+    model = _randomize_bn(
+        ssconv.convert(ssconv.create_model("vgg11_bn"), density=0.1, warn_coverage=False).model
+    )
+    once = freeze(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "not traceable" fallback either
+        twice = freeze(once)
+    before = sorted(n for n, m in once.named_modules() if isinstance(m, ChannelOrder))
+    after = sorted(n for n, m in twice.named_modules() if isinstance(m, ChannelOrder))
+    assert before and before == after
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(twice(x), model(x), atol=1e-4)
+    report = export_onnx(once, tmp_path / "m.onnx", (3, 32, 32))
+    assert report.max_abs_diff is not None and report.max_abs_diff < 1e-4

@@ -300,6 +300,12 @@ def optimize_channel_order(model: nn.Module) -> nn.Module:
     """
     import torch.fx as fx
 
+    if any(
+        isinstance(m, ChannelOrder) or (isinstance(m, SSConv2dInference) and m.residue)
+        for m in model.modules()
+    ):
+        return model  # already optimized (freezing a frozen model must not redo it)
+
     class _Tracer(fx.Tracer):
         def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
             return isinstance(m, (SSConv2dInference, ChannelOrder)) or super().is_leaf_module(
@@ -329,6 +335,9 @@ def optimize_channel_order(model: nn.Module) -> nn.Module:
         key = (node, target)
         if key not in converters:
             name = f"channel_order_{count}"
+            while hasattr(gm, name):
+                count += 1
+                name = f"channel_order_{count}"
             count += 1
             gm.add_submodule(name, ChannelOrder(source, target))
             with gm.graph.inserting_after(node):
@@ -365,7 +374,7 @@ def optimize_channel_order(model: nn.Module) -> nn.Module:
             tags[node] = None
     gm.graph.lint()
     gm.recompile()
-    log.info("channel order: %d conversions kept", count)
+    log.info("channel order: %d conversions kept", len(converters))
     return gm
 
 
@@ -399,9 +408,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
     class _Tracer(fx.Tracer):
         def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            return isinstance(m, (SSConv2d, SSConv2dInference)) or super().is_leaf_module(
-                m, qualname
-            )
+            return isinstance(
+                m, (SSConv2d, SSConv2dInference, ChannelOrder)
+            ) or super().is_leaf_module(m, qualname)
 
     model = copy.deepcopy(model).eval()
     try:
