@@ -57,6 +57,41 @@ def test_bench_variants_same_budget_and_table():
     assert "speed-up" in format_bench(result)
 
 
+def test_bench_onnx_times_every_variant_and_survives_one_failure(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import ssconv.export
+
+    variants = build_variants("cifar_resnet20", 0.2, in_channels=1, num_classes=10)
+    result = bench_variants(variants, (1, 16, 16), batch=2, repeats=2, onnx=True)
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert all(r["onnx_ms"] > 0 for r in rows.values()), rows
+    assert rows["dense"]["onnx_speedup"] == 1.0
+
+    real = ssconv.export.export_onnx
+
+    def failing_for_ssc(model, path, *args, **kwargs):
+        if str(path).endswith("ssc.onnx"):
+            raise RuntimeError("simulated exporter failure")
+        return real(model, path, *args, **kwargs)
+
+    monkeypatch.setattr(ssconv.export, "export_onnx", failing_for_ssc)
+    variants = build_variants("cifar_resnet20", 0.2, in_channels=1, num_classes=10)
+    result = bench_variants(variants, (1, 16, 16), batch=2, repeats=2, onnx=True)
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert "onnx_ms" not in rows["ssc"] and "simulated" in rows["ssc"]["onnx_error"]
+    assert rows["pruned"]["onnx_ms"] > 0
+    assert "failed (see log)" in format_bench(result)
+
+
+def test_export_onnx_check_raises_when_runtimes_disagree(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from ssconv.export import export_onnx
+
+    model = ssconv.create_model("cifar_resnet20", in_channels=1)
+    with pytest.raises(RuntimeError, match="disagrees with PyTorch"):
+        export_onnx(model, tmp_path / "m.onnx", (1, 16, 16), atol=-1.0)  # any diff is too big
+
+
 def test_bench_cli_json_and_errors(capsys, tmp_path):
     out = tmp_path / "b.json"
     code = main(

@@ -182,6 +182,8 @@ def bench_variants(
             "effective_macs": r["effective_macs"],
             "executed_macs": r["executed_macs_frozen"],
         }
+        if "onnx_error" in r:
+            row["onnx_error"] = r["onnx_error"]
         for key in ("latency", "compiled", "train_step", "onnx"):
             if key in r:
                 s: Stats = r[key]
@@ -209,7 +211,12 @@ def _bench_onnx(variants, frozen, x, repeats) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for v in variants:
             path = Path(tmp) / f"{v.name}.onnx"
-            export_onnx(frozen[v.name], path, tuple(x.shape), check=True)
+            try:
+                export_onnx(frozen[v.name], path, tuple(x.shape), check=True)
+            except Exception as exc:  # one variant's failure must not lose the others' figures
+                log.warning("onnx: %s not timed: %s", v.name, exc)
+                v.results["onnx_error"] = str(exc).splitlines()[0]
+                continue
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = torch.get_num_threads()
             sessions[v.name] = ort.InferenceSession(
@@ -220,9 +227,10 @@ def _bench_onnx(variants, frozen, x, repeats) -> None:
             n: (lambda s=s: s.run(None, {s.get_inputs()[0].name: feed}))
             for n, s in sessions.items()
         }
-        stats = measure(calls, repeats=repeats)
+        stats = measure(calls, repeats=repeats) if calls else {}
     for v in variants:
-        v.results["onnx"] = stats[v.name]
+        if v.name in stats:
+            v.results["onnx"] = stats[v.name]
 
 
 def format_bench(result: dict) -> str:
@@ -257,7 +265,10 @@ def format_bench(result: dict) -> str:
                 f"{r.get('train_step_speedup', 1.0):.2f}x",
             ]
         if has_onnx:
-            cells += [f"{r['onnx_ms']:.2f}", f"{r.get('onnx_speedup', 1.0):.2f}x"]
+            if "onnx_ms" in r:
+                cells += [f"{r['onnx_ms']:.2f}", f"{r.get('onnx_speedup', 1.0):.2f}x"]
+            else:
+                cells += ["failed (see log)", "-"]
         lines.append("| " + " | ".join(cells) + " |")
     m = result["machine"]
     lines.append(
