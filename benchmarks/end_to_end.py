@@ -4,7 +4,8 @@
                                     [--tune] [--onnx]
 
 Runs ``ssconv bench`` for VGG-19 and ResNet-32 (32 x 32, batch 64) and ResNet-50 (224 x 224,
-batch 8, 1x1 convs converted) at densities 0.10 and 0.05, inference and one training step,
+batch 8, 1x1 convs converted) at densities 0.10 and 0.05 (ResNet-50: 0.20 and 0.10, see
+DENSITIES), inference and one training step,
 and writes one JSON per case plus a Markdown summary. Record the output in docs/benchmarks.md.
 """
 
@@ -23,13 +24,19 @@ CASES = [
     ("cifar_resnet32", (3, 32, 32), 64, None),
     ("resnet50", (3, 224, 224), 8, ("stem", "depthwise", "classifier")),
 ]
+# Densities timed by default. ResNet-50's dense stem and classifier alone hold 8.1 % of its
+# weights, so 0.05 cannot be met without pruning the classifier: it is timed at 0.2 (one of
+# the paper's ImageNet densities) and 0.1 instead.
+DENSITIES = {"vgg19_bn": (0.1, 0.05), "cifar_resnet32": (0.1, 0.05), "resnet50": (0.2, 0.1)}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="benchmarks/results/cpu")
-    p.add_argument("--densities", type=float, nargs="+", default=[0.1, 0.05])
+    p.add_argument(
+        "--densities", type=float, nargs="+", default=None, help="default: DENSITIES per model"
+    )
     p.add_argument("--models", nargs="+", default=[c[0] for c in CASES])
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--tune", action="store_true")
@@ -42,7 +49,7 @@ def main(argv=None) -> int:
     for model, size, batch, keep in CASES:
         if model not in args.models:
             continue
-        for density in args.densities:
+        for density in args.densities or DENSITIES[model]:
             variants = build_variants(model, density, keep=keep)
             result = bench_variants(
                 variants,

@@ -35,6 +35,7 @@ def cfg(**kw) -> TrainConfig:
         lr=0.05,
         eval_batch_size=32,
         seed=3,
+        device="cpu",  # bit-identical resume is a CPU promise (cuDNN kernels may not be)
     )
     base.update(kw)
     return TrainConfig.from_dict(base)
