@@ -36,6 +36,7 @@ def plot_all(groups: list[Group], folder: str | Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -126,6 +127,7 @@ def plot_all(groups: list[Group], folder: str | Path) -> list[Path]:
                 )
             ax.set_title(f"density {density:g}", fontsize=10)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel("test accuracy (%)")
             ax.grid(alpha=0.3)
         axes[0][-1].legend(fontsize=7, ncol=2, loc="lower right")
