@@ -34,7 +34,8 @@ def test_config_builds_and_trains_one_step(path, tmp_path):
     spec = load_sweep(path, out=tmp_path / "runs")
     cells = spec.cells()
     methods = {c.values["method"] for c in cells}
-    assert {"dense", "ssc", "snip", "grasp", "synflow", "random", "erk"} <= methods
+    if not path.read_text().startswith("# A follow-up"):  # the comparisons: every method
+        assert {"dense", "ssc", "snip", "grasp", "synflow", "random", "erk"} <= methods
     densities = sorted({c.values.get("density") for c in cells if "density" in c.values})
     cell = next(
         c for c in cells if c.values["method"] == "ssc" and c.values["density"] == densities[0]
