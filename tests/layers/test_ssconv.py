@@ -270,6 +270,11 @@ def test_auto_backend_choice():
     assert SSConv2d(32, 32, 3, period=4).resolved_backend() == "masked"  # a small layer
     assert SSConv2d(128, 128, 3, period=32).resolved_backend() == "masked"  # groups of 4
     assert SSConv2d(128, 128, 3, period=4).resolved_backend() == "decomposed"
+    # A depthwise spatial part (one channel in and out per residue group) runs decomposed
+    # at any width; with two outputs per group it is an ordinary narrow grouped conv again.
+    assert SSConv2d(16, 16, 3, period=16).resolved_backend() == "decomposed"
+    assert SSConv2d(16, 16, 3, groups=2, period=8).resolved_backend() == "decomposed"
+    assert SSConv2d(16, 32, 3, period=16).resolved_backend() == "masked"
 
 
 # --------------------------------------------------------- tracing, export, compile, dtypes
