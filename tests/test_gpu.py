@@ -85,3 +85,11 @@ def test_freeze_matches_on_cuda_channels_last():
     x = torch.randn(4, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         torch.testing.assert_close(frozen(x), model(x), atol=1e-3, rtol=1e-3)
+
+
+def test_auto_rule_keeps_depthwise_like_layers_dense_on_cuda():
+    # On CPU a depthwise spatial part runs decomposed; on an H200 that was slower (see
+    # docs/benchmarks.md), so CUDA keeps one dense convolution for narrow layers.
+    layer = ssconv.SSConv2d(16, 16, 3, padding=1, period=16)
+    assert layer.resolved_backend() == "decomposed"
+    assert layer.cuda().resolved_backend() == "masked"

@@ -43,8 +43,9 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 # (fixed costs dominate) and when the grouped convolution's groups are narrower than
 # AUTO_MIN_GROUP_WIDTH input channels (stock kernels are inefficient there), except when the
 # spatial part is a plain depthwise convolution (one input and one output channel per group),
-# which has its own fast kernels: decomposed was 1.4 to 9x faster than one dense convolution
-# for every such layer measured, narrow, strided and checkerboard ones included.
+# which has its own fast kernels on CPU: decomposed was 1.4 to 9x faster than one dense
+# convolution for every such layer measured, narrow, strided and checkerboard ones included.
+# Not on CUDA: on an H200 the same change made CIFAR models slower (launch-bound kernels).
 # ssconv.autotune measures instead.
 AUTO_DENSE_ABOVE = 0.5
 AUTO_MIN_CHANNELS = 64
@@ -285,6 +286,10 @@ class SSConv2d(nn.Module):
         kh, kw = self.kernel_size
         return self.out_channels * (self.in_channels // self.dense_groups) * kh * kw
 
+    def _param_device(self) -> torch.device:
+        w = self.weight_spatial if self.weight_spatial is not None else self.weight_point
+        return w.device
+
     def resolved_backend(self) -> str:
         """The backend that ``forward`` runs: ``"masked"`` (one dense conv) or ``"decomposed"``."""
         if self._backend != "auto":
@@ -294,8 +299,8 @@ class SSConv2d(nn.Module):
             return "decomposed"
         if self.density > AUTO_DENSE_ABOVE:
             return "masked"
-        if self._a == 1 and self._m == 1:  # depthwise spatial part + 1 x 1
-            return "decomposed"
+        if self._a == 1 and self._m == 1 and self._param_device().type == "cpu":
+            return "decomposed"  # depthwise spatial part + 1 x 1 (CPU only, see AUTO_ rule)
         if (
             min(self.in_channels, self.out_channels) < AUTO_MIN_CHANNELS
             or self._a < AUTO_MIN_GROUP_WIDTH
