@@ -142,7 +142,9 @@ def comparison_table(results: dict[str, dict], density: float) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append(
         f"\nTarget density {density}: SSC and the pruned model hold the same number of nonzero "
-        f"weights. MACs are per image; a masked (pruned) model executes the dense MACs, SSC "
-        f"executes close to its effective MACs. Accuracy on the 1000 embedded test images."
+        f"weights. MACs are per image; a masked (pruned) model executes the dense MACs; SSC "
+        f"executes fewer, though more than its effective MACs where a narrow layer runs "
+        f"faster as one dense convolution (see docs/benchmarks.md). Accuracy on the 1000 "
+        f"embedded test images."
     )
     return "\n".join(lines)
