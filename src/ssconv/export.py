@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssconv.layers.ssconv import SSConv2d
+from ssconv.layers.ssconv import SSConv2d, centre_input
 from ssconv.models.convert import replace_module
 
 __all__ = [
@@ -132,22 +132,7 @@ class SSConv2dInference(nn.Module):
         g, p, a, m = self.groups, self._p, self._a, self._m
         out = None
         if self._has_point:
-            off_h = self.dilation[0] * (self.kernel_size[0] // 2) - padding[0]
-            off_w = self.dilation[1] * (self.kernel_size[1] // 2) - padding[1]
-            xc = x
-            if off_h > 0 or off_w > 0:
-                h, w = x.shape[2], x.shape[3]
-                ch, cw = max(off_h, 0), max(off_w, 0)
-                xc = x[:, :, ch : h - ch, cw : w - cw]
-            out = F.conv2d(
-                xc,
-                self.weight_point,
-                self.bias,
-                self.stride,
-                (max(-off_h, 0), max(-off_w, 0)),
-                1,
-                g,
-            )
+            out = self._point_conv(x, padding)
         if not self._has_spatial:
             return out
         bias = None if self._has_point else self.bias
@@ -179,17 +164,12 @@ class SSConv2dInference(nn.Module):
         y = F.conv2d(x, self.weight_spatial, bias, self.stride, padding, self.dilation, g * p)
         if not self._has_point:
             return y
-        off_h = self.dilation[0] * (self.kernel_size[0] // 2) - padding[0]
-        off_w = self.dilation[1] * (self.kernel_size[1] // 2) - padding[1]
-        xc = x
-        if off_h > 0 or off_w > 0:
-            h, w = x.shape[2], x.shape[3]
-            ch, cw = max(off_h, 0), max(off_w, 0)
-            xc = x[:, :, ch : h - ch, cw : w - cw]
-        z = F.conv2d(
-            xc, self.weight_point, self.bias, self.stride, (max(-off_h, 0), max(-off_w, 0)), 1, g
-        )
-        return z + y
+        return self._point_conv(x, padding) + y
+
+    def _point_conv(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
+        """The 1 x 1 kernels (bias included), reading each K x K window's centre tap."""
+        xc, pad1 = centre_input(x, self.kernel_size, self.dilation, padding)
+        return F.conv2d(xc, self.weight_point, self.bias, self.stride, pad1, 1, self.groups)
 
     def extra_repr(self) -> str:
         order = ", residue order" if self.residue else ""

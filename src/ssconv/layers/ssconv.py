@@ -427,14 +427,7 @@ class SSConv2d(nn.Module):
         return F.conv2d(xc, w, bias, self.stride, pad1, 1, self.groups)
 
     def _centre_input(self, x: Tensor, padding: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
-        """Crop (or zero-pad) ``x`` so that a 1 x 1 conv reads the K x K windows' centres."""
-        off_h = self.dilation[0] * (self.kernel_size[0] // 2) - padding[0]
-        off_w = self.dilation[1] * (self.kernel_size[1] // 2) - padding[1]
-        if off_h > 0 or off_w > 0:
-            h, w = x.shape[2], x.shape[3]
-            ch, cw = max(off_h, 0), max(off_w, 0)
-            x = x[:, :, ch : h - ch, cw : w - cw]
-        return x, (max(-off_h, 0), max(-off_w, 0))
+        return centre_input(x, self.kernel_size, self.dilation, padding)
 
     # ---------------------------------------------------------- conversion
     def to_conv2d(self) -> nn.Conv2d:
@@ -574,6 +567,22 @@ def _regroup(weight: Tensor, from_groups: int, to_groups: int) -> Tensor:
 
 def _is_channels_last(x: Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def centre_input(
+    x: Tensor, kernel_size: tuple[int, int], dilation: tuple[int, int], padding: tuple[int, int]
+) -> tuple[Tensor, tuple[int, int]]:
+    """Crop (or zero-pad) ``x`` so that a 1 x 1 conv reads the K x K windows' centres.
+
+    Returns the input to give the 1 x 1 convolution and the padding to give it.
+    """
+    off_h = dilation[0] * (kernel_size[0] // 2) - padding[0]
+    off_w = dilation[1] * (kernel_size[1] // 2) - padding[1]
+    if off_h > 0 or off_w > 0:
+        h, w = x.shape[2], x.shape[3]
+        ch, cw = max(off_h, 0), max(off_w, 0)
+        x = x[:, :, ch : h - ch, cw : w - cw]
+    return x, (max(-off_h, 0), max(-off_w, 0))
 
 
 def _channel_transpose(x: Tensor, groups: int, a: int, b: int, channels_last: bool) -> Tensor:
