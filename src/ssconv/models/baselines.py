@@ -134,18 +134,7 @@ def to_depthwise_separable(
     chosen, targets = choose_per_layer(
         specs, density, _options, fixed_params=fixed, distribution=distribution
     )
-    decisions = {
-        n: LayerDecision(
-            n,
-            c.in_channels,
-            c.out_channels,
-            tuple(c.kernel_size),
-            c.groups,
-            converted=False,
-            reason=reason or "",
-        )
-        for n, c, reason in layers
-    }
+    decisions = {n: LayerDecision.unconverted(n, c, reason) for n, c, reason in layers}
     for (name, conv), option, t in zip(todo, chosen, targets):
         block = DepthwiseSeparableConv2d(
             conv.in_channels,

@@ -68,6 +68,19 @@ class LayerDecision:
     params: int = 0
     dense_params: int = 0
 
+    @classmethod
+    def unconverted(cls, name: str, conv: nn.Conv2d, reason: str | None) -> LayerDecision:
+        """``conv`` left as it is (``reason``: why, or ``None`` for a layer still to convert)."""
+        return cls(
+            name,
+            conv.in_channels,
+            conv.out_channels,
+            tuple(conv.kernel_size),
+            conv.groups,
+            converted=False,
+            reason=reason or "",
+        )
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["kernel_size"] = list(self.kernel_size)
@@ -227,15 +240,7 @@ def convert(
     decisions: dict[str, LayerDecision] = {}
     todo: list[tuple[str, nn.Conv2d]] = []
     for name, conv, reason in convs:
-        decision = LayerDecision(
-            name,
-            conv.in_channels,
-            conv.out_channels,
-            tuple(conv.kernel_size),
-            conv.groups,
-            converted=False,
-            reason=reason or "",
-        )
+        decision = LayerDecision.unconverted(name, conv, reason)
         decisions[name] = decision
         if reason is None:
             todo.append((name, conv))
