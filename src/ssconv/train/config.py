@@ -270,28 +270,34 @@ def _validate(key: str, value, meta, source: str):
     return value
 
 
+def read_config_file(path: str | Path, what: str) -> object:
+    """Parse a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file.
+
+    ``what`` names the file in errors (``"--config: file"``, ``"sweep file"``); a missing,
+    unreadable or malformed file raises :class:`ConfigError` naming it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
+    toml = path.suffix == ".toml"
+    if toml and sys.version_info < (3, 11):
+        raise ConfigError(f"{path}: TOML configs need Python 3.11+; use YAML")
+    try:
+        text = path.read_text()
+        if toml:
+            import tomllib
+
+            return tomllib.loads(text)
+        return yaml.safe_load(text) or {}
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot parse: {exc}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
     """Defaults, then the file (YAML ``.yaml/.yml`` or TOML ``.toml``), then ``overrides``."""
     data: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"--config: file {str(path)!r} does not exist")
-        text = path.read_text()
-        try:
-            if path.suffix == ".toml":
-                if sys.version_info < (3, 11):
-                    raise ConfigError(f"{path}: TOML configs need Python 3.11+; use YAML")
-                import tomllib
-
-                data = tomllib.loads(text)
-            else:
-                data = yaml.safe_load(text) or {}
-        except (yaml.YAMLError, ValueError) as exc:
-            if isinstance(exc, ConfigError):
-                raise
-            raise ConfigError(f"{path}: cannot parse: {exc}") from None
-        data = _check_items(data, str(path))
+        data = _check_items(read_config_file(path, "--config: file"), str(path))
     data.update(_check_items(overrides or {}, "command line"))
     return TrainConfig.from_dict(data, source="config")
 

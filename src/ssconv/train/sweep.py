@@ -30,9 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ssconv.train.config import ConfigError, TrainConfig, _check_items
+from ssconv.train.config import ConfigError, TrainConfig, _check_items, read_config_file
 
 __all__ = ["SweepSpec", "Cell", "load_sweep", "cell_status", "run_cell", "claim", "release"]
 
@@ -91,18 +89,7 @@ def _slug(key: str, value: Any) -> str:
 def load_sweep(path: str | Path, out: str | Path | None = None) -> SweepSpec:
     """Read and validate a sweep file; every cell's config is checked up front."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file {str(path)!r} does not exist")
-    text = path.read_text()
-    try:
-        if path.suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        else:
-            data = yaml.safe_load(text) or {}
-    except Exception as exc:
-        raise ConfigError(f"{path}: cannot parse: {exc}") from None
+    data = read_config_file(path, "sweep file")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with out, base and grid")
     unknown = set(data) - {"out", "base", "grid", "description"}
