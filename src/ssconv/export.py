@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssconv.kernels import fused
 from ssconv.layers.ssconv import SSConv2d, centre_input
 from ssconv.models.convert import replace_module
 
@@ -78,6 +79,14 @@ class SSConv2dInference(nn.Module):
                     wp = layer.point_matrix().detach().view(self.out_channels, -1, 1, 1).clone()
                 self.register_buffer("weight_spatial", ws)
                 self.register_buffer("weight_point", wp)
+            # The fused CPU kernel's packed weights, where the layer itself would use it in
+            # inference; eager float32 CPU calls run it, everything else (export, tracing,
+            # other devices) the stock operators above. Not a buffer: not saved, not exported.
+            self.fused_weight = None
+            if layer.resolved_backend(inference=True) == "fused":
+                self.fused_weight = fused.pack(
+                    layer.to_dense(), layer.pattern.dense_mask(), layer.bias, layer.groups
+                )
 
     @property
     def num_params(self) -> int:
@@ -116,6 +125,9 @@ class SSConv2dInference(nn.Module):
             self.weight_point = self.weight_point[out_perm][:, local].contiguous()
         if self.bias is not None:
             self.bias = self.bias[out_perm].contiguous()
+        if self.fused_weight is not None:
+            in_perm = residue_permutation(self.groups, self._p, self.in_channels)
+            self.fused_weight = self.fused_weight.permuted(in_perm, out_perm)
         self.residue = True
 
     def forward(self, x: Tensor) -> Tensor:
@@ -123,6 +135,10 @@ class SSConv2dInference(nn.Module):
         if self.padding_mode != "zeros":
             x = F.pad(x, self._pad4, mode=self.padding_mode)
             padding = (0, 0)
+        if self.fused_weight is not None and fused.can_run(x, self._weights()):
+            return fused.fused_conv2d(
+                x, self.fused_weight, self.kernel_size, self.stride, padding, self.dilation
+            )
         if self.residue:
             return self._forward_residue(x, padding)
         if self.mode == "dense":
@@ -158,6 +174,10 @@ class SSConv2dInference(nn.Module):
             return y if bias is None else y + bias.view(1, -1, 1, 1)
         return out + y
 
+    def _weights(self) -> list[Tensor]:
+        names = ("weight",) if self.mode == "dense" else ("weight_spatial", "weight_point")
+        return [t for t in (getattr(self, n) for n in names) if t is not None]
+
     def _forward_residue(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
         g, p = self.groups, self._p
         bias = None if self._has_point else self.bias
@@ -173,6 +193,8 @@ class SSConv2dInference(nn.Module):
 
     def extra_repr(self) -> str:
         order = ", residue order" if self.residue else ""
+        if self.fused_weight is not None:
+            order += ", fused CPU kernel"
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, {self.pattern.describe()}, mode={self.mode}{order}"
@@ -522,7 +544,8 @@ def export_onnx(
             kwargs["external_data"] = False
         else:
             kwargs["dynamic_axes"] = {"input": {0: "batch"}, "output": {0: "batch"}}
-        with warnings.catch_warnings():
+        # Stock operators only in the graph: the fused kernel is not an ONNX operator.
+        with warnings.catch_warnings(), fused.disabled():
             warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter's notice
             torch.onnx.export(frozen, (x,), str(path), verbose=False, **kwargs)
         reference = frozen(x)
@@ -561,8 +584,9 @@ def export_torchscript(model: nn.Module, path: str | Path, input_size) -> Export
     x = _example(frozen, input_size)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        traced = torch.jit.trace(frozen, (x,))
-        torch.jit.save(traced, str(path))
-        loaded = torch.jit.load(str(path))
-        diff = (loaded(x) - frozen(x)).abs().max().item()
+        with fused.disabled():  # the graph and its reference: stock operators
+            traced = torch.jit.trace(frozen, (x,))
+            torch.jit.save(traced, str(path))
+            loaded = torch.jit.load(str(path))
+            diff = (loaded(x) - frozen(x)).abs().max().item()
     return ExportReport(path, "torchscript", max_abs_diff=diff)

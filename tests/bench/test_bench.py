@@ -39,7 +39,7 @@ def test_autotune_sets_explicit_backends_and_keeps_outputs():
     x = torch.randn(2, 3, 16, 16)
     before = model(x)
     chosen = ssconv.autotune(model, x, repeats=1)
-    assert chosen and set(chosen.values()) <= {"masked", "decomposed", "split"}
+    assert chosen and set(chosen.values()) <= {"masked", "decomposed", "split", "fused"}
     for name, backend in chosen.items():
         assert model.get_submodule(name).backend == backend
     assert torch.allclose(model(x), before, atol=1e-5)

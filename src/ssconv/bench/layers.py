@@ -77,6 +77,16 @@ DEFAULT_SETTINGS = [
 FAST_BACKENDS = ("decomposed", "split")
 
 
+def fast_backends(device: str) -> tuple[str, ...]:
+    """The fast backends to time: the stock ones, and the fused kernel on CPU where it builds."""
+    if torch.device(device).type == "cpu":
+        from ssconv.kernels import fused
+
+        if fused.available():
+            return (*FAST_BACKENDS, "fused")
+    return FAST_BACKENDS
+
+
 def run_layer_bench(
     shapes: list[LayerShape],
     settings: list[tuple[int, int, bool, str]] = DEFAULT_SETTINGS,
@@ -89,6 +99,7 @@ def run_layer_bench(
 ) -> list[dict]:
     """One row per (shape, setting) with times (ms), MACs and efficiencies."""
     rows = []
+    backends = ("masked", *fast_backends(device))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for shape in shapes:
         x = torch.randn(batch, shape.in_channels, shape.size, shape.size, device=device)
@@ -116,7 +127,7 @@ def run_layer_bench(
             ).to(device)
         candidates = {"dense": lambda dense=dense, x=x: dense(x)}
         for key, layer in layers.items():
-            for backend in ("masked", *FAST_BACKENDS):
+            for backend in backends:
 
                 def call(layer=layer, backend=backend, x=x):
                     layer.backend = backend
@@ -134,9 +145,9 @@ def run_layer_bench(
         t_dense = stats["dense"].median
         for key, layer in layers.items():
             ratio = 1.0 / layer.density
-            times = {b: stats[(key, b)].median for b in ("masked", *FAST_BACKENDS)}
+            times = {b: stats[(key, b)].median for b in backends}
             layer.backend = "auto"
-            auto = layer.resolved_backend()
+            auto = layer.resolved_backend(inference=True)
             best = min(times, key=times.get)
             eff = {b: (t_dense / t) / ratio for b, t in times.items()}
             t_chain = stats[(key, "in_chain")].median
@@ -157,7 +168,7 @@ def run_layer_bench(
                     **{f"{b}_ms": times[b] * 1e3 for b in times},
                     **{f"{b}_eff": eff[b] for b in eff},
                     "auto_backend": auto,
-                    "auto_eff": eff["decomposed" if auto == "decomposed" else auto],
+                    "auto_eff": eff[auto],
                     "best_backend": best,
                     "best_eff": eff[best],
                     "in_chain_ms": t_chain * 1e3,
@@ -171,27 +182,37 @@ def run_layer_bench(
 
 def summarize(rows: list[dict], max_density: float = 0.35) -> dict:
     sel = [r for r in rows if r["density"] <= max_density + 1e-9]
-    keys = ["masked_eff", "decomposed_eff", "split_eff", "auto_eff", "best_eff", "in_chain_eff"]
+    keys = ["masked_eff", "decomposed_eff", "split_eff", "fused_eff", "auto_eff", "best_eff"]
+    keys.append("in_chain_eff")
     return {
         "rows": len(sel),
         "max_density": max_density,
-        **{f"median_{k}": statistics.median(r[k] for r in sel) for k in keys if sel},
+        **{
+            f"median_{k}": statistics.median(r[k] for r in sel)
+            for k in keys
+            if sel and all(k in r for r in sel)
+        },
     }
 
 
 def format_markdown(rows: list[dict]) -> str:
+    def opt(r: dict, key: str) -> str:
+        return f"{r[key]:.2f}" if key in r else "-"
+
     head = (
         "| layer | G | P | pw | spatial | density | dense ms | masked ms | decomposed ms | "
-        "split ms | in-chain ms | eff. masked | eff. decomposed | eff. split | auto | "
-        "eff. best | eff. in chain |"
+        "split ms | fused ms | in-chain ms | eff. masked | eff. decomposed | eff. split | "
+        "eff. fused | auto | eff. best | eff. in chain |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
             f"| {r['shape']} | {r['groups']} | {r['period']} | {'y' if r['pointwise'] else 'n'} "
             f"| {r['spatial']} | {r['density']:.3f} | {r['dense_ms']:.2f} | {r['masked_ms']:.2f} "
-            f"| {r['decomposed_ms']:.2f} | {r['split_ms']:.2f} | {r['in_chain_ms']:.2f} "
+            f"| {r['decomposed_ms']:.2f} | {r['split_ms']:.2f} | {opt(r, 'fused_ms')} "
+            f"| {r['in_chain_ms']:.2f} "
             f"| {r['masked_eff']:.2f} | {r['decomposed_eff']:.2f} | {r['split_eff']:.2f} "
+            f"| {opt(r, 'fused_eff')} "
             f"| {r['auto_backend']} {r['auto_eff']:.2f} | {r['best_eff']:.2f} "
             f"({r['best_backend']}) | {r['in_chain_eff']:.2f} |"
         )

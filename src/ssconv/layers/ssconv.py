@@ -19,8 +19,13 @@ Execution backends (same outputs and gradients):
 * ``"decomposed"``: the fast path. Permuting input channels by ``i' mod P`` and output channels
   by ``o' mod P`` turns the spatial pairs into a grouped K x K convolution with ``G * P`` groups;
   the point pairs are a grouped 1 x 1 convolution with ``G`` groups. Both are stock kernels.
-* ``"auto"`` (default): the decomposed path where the layer is sparse enough to gain from it, the
-  dense one otherwise (see :meth:`SSConv2d.resolved_backend`).
+* ``"fused"``: inference only: one native kernel (:mod:`ssconv.kernels.fused`, compiled on first
+  use where a C++ compiler is present) reads each K x K window once and accumulates the spatial
+  and 1 x 1 weights together, float32 on CPU. Calls that need gradients, other devices or
+  dtypes, tracing and ``torch.compile`` run the ``"auto"`` choice of stock kernels instead.
+* ``"auto"`` (default): in inference on CPU (no gradients, float32) the fused kernel where it is
+  built and the layer is wide enough; otherwise the decomposed path where the layer is sparse
+  enough to gain from it, the dense one else (see :meth:`SSConv2d.resolved_backend`).
 """
 
 from __future__ import annotations
@@ -31,11 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssconv.kernels import fused
 from ssconv.layers.pattern import SSCPattern
 
 __all__ = ["SSConv2d", "BACKENDS"]
 
-BACKENDS = ("auto", "masked", "decomposed", "split")
+BACKENDS = ("auto", "masked", "decomposed", "split", "fused")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 # The static "auto" rule, from the layer benchmark (docs/benchmarks.md): one dense convolution
@@ -50,6 +56,10 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 AUTO_DENSE_ABOVE = 0.5
 AUTO_MIN_CHANNELS = 64
 AUTO_MIN_GROUP_WIDTH = 8
+# "auto" uses the fused kernel in CPU inference for layers with a spatial part, period > 1 and
+# at least this many input and output channels (narrower ones ran faster on stock kernels in
+# the layer benchmark: too little work per pixel to pay for the kernel's per-tile set-up).
+AUTO_FUSED_MIN_CHANNELS = 32
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -290,9 +300,34 @@ class SSConv2d(nn.Module):
         w = self.weight_spatial if self.weight_spatial is not None else self.weight_point
         return w.device
 
-    def resolved_backend(self) -> str:
-        """The backend that ``forward`` runs: ``"masked"`` (one dense conv) or ``"decomposed"``."""
+    def resolved_backend(self, inference: bool = False) -> str:
+        """The backend that ``forward`` runs.
+
+        ``inference=False`` (calls that need gradients): ``"masked"`` (one dense conv),
+        ``"decomposed"`` or ``"split"``. ``inference=True`` (a float32 CPU call without
+        gradients, not traced or compiled): ``"fused"`` where the fused kernel applies, else
+        the same. Asking with ``inference=True`` builds the kernel if it is not built yet.
+        """
+        if self._backend == "fused":
+            return "fused" if inference else self._stock_backend()
         if self._backend != "auto":
+            return self._backend
+        if inference and self._fused_by_default():
+            return "fused"
+        return self._stock_backend()
+
+    def _fused_by_default(self) -> bool:
+        if not (
+            self._has_spatial
+            and not self._identity_perm
+            and min(self.in_channels, self.out_channels) >= AUTO_FUSED_MIN_CHANNELS
+            and self._param_device().type == "cpu"
+        ):
+            return False
+        return fused.available()
+
+    def _stock_backend(self) -> str:
+        if self._backend in ("masked", "decomposed", "split"):
             return self._backend
         if self._identity_perm:
             # P = 1 or P = None: the decomposition is already a single stock convolution.
@@ -365,7 +400,10 @@ class SSConv2d(nn.Module):
             padding = (0, 0)
         else:
             padding = self.padding
-        if self.resolved_backend() == "masked":
+        backend = self.resolved_backend(self._is_inference_call(x))
+        if backend == "fused":
+            return self._forward_fused(x, padding)
+        if backend == "masked":
             return F.conv2d(
                 x, self.to_dense(), self.bias, self.stride, padding, self.dilation, self.groups
             )
@@ -419,6 +457,26 @@ class SSConv2d(nn.Module):
         if self.bias is not None:
             out = out + self.bias.view(1, -1, 1, 1)
         return out
+
+    def _is_inference_call(self, x: Tensor) -> bool:
+        """Whether the fused kernel may run this call: float32 CPU, no gradients, eager."""
+        return fused.can_run(x, [p for p in self.parameters()])
+
+    def _forward_fused(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
+        key = tuple(
+            (t.data_ptr(), t._version) if t is not None else None
+            for t in (self.weight_spatial, self.weight_point, self.bias)
+        )
+        cache = self.__dict__.get("_fused_cache")
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                packed = fused.pack(
+                    self.to_dense(), self.pattern.dense_mask(), self.bias, self.groups
+                )
+            self.__dict__["_fused_cache"] = cache = (key, packed)
+        return fused.fused_conv2d(
+            x, cache[1], self.kernel_size, self.stride, padding, self.dilation
+        )
 
     def _point_conv(self, x: Tensor, padding: tuple[int, int], bias: Tensor | None) -> Tensor:
         """The point pairs: a 1 x 1 convolution that reads each K x K window's centre tap."""

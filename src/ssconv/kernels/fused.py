@@ -1,0 +1,371 @@
+"""Optional fused CPU kernel for SSC layers (inference).
+
+The kernel (``ssc_fused.cpp``) computes a block-structured sparse convolution in one pass over
+the input: every output pixel reads its K x K window once and accumulates the spatial and the
+1 x 1 weights of its filters together. It is compiled on first use with
+:func:`torch.utils.cpp_extension.load` (needs a C++ compiler and ``ninja``; ``pip install
+ninja``) and cached by PyTorch (``TORCH_EXTENSIONS_DIR``). Where it cannot be built,
+:func:`available` is false and the layers use their stock-kernel paths; nothing else changes.
+
+Set ``SSCONV_NO_FUSED=1`` to never build or use it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
+
+__all__ = [
+    "available",
+    "build_error",
+    "pack",
+    "PackedWeight",
+    "fused_conv2d",
+    "VB_CHOICES",
+    "executed_per_pixel",
+    "can_run",
+    "disabled",
+]
+
+VB_CHOICES = (16, 8, 4)
+# Relative throughput of the kernel's tiles per executed MAC (16 lanes x 6 pixels = 1), measured
+# on the layer benchmark (2-core AVX2): the narrower tiles pay their loads over fewer FMAs.
+_VB_SPEED = {16: 1.0, 8: 0.75, 4: 0.4}
+_SOURCE = Path(__file__).with_name("ssc_fused.cpp")
+_lock = threading.Lock()
+_module = None
+_error: str | None = None
+_tried = False
+
+
+def _flags() -> list[str]:
+    flags = ["-O3", "-fopenmp"]  # OpenMP: at::parallel_for is inline and needs it
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        flags += ["-mavx2", "-mfma"]
+    return flags
+
+
+def _ninja_on_path() -> None:
+    """Make the ``ninja`` of the ``ninja`` wheel visible when the venv is not activated."""
+    try:
+        import ninja  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    bin_dir = getattr(ninja, "BIN_DIR", None)
+    if bin_dir and bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+
+
+def _load():
+    global _module, _error, _tried
+    with _lock:
+        if _tried:
+            return _module
+        _tried = True
+        if os.environ.get("SSCONV_NO_FUSED"):
+            _error = "disabled by SSCONV_NO_FUSED"
+            return None
+        try:
+            from torch.utils.cpp_extension import load
+
+            _ninja_on_path()
+            cap = torch.backends.cpu.get_cpu_capability().lower()
+            print(
+                "ssconv: loading the fused SSC kernel (compiled once per machine, about a "
+                "minute the first time; SSCONV_NO_FUSED=1 skips it)",
+                file=sys.stderr,
+                flush=True,
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _module = load(
+                    name=f"ssconv_fused_{cap}",
+                    sources=[str(_SOURCE)],
+                    extra_cflags=_flags(),
+                    extra_ldflags=["-fopenmp"],
+                    verbose=False,
+                )
+        except Exception as exc:  # no compiler, no ninja, no headers, ...
+            lines = str(exc).strip().splitlines()
+            _error = f"{type(exc).__name__}: {lines[-1] if lines else ''}"
+            _module = None
+            print(
+                f"ssconv: fused SSC kernel unavailable ({_error}); using stock kernels",
+                file=sys.stderr,
+                flush=True,
+            )
+        return _module
+
+
+_disabled = 0
+
+
+@contextmanager
+def disabled():
+    """Run the stock kernels inside this block (export, tracing for deployment)."""
+    global _disabled
+    _disabled += 1
+    try:
+        yield
+    finally:
+        _disabled -= 1
+
+
+def can_run(x: Tensor, params: list[Tensor]) -> bool:
+    """Whether a call on ``x`` may use the kernel: float32 CPU, no gradients, eager.
+
+    ``params`` are the layer's weights (their device, dtype and ``requires_grad`` count).
+    Does not build the kernel.
+    """
+    if _disabled or torch.jit.is_scripting() or torch.jit.is_tracing():
+        return False
+    if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
+        return False
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4:
+        return False
+    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in params):
+        return False
+    return not (
+        torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
+    )
+
+
+def available() -> bool:
+    """Whether the fused kernel is built (builds it on the first call)."""
+    return _load() is not None
+
+
+def build_error() -> str | None:
+    """Why the kernel is not available (None when it is, or was not tried yet)."""
+    return _error
+
+
+@dataclass
+class PackedWeight:
+    """A layer's weights in the kernel's block layout (see ``ssc_fused.cpp``)."""
+
+    w: Tensor  # (E, VB) float32
+    ch: Tensor  # (E,) int32
+    seg_tap: Tensor  # (S,) int32
+    seg_beg: Tensor  # (S + 1,) int64
+    blk_seg: Tensor  # (B + 1,) int64
+    out_idx: Tensor  # (B * VB,) int32
+    blk_base: Tensor  # (B,) int32
+    bias: Tensor  # (B * VB,) float32
+    vb: int
+    out_channels: int
+    executed_per_pixel: int  # entries * VB: the MACs the kernel executes per output pixel
+
+    def permuted(self, in_order: Tensor | None, out_order: Tensor | None) -> PackedWeight:
+        """The same layer reading / writing channels in another physical order.
+
+        ``in_order[q]`` / ``out_order[q]``: the channel held at physical position ``q`` (a
+        gather index, as :func:`ssconv.export.residue_permutation` returns).
+        """
+        ch, out_idx, base = self.ch, self.out_idx, self.blk_base
+        if in_order is not None:
+            ch = torch.argsort(in_order.cpu())[ch.long()].to(torch.int32)
+        if out_order is not None:
+            inv = torch.argsort(out_order.cpu()).to(torch.int32)
+            lanes = out_idx.long()
+            out_idx = torch.where(lanes < 0, -1, inv[lanes.clamp(min=0)]).to(torch.int32)
+            base = _block_bases(out_idx.view(-1, self.vb))
+        return replace(self, ch=ch.contiguous(), out_idx=out_idx.contiguous(), blk_base=base)
+
+
+def _block_bases(lane_rows: Tensor) -> Tensor:
+    """Per block: its first channel when its lanes hold consecutive channels, else -1."""
+    base = torch.full((lane_rows.shape[0],), -1, dtype=torch.int32)
+    for b, row in enumerate(lane_rows.long()):
+        chans = row[row >= 0]
+        if chans.numel() and bool((chans == chans[0] + torch.arange(chans.numel())).all()):
+            base[b] = int(chans[0])
+    return base
+
+
+def _block_layout(mask: Tensor, order: Tensor, vb: int):
+    """Union masks (B, taps, C_in) of the blocks of ``vb`` lanes over outputs in ``order``."""
+    c_out = order.numel()
+    nb = -(-c_out // vb)
+    pad = nb * vb - c_out
+    m = mask[order]  # (C_out, C_in, taps)
+    if pad:
+        m = torch.cat([m, m.new_zeros(pad, *m.shape[1:])])
+    union = m.view(nb, vb, *m.shape[1:]).any(1)  # (B, C_in, taps)
+    return union.transpose(1, 2).contiguous(), pad
+
+
+def executed_per_pixel(mask: Tensor, order: Tensor, vb: int) -> int:
+    union, _ = _block_layout(mask, order, vb)
+    return int(union.sum()) * vb
+
+
+def _full_weight(weight: Tensor, groups: int) -> Tensor:
+    """(C_out, C_in, taps) from a grouped (C_out, C_in/G, kh, kw) weight (zeros across groups)."""
+    c_out, cin_g, kh, kw = weight.shape
+    full = weight.new_zeros(c_out, cin_g * groups, kh * kw)
+    cout_g = c_out // groups
+    for g in range(groups):
+        full[g * cout_g : (g + 1) * cout_g, g * cin_g : (g + 1) * cin_g] = weight[
+            g * cout_g : (g + 1) * cout_g
+        ].reshape(cout_g, cin_g, kh * kw)
+    return full
+
+
+def output_order(mask: Tensor) -> Tensor:
+    """Output channels sorted so that equal supports are neighbours (stable: ties keep order)."""
+    c_out = mask.shape[0]
+    flat = mask.reshape(c_out, -1)
+    _, inverse = torch.unique(flat, dim=0, return_inverse=True)
+    # Order classes by their first channel, then channels inside a class by index.
+    first = torch.full((int(inverse.max()) + 1,), c_out, dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(c_out), reduce="amin")
+    key = first[inverse] * c_out + torch.arange(c_out)
+    return torch.argsort(key)
+
+
+@torch.no_grad()
+def pack(
+    weight: Tensor,
+    mask: Tensor,
+    bias: Tensor | None,
+    groups: int,
+    vb: int | None = None,
+) -> PackedWeight:
+    """Pack a dense-equivalent weight ``(C_out, C_in/G, kh, kw)`` and its structural ``mask``.
+
+    ``vb=None`` picks the block width (lanes) with the lowest estimated time: executed MACs
+    over the tile's measured relative throughput.
+    """
+    weight = weight.detach().float().cpu()
+    mask = mask.cpu().bool()
+    c_out = weight.shape[0]
+    fw = _full_weight(weight, groups)
+    fm = _full_weight(mask.float(), groups).bool()
+    order = output_order(fm)
+    if vb is None:
+        costs = {v: executed_per_pixel(fm, order, v) / _VB_SPEED[v] for v in VB_CHOICES}
+        vb = min(VB_CHOICES, key=costs.get)
+    if vb not in VB_CHOICES:
+        raise ValueError(f"vb must be one of {VB_CHOICES}, got {vb!r}")
+    union, pad = _block_layout(fm, order, vb)  # (B, taps, C_in)
+    nb, taps, _ = union.shape
+    b_idx, t_idx, c_idx = union.nonzero(as_tuple=True)  # sorted by (block, tap, channel)
+    lanes = torch.cat([order, torch.full((pad,), -1, dtype=torch.long)])
+    lane_rows = lanes.view(nb, vb)  # output channel of each lane
+    wpad = torch.cat([fw, fw.new_zeros(1, *fw.shape[1:])])  # row c_out = zeros (padding lanes)
+    rows = torch.where(lane_rows < 0, c_out, lane_rows)  # (B, VB)
+    w = wpad[rows[b_idx], c_idx.unsqueeze(1), t_idx.unsqueeze(1)]  # (E, VB)
+    mask_e = torch.cat([fm, fm.new_zeros(1, *fm.shape[1:])])[
+        rows[b_idx], c_idx.unsqueeze(1), t_idx.unsqueeze(1)
+    ]
+    w = torch.where(mask_e, w, torch.zeros(()))
+    seg_key = b_idx * taps + t_idx
+    uniq, counts = torch.unique_consecutive(seg_key, return_counts=True)
+    seg_beg = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+    seg_blk = uniq // taps
+    blk_seg = torch.searchsorted(seg_blk, torch.arange(nb + 1))
+    base = _block_bases(lane_rows)
+    bias_l = torch.zeros(nb * vb)
+    if bias is not None:
+        bvals = torch.cat([bias.detach().float().cpu(), torch.zeros(1)])
+        bias_l = bvals[torch.where(lanes < 0, c_out, lanes)]
+    return PackedWeight(
+        w=w.contiguous(),
+        ch=c_idx.to(torch.int32).contiguous(),
+        seg_tap=(uniq % taps).to(torch.int32).contiguous(),
+        seg_beg=seg_beg.contiguous(),
+        blk_seg=blk_seg.contiguous(),
+        out_idx=lanes.to(torch.int32).contiguous(),
+        blk_base=base,
+        bias=bias_l.contiguous(),
+        vb=vb,
+        out_channels=c_out,
+        executed_per_pixel=int(b_idx.numel()) * vb,
+    )
+
+
+def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+# A torch custom op, so that dispatch modes see the kernel: FlopCounterMode counts its
+# executed MACs (formula below) and ssconv.profile reports them.
+@torch.library.custom_op("ssconv::fused_conv2d", mutates_args=())
+def _fused_op(
+    x: Tensor,
+    w: Tensor,
+    ch: Tensor,
+    seg_tap: Tensor,
+    seg_beg: Tensor,
+    blk_seg: Tensor,
+    out_idx: Tensor,
+    blk_base: Tensor,
+    bias: Tensor,
+    out_channels: int,
+    geometry: list[int],
+    vb: int,
+) -> Tensor:
+    mod = _load()
+    if mod is None:
+        raise RuntimeError(f"the fused SSC kernel is not available: {_error}")
+    return mod.ssc_fused_forward(
+        x, w, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, bias, out_channels, *geometry, vb
+    )
+
+
+@_fused_op.register_fake
+def _(x, w, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, bias, out_channels, geometry, vb):
+    kh, kw, sh, sw, ph, pw, dh, dw = geometry
+    ho = _out_size(x.shape[2], kh, sh, ph, dh)
+    wo = _out_size(x.shape[3], kw, sw, pw, dw)
+    y = x.new_empty((x.shape[0], out_channels, ho, wo))
+    return y.contiguous(memory_format=torch.channels_last)
+
+
+@register_flop_formula(torch.ops.ssconv.fused_conv2d)
+def _fused_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    # w is (entries, lanes): entries * lanes MACs per output pixel, 2 FLOPs each.
+    return 2 * w_shape[0] * w_shape[1] * out_shape[0] * out_shape[2] * out_shape[3]
+
+
+def fused_conv2d(
+    x: Tensor,
+    packed: PackedWeight,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Tensor:
+    """Run the kernel (float32 CPU). Raises if it is not built.
+
+    The output has the input's memory format, as ``F.conv2d`` gives (the kernel itself works
+    in channels_last: an NCHW input costs two layout copies).
+    """
+    if _load() is None:
+        raise RuntimeError(f"the fused SSC kernel is not available: {_error}")
+    y = _fused_op(
+        x,
+        packed.w,
+        packed.ch,
+        packed.seg_tap,
+        packed.seg_beg,
+        packed.blk_seg,
+        packed.out_idx,
+        packed.blk_base,
+        packed.bias,
+        packed.out_channels,
+        [*kernel_size, *stride, *padding, *dilation],
+        packed.vb,
+    )
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return y if channels_last else y.contiguous()

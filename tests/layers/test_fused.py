@@ -1,0 +1,209 @@
+"""The fused CPU inference kernel (ssconv.kernels.fused) against nn.Conv2d and the masked path."""
+
+import pytest
+import torch
+from torch import nn
+
+from ssconv import SSConv2d
+from ssconv.kernels import fused
+
+from .spec_oracle import spec_dense_mask
+from .test_ssconv import CONFIGS, _close
+
+needs_kernel = pytest.mark.skipif(
+    not fused.available(), reason=f"fused kernel not built: {fused.build_error()}"
+)
+
+
+@needs_kernel
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_fused_matches_conv2d_with_spec_masked_weight(cfg):
+    c_in, c_out, k, groups, period, pointwise, spatial, kw = cfg
+    mask = spec_dense_mask(c_in, c_out, k, groups, period, pointwise, spatial)
+    conv = nn.Conv2d(c_in, c_out, k, groups=groups, **kw)
+    with torch.no_grad():
+        conv.weight.mul_(mask)
+        conv.bias.normal_()
+    layer = SSConv2d.from_conv2d(
+        conv,
+        groups=groups,
+        period=period,
+        pointwise=pointwise,
+        spatial=spatial,
+        backend="fused",
+        copy_weights=True,
+    )
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(3, c_in, 10, 9).contiguous(memory_format=memory_format)
+        with torch.no_grad():
+            y = layer(x)
+            ref = conv(x)
+        _close(y, ref)
+        # The output keeps the input's memory format, as nn.Conv2d does.
+        assert y.is_contiguous(memory_format=memory_format)
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "shape",
+    [
+        # c_in, c_out, size, stride, groups, period, pointwise, spatial
+        (64, 64, 8, 1, 1, 4, True, "full"),  # classes of 16 channels: 16-lane blocks
+        (32, 64, 9, 2, 1, 8, True, "full"),  # classes of 8: 8-lane blocks
+        (64, 48, 5, 1, 2, 4, False, "full"),
+        (32, 32, 1, 1, 1, 4, True, "checkerboard"),  # 1 x 1 image: every tap but the centre is off
+        (24, 40, 3, 1, 1, 3, True, "full"),  # 40 outputs: a partly filled last block
+    ],
+)
+def test_fused_equals_masked_on_wide_layers(shape):
+    c_in, c_out, size, stride, groups, period, pointwise, spatial = shape
+    layer = SSConv2d(
+        c_in,
+        c_out,
+        3,
+        stride,
+        1,
+        groups=groups,
+        period=period,
+        pointwise=pointwise,
+        spatial=spatial,
+    )
+    with torch.no_grad():
+        layer.bias.normal_()
+    x = torch.randn(5, c_in, size, size).contiguous(memory_format=torch.channels_last)
+    layer.backend = "masked"
+    ref = layer(x)
+    layer.backend = "fused"
+    with torch.inference_mode():
+        _close(layer(x), ref)
+
+
+@needs_kernel
+def test_executed_macs_equal_effective_when_classes_fill_blocks():
+    # 64 outputs, period 4: residue classes of 16 filters, one 16-lane block each.
+    layer = SSConv2d(64, 64, 3, padding=1, period=4)
+    packed = fused.pack(layer.to_dense(), layer.pattern.dense_mask(), layer.bias, layer.groups)
+    assert packed.vb == 16
+    assert packed.executed_per_pixel == layer.num_params
+    # A 16-lane block over classes of 4 filters holds the union of 4 supports.
+    narrow = SSConv2d(16, 16, 3, padding=1, period=4)
+    mask = narrow.pattern.dense_mask()
+    wide = fused.pack(narrow.to_dense(), mask, None, 1, vb=16)
+    assert wide.executed_per_pixel > narrow.num_params
+    assert fused.pack(narrow.to_dense(), mask, None, 1, vb=4).executed_per_pixel == (
+        narrow.num_params
+    )
+
+
+@needs_kernel
+def test_auto_uses_fused_in_inference_only():
+    layer = SSConv2d(64, 64, 3, padding=1, period=4)
+    assert layer.resolved_backend(inference=True) == "fused"
+    assert layer.resolved_backend() == "decomposed"  # what gradient-needing calls run
+    assert SSConv2d(16, 16, 3, period=4).resolved_backend(inference=True) == "masked"
+    assert SSConv2d(64, 64, 3, period=1).resolved_backend(inference=True) == "decomposed"
+    x = torch.randn(2, 64, 6, 6, requires_grad=True)
+    out = layer(x)  # training call: stock kernels, gradients flow
+    out.sum().backward()
+    assert x.grad is not None and layer.weight_spatial.grad is not None
+    with torch.no_grad():
+        _close(layer(x), out.detach())
+
+
+@needs_kernel
+def test_fused_sees_weight_updates():
+    layer = SSConv2d(32, 32, 3, padding=1, period=4, backend="fused").eval()
+    x = torch.randn(2, 32, 6, 6)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    with torch.no_grad():
+        before = layer(x)
+    layer(x).square().mean().backward()  # a training call (stock kernels)
+    opt.step()
+    with torch.no_grad():
+        after = layer(x)
+    assert not torch.allclose(before, after)
+    layer.backend = "masked"
+    _close(after, layer(x).detach())
+    # load_state_dict copies in place: the packed weights follow too.
+    other = SSConv2d(32, 32, 3, padding=1, period=4)
+    layer.load_state_dict(other.state_dict())
+    layer.backend = "fused"
+    with torch.no_grad():
+        _close(layer(x), other(x))
+
+
+@needs_kernel
+def test_trace_falls_back_to_stock_kernels():
+    layer = SSConv2d(32, 32, 3, padding=1, period=4).eval()
+    x = torch.randn(1, 32, 5, 5)
+    with torch.no_grad():
+        traced = torch.jit.trace(layer, x)
+        y = torch.randn(1, 32, 5, 5)
+        _close(traced(y), layer(y))  # a traced opaque kernel would have frozen the output
+    graph = str(traced.graph)
+    assert "conv" in graph
+
+
+def test_explicit_fused_without_kernel_says_why(monkeypatch):
+    monkeypatch.setattr(fused, "_tried", True)
+    monkeypatch.setattr(fused, "_module", None)
+    monkeypatch.setattr(fused, "_error", "CalledProcessError: no compiler")
+    layer = SSConv2d(32, 32, 3, padding=1, period=4, backend="fused")
+    with torch.no_grad(), pytest.raises(RuntimeError, match="not available: .*no compiler"):
+        layer(torch.randn(1, 32, 4, 4))
+    # auto falls back to stock kernels silently
+    layer.backend = "auto"
+    assert layer.resolved_backend(inference=True) == "masked"  # the stock choice
+    with torch.no_grad():
+        assert layer(torch.randn(1, 32, 4, 4)).shape == (1, 32, 4, 4)
+
+
+def test_env_var_disables_the_kernel(monkeypatch):
+    monkeypatch.setenv("SSCONV_NO_FUSED", "1")
+    monkeypatch.setattr(fused, "_tried", False)
+    monkeypatch.setattr(fused, "_module", None)
+    monkeypatch.setattr(fused, "_error", None)
+    assert not fused.available()
+    assert "SSCONV_NO_FUSED" in fused.build_error()
+
+
+def test_pack_rejects_unknown_block_width():
+    layer = SSConv2d(8, 8, 3, period=2)
+    with pytest.raises(ValueError, match="vb must be one of"):
+        fused.pack(layer.to_dense(), layer.pattern.dense_mask(), None, 1, vb=12)
+
+
+@needs_kernel
+@pytest.mark.parametrize("groups", [1, 2])
+def test_frozen_layer_runs_fused_in_residue_order(groups):
+    from ssconv.export import SSConv2dInference, residue_permutation
+
+    layer = SSConv2d(64, 32, 3, padding=1, groups=groups, period=4)
+    with torch.no_grad():
+        layer.bias.normal_()
+    frozen = SSConv2dInference(layer)
+    assert frozen.fused_weight is not None
+    frozen.use_residue_order()
+    x = torch.randn(2, 64, 6, 5).contiguous(memory_format=torch.channels_last)
+    xr = x[:, residue_permutation(groups, 4, 64)]  # the physical order the layer now reads
+    with torch.no_grad():
+        y = frozen(xr)
+        with fused.disabled():
+            stock = frozen(xr)
+        ref = layer(x)[:, residue_permutation(groups, 4, 32)]
+    _close(y, stock)
+    _close(y, ref)
+
+
+@needs_kernel
+def test_flop_counter_sees_the_fused_kernel():
+    from ssconv import profile
+
+    model = nn.Sequential(SSConv2d(64, 64, 3, padding=1, period=4, bias=False))
+    report = profile(model, (64, 8, 8))
+    layer = model[0]
+    assert layer.resolved_backend(inference=True) == "fused"
+    # Residue classes of 16 fill the 16-lane blocks: executed = effective MACs.
+    assert (
+        report.layers[0].executed_macs == layer.num_params * 64 == report.layers[0].effective_macs
+    )
