@@ -79,14 +79,12 @@ class SSConv2dInference(nn.Module):
                     wp = layer.point_matrix().detach().view(self.out_channels, -1, 1, 1).clone()
                 self.register_buffer("weight_spatial", ws)
                 self.register_buffer("weight_point", wp)
-            # The fused CPU kernel's packed weights, where the layer itself would use it in
-            # inference; eager float32 CPU calls run it, everything else (export, tracing,
-            # other devices) the stock operators above. Not a buffer: not saved, not exported.
-            self.fused_weight = None
-            if layer.resolved_backend(inference=True) == "fused":
-                self.fused_weight = fused.pack(
-                    layer.to_dense(), layer.pattern.dense_mask(), layer.bias, layer.groups
-                )
+            # Whether eager float32 CPU calls run the fused kernel (where the layer itself would
+            # in inference); everything else (export, tracing, other devices) runs the stock
+            # operators above. Its packed weights are derived from the buffers on first use
+            # (and again after they change, e.g. by load_state_dict); they are not saved.
+            self.fused = layer.resolved_backend(inference=True) == "fused"
+            self._out_pos = layer.out_pos.detach().cpu().clone()
 
     @property
     def num_params(self) -> int:
@@ -125,9 +123,6 @@ class SSConv2dInference(nn.Module):
             self.weight_point = self.weight_point[out_perm][:, local].contiguous()
         if self.bias is not None:
             self.bias = self.bias[out_perm].contiguous()
-        if self.fused_weight is not None:
-            in_perm = residue_permutation(self.groups, self._p, self.in_channels)
-            self.fused_weight = self.fused_weight.permuted(in_perm, out_perm)
         self.residue = True
 
     def forward(self, x: Tensor) -> Tensor:
@@ -135,9 +130,9 @@ class SSConv2dInference(nn.Module):
         if self.padding_mode != "zeros":
             x = F.pad(x, self._pad4, mode=self.padding_mode)
             padding = (0, 0)
-        if self.fused_weight is not None and fused.can_run(x, self._weights()):
+        if self.fused and fused.can_run(x, self._weights()):
             return fused.fused_conv2d(
-                x, self.fused_weight, self.kernel_size, self.stride, padding, self.dilation
+                x, self._fused_packed(), self.kernel_size, self.stride, padding, self.dilation
             )
         if self.residue:
             return self._forward_residue(x, padding)
@@ -174,6 +169,49 @@ class SSConv2dInference(nn.Module):
             return y if bias is None else y + bias.view(1, -1, 1, 1)
         return out + y
 
+    @torch.no_grad()
+    def dense_weight(self) -> Tensor:
+        """The equivalent dense weight ``(C_out, C_in/G, kh, kw)`` in the layer's channel order."""
+        if self.mode == "dense":
+            return self.weight
+        g, p = self.groups, self._p
+        kh, kw = self.kernel_size
+        full = None
+        if self._has_spatial:
+            ws = self.weight_spatial
+            if self._identity_perm:
+                full = fused.full_weight(ws, g)
+            else:
+                full = fused.full_weight(ws, g * p)  # rows (g, s, b), columns in residue order
+                if not self.residue:
+                    cols = torch.argsort(residue_permutation(g, p, self.in_channels))
+                    full = full[self._out_pos.to(ws.device)][:, cols.to(ws.device)]
+        if self._has_point:
+            point = fused.full_weight(self.weight_point, g)[:, :, 0]
+            if full is None:
+                full = point.new_zeros(self.out_channels, self.in_channels, kh * kw)
+            full = full.clone()
+            full[:, :, (kh // 2) * kw + kw // 2] += point
+        assert full is not None
+        return fused.grouped_weight(full, g, self.kernel_size)
+
+    def dense_mask(self) -> Tensor:
+        """The pattern's structural mask, like :meth:`dense_weight` in the layer's channel order."""
+        mask = self.pattern.dense_mask()
+        if self.residue:
+            out_perm = residue_permutation(self.groups, self._p, self.out_channels)
+            local = residue_permutation(1, self._p, self.in_channels // self.groups)
+            mask = mask[out_perm][:, local]
+        return mask
+
+    def _fused_packed(self) -> fused.PackedWeight:
+        key = (self.residue, *fused.weights_key([*self._weights(), self.bias]))
+        cache = self.__dict__.get("_fused_cache")
+        if cache is None or cache[0] != key:
+            packed = fused.pack(self.dense_weight(), self.dense_mask(), self.bias, self.groups)
+            self.__dict__["_fused_cache"] = cache = (key, packed)
+        return cache[1]
+
     def _weights(self) -> list[Tensor]:
         names = ("weight",) if self.mode == "dense" else ("weight_spatial", "weight_point")
         return [t for t in (getattr(self, n) for n in names) if t is not None]
@@ -193,7 +231,7 @@ class SSConv2dInference(nn.Module):
 
     def extra_repr(self) -> str:
         order = ", residue order" if self.residue else ""
-        if self.fused_weight is not None:
+        if self.fused:
             order += ", fused CPU kernel"
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

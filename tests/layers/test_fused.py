@@ -102,6 +102,12 @@ def test_auto_uses_fused_in_inference_only():
     assert layer.resolved_backend() == "decomposed"  # what gradient-needing calls run
     assert SSConv2d(16, 16, 3, period=4).resolved_backend(inference=True) == "masked"
     assert SSConv2d(64, 64, 3, period=1).resolved_backend(inference=True) == "decomposed"
+    # Residue classes of 4 checkerboard filters waste lanes: stock kernels below 64 channels.
+    narrow = SSConv2d(32, 32, 3, groups=2, period=4, spatial="checkerboard")
+    assert narrow.fused_waste() > 2.0
+    assert narrow.resolved_backend(inference=True) == "masked"
+    wide = SSConv2d(64, 64, 3, groups=2, period=4, spatial="checkerboard")
+    assert wide.resolved_backend(inference=True) == "fused"
     x = torch.randn(2, 64, 6, 6, requires_grad=True)
     out = layer(x)  # training call: stock kernels, gradients flow
     out.sum().backward()
@@ -182,7 +188,8 @@ def test_frozen_layer_runs_fused_in_residue_order(groups):
     with torch.no_grad():
         layer.bias.normal_()
     frozen = SSConv2dInference(layer)
-    assert frozen.fused_weight is not None
+    assert frozen.fused
+    assert torch.equal(frozen.dense_weight(), layer.to_dense().detach())
     frozen.use_residue_order()
     x = torch.randn(2, 64, 6, 5).contiguous(memory_format=torch.channels_last)
     xr = x[:, residue_permutation(groups, 4, 64)]  # the physical order the layer now reads
@@ -193,6 +200,34 @@ def test_frozen_layer_runs_fused_in_residue_order(groups):
         ref = layer(x)[:, residue_permutation(groups, 4, 32)]
     _close(y, stock)
     _close(y, ref)
+    # The packed weights follow the buffers: load another layer's frozen weights.
+    other = SSConv2dInference(SSConv2d(64, 32, 3, padding=1, groups=groups, period=4))
+    other.use_residue_order()
+    frozen.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        _close(frozen(xr), other(xr))
+        with fused.disabled():
+            _close(frozen(xr), other(xr))
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"period": 3},  # 32 outputs / 3: padded residue classes (no residue order)
+        {"period": 4, "spatial": "checkerboard", "stride": 2},
+        {"period": 4, "pointwise": False, "groups": 2},
+    ],
+)
+def test_frozen_dense_weight_matches_the_layer(kwargs):
+    from ssconv.export import SSConv2dInference
+
+    layer = SSConv2d(48, 32, 3, padding=1, **kwargs)
+    frozen = SSConv2dInference(layer)
+    assert torch.equal(frozen.dense_weight(), layer.to_dense().detach())
+    x = torch.randn(2, 48, 7, 7)
+    with torch.no_grad():
+        _close(frozen(x), layer(x))
 
 
 @needs_kernel

@@ -13,11 +13,12 @@ Set ``SSCONV_NO_FUSED=1`` to never build or use it.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,8 +33,12 @@ __all__ = [
     "fused_conv2d",
     "VB_CHOICES",
     "executed_per_pixel",
+    "planned_executed",
     "can_run",
     "disabled",
+    "full_weight",
+    "grouped_weight",
+    "weights_key",
 ]
 
 VB_CHOICES = (16, 8, 4)
@@ -78,7 +83,9 @@ def _load():
             from torch.utils.cpp_extension import load
 
             _ninja_on_path()
+            # One build per CPU capability and torch version (the build links against torch).
             cap = torch.backends.cpu.get_cpu_capability().lower()
+            tag = re.sub(r"\W", "_", torch.__version__.split("+")[0])
             print(
                 "ssconv: loading the fused SSC kernel (compiled once per machine, about a "
                 "minute the first time; SSCONV_NO_FUSED=1 skips it)",
@@ -88,7 +95,7 @@ def _load():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 _module = load(
-                    name=f"ssconv_fused_{cap}",
+                    name=f"ssconv_fused_{cap}_torch{tag}",
                     sources=[str(_SOURCE)],
                     extra_cflags=_flags(),
                     extra_ldflags=["-fopenmp"],
@@ -165,22 +172,6 @@ class PackedWeight:
     out_channels: int
     executed_per_pixel: int  # entries * VB: the MACs the kernel executes per output pixel
 
-    def permuted(self, in_order: Tensor | None, out_order: Tensor | None) -> PackedWeight:
-        """The same layer reading / writing channels in another physical order.
-
-        ``in_order[q]`` / ``out_order[q]``: the channel held at physical position ``q`` (a
-        gather index, as :func:`ssconv.export.residue_permutation` returns).
-        """
-        ch, out_idx, base = self.ch, self.out_idx, self.blk_base
-        if in_order is not None:
-            ch = torch.argsort(in_order.cpu())[ch.long()].to(torch.int32)
-        if out_order is not None:
-            inv = torch.argsort(out_order.cpu()).to(torch.int32)
-            lanes = out_idx.long()
-            out_idx = torch.where(lanes < 0, -1, inv[lanes.clamp(min=0)]).to(torch.int32)
-            base = _block_bases(out_idx.view(-1, self.vb))
-        return replace(self, ch=ch.contiguous(), out_idx=out_idx.contiguous(), blk_base=base)
-
 
 def _block_bases(lane_rows: Tensor) -> Tensor:
     """Per block: its first channel when its lanes hold consecutive channels, else -1."""
@@ -205,11 +196,25 @@ def _block_layout(mask: Tensor, order: Tensor, vb: int):
 
 
 def executed_per_pixel(mask: Tensor, order: Tensor, vb: int) -> int:
+    """MACs per output pixel with blocks of ``vb`` lanes (full mask ``(C_out, C_in, taps)``)."""
     union, _ = _block_layout(mask, order, vb)
     return int(union.sum()) * vb
 
 
-def _full_weight(weight: Tensor, groups: int) -> Tensor:
+def _choose_vb(full_mask: Tensor, order: Tensor) -> tuple[int, int]:
+    """The block width with the lowest estimated time, and its executed MACs per pixel."""
+    executed = {v: executed_per_pixel(full_mask, order, v) for v in VB_CHOICES}
+    vb = min(VB_CHOICES, key=lambda v: executed[v] / _VB_SPEED[v])
+    return vb, executed[vb]
+
+
+def planned_executed(mask: Tensor, groups: int) -> int:
+    """MACs per output pixel that :func:`pack` would execute for this structural mask."""
+    fm = full_weight(mask.cpu().float(), groups).bool()
+    return _choose_vb(fm, output_order(fm))[1]
+
+
+def full_weight(weight: Tensor, groups: int) -> Tensor:
     """(C_out, C_in, taps) from a grouped (C_out, C_in/G, kh, kw) weight (zeros across groups)."""
     c_out, cin_g, kh, kw = weight.shape
     full = weight.new_zeros(c_out, cin_g * groups, kh * kw)
@@ -219,6 +224,26 @@ def _full_weight(weight: Tensor, groups: int) -> Tensor:
             g * cout_g : (g + 1) * cout_g
         ].reshape(cout_g, cin_g, kh * kw)
     return full
+
+
+def grouped_weight(full: Tensor, groups: int, kernel_size: tuple[int, int]) -> Tensor:
+    """The inverse of :func:`full_weight`: the diagonal blocks, ``(C_out, C_in/G, kh, kw)``."""
+    c_out, c_in, _ = full.shape
+    cout_g, cin_g = c_out // groups, c_in // groups
+    blocks = [
+        full[g * cout_g : (g + 1) * cout_g, g * cin_g : (g + 1) * cin_g] for g in range(groups)
+    ]
+    return torch.cat(blocks).view(c_out, cin_g, *kernel_size)
+
+
+def weights_key(tensors: list[Tensor | None]) -> tuple:
+    """Identity and version of each tensor: packed weights are rebuilt when the key changes
+    (in-place updates such as optimizer steps and ``load_state_dict`` bump the version).
+    Inference tensors have no version counter; they are keyed by identity only."""
+    return tuple(
+        None if t is None else (t.data_ptr(), t.shape, -1 if t.is_inference() else t._version)
+        for t in tensors
+    )
 
 
 def output_order(mask: Tensor) -> Tensor:
@@ -249,12 +274,11 @@ def pack(
     weight = weight.detach().float().cpu()
     mask = mask.cpu().bool()
     c_out = weight.shape[0]
-    fw = _full_weight(weight, groups)
-    fm = _full_weight(mask.float(), groups).bool()
+    fw = full_weight(weight, groups)
+    fm = full_weight(mask.float(), groups).bool()
     order = output_order(fm)
     if vb is None:
-        costs = {v: executed_per_pixel(fm, order, v) / _VB_SPEED[v] for v in VB_CHOICES}
-        vb = min(VB_CHOICES, key=costs.get)
+        vb = _choose_vb(fm, order)[0]
     if vb not in VB_CHOICES:
         raise ValueError(f"vb must be one of {VB_CHOICES}, got {vb!r}")
     union, pad = _block_layout(fm, order, vb)  # (B, taps, C_in)

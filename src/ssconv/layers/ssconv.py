@@ -58,8 +58,12 @@ AUTO_MIN_CHANNELS = 64
 AUTO_MIN_GROUP_WIDTH = 8
 # "auto" uses the fused kernel in CPU inference for layers with a spatial part, period > 1 and
 # at least this many input and output channels (narrower ones ran faster on stock kernels in
-# the layer benchmark: too little work per pixel to pay for the kernel's per-tile set-up).
+# the layer benchmark: too little work per pixel to pay for the kernel's per-tile set-up), and,
+# below AUTO_MIN_CHANNELS, only where its blocks execute at most AUTO_FUSED_MAX_WASTE times the
+# effective MACs (residue classes narrower than a block waste lanes; measured on ResNet-32's
+# 32-channel checkerboard layers at density 0.10, waste 2.7: slower than one dense conv).
 AUTO_FUSED_MIN_CHANNELS = 32
+AUTO_FUSED_MAX_WASTE = 2.0
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -324,7 +328,18 @@ class SSConv2d(nn.Module):
             and self._param_device().type == "cpu"
         ):
             return False
+        narrow = min(self.in_channels, self.out_channels) < AUTO_MIN_CHANNELS
+        if narrow and self.fused_waste() > AUTO_FUSED_MAX_WASTE:
+            return False
         return fused.available()
+
+    def fused_waste(self) -> float:
+        """Executed over effective MACs of the fused kernel for this layer (1.0 = no waste)."""
+        waste = self.__dict__.get("_fused_waste")
+        if waste is None:
+            executed = fused.planned_executed(self.pattern.dense_mask(), self.groups)
+            waste = self.__dict__["_fused_waste"] = executed / self.pattern.num_params
+        return waste
 
     def _stock_backend(self) -> str:
         if self._backend in ("masked", "decomposed", "split"):
@@ -463,10 +478,7 @@ class SSConv2d(nn.Module):
         return fused.can_run(x, [p for p in self.parameters()])
 
     def _forward_fused(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
-        key = tuple(
-            (t.data_ptr(), t._version) if t is not None else None
-            for t in (self.weight_spatial, self.weight_point, self.bias)
-        )
+        key = fused.weights_key([self.weight_spatial, self.weight_point, self.bias])
         cache = self.__dict__.get("_fused_cache")
         if cache is None or cache[0] != key:
             with torch.no_grad():
