@@ -100,26 +100,28 @@ static void run(const torch::Tensor& x, torch::Tensor& y, const Packed& pk, int6
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
       const int64_t t0 = chunk * CHUNK;
       const int64_t tn = std::min(CHUNK, ntiles - t0);
-      // Pointer table: for every tile, tap and pixel, the input row (or the zero row).
+      // Pointer table: for every tile, tap and pixel, the input row (or the zero row). The
+      // pixel's (image, row, column) advance incrementally: one division per chunk.
+      int64_t pix = t0 * T;
+      int64_t ni = pix / (ho * wo), oh = (pix % (ho * wo)) / wo, ow = pix % wo;
       for (int64_t k = 0; k < tn; ++k) {
-        for (int t = 0; t < T; ++t) {
-          const int64_t pix = (t0 + k) * T + t;
-          int64_t ni = 0, oh = 0, ow = 0;
+        for (int t = 0; t < T; ++t, ++pix) {
           const bool valid = pix < npix;
-          if (valid) {
-            ni = pix / (ho * wo);
-            const int64_t r = pix % (ho * wo);
-            oh = r / wo;
-            ow = r % wo;
-          }
           for (int64_t u = 0; u < kh; ++u) {
+            const int64_t ih = oh * sh - ph + u * dh;
+            const bool row_ok = valid && ih >= 0 && ih < h;
+            const float* row = xp + (ni * h + ih) * wd * c;
             for (int64_t v = 0; v < kw; ++v) {
-              const int64_t ih = oh * sh - ph + u * dh;
               const int64_t iw = ow * sw - pw + v * dw;
-              const float* p = zeros.data();
-              if (valid && ih >= 0 && ih < h && iw >= 0 && iw < wd)
-                p = xp + ((ni * h + ih) * wd + iw) * c;
-              ptrs[(k * ntaps + u * kw + v) * T + t] = p;
+              ptrs[(k * ntaps + u * kw + v) * T + t] =
+                  (row_ok && iw >= 0 && iw < wd) ? row + iw * c : zeros.data();
+            }
+          }
+          if (++ow == wo) {
+            ow = 0;
+            if (++oh == ho) {
+              oh = 0;
+              ++ni;
             }
           }
         }
