@@ -242,3 +242,12 @@ def test_flop_counter_sees_the_fused_kernel():
     assert (
         report.layers[0].executed_macs == layer.num_params * 64 == report.layers[0].effective_macs
     )
+
+
+@needs_kernel
+def test_fused_checks_channels_and_handles_empty_batches():
+    layer = SSConv2d(32, 32, 3, padding=1, period=4, backend="fused")
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match=r"expected input of shape \(N, 32, H, W\)"):
+            layer(torch.randn(2, 16, 5, 5))
+        assert layer(torch.randn(0, 32, 5, 5)).shape == (0, 32, 5, 5)

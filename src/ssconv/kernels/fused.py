@@ -169,6 +169,7 @@ class PackedWeight:
     blk_base: Tensor  # (B,) int32
     bias: Tensor  # (B * VB,) float32
     vb: int
+    in_channels: int
     out_channels: int
     executed_per_pixel: int  # entries * VB: the MACs the kernel executes per output pixel
 
@@ -313,6 +314,7 @@ def pack(
         blk_base=base,
         bias=bias_l.contiguous(),
         vb=vb,
+        in_channels=fw.shape[1],
         out_channels=c_out,
         executed_per_pixel=int(b_idx.numel()) * vb,
     )
@@ -335,6 +337,7 @@ def _fused_op(
     out_idx: Tensor,
     blk_base: Tensor,
     bias: Tensor,
+    in_channels: int,
     out_channels: int,
     geometry: list[int],
     vb: int,
@@ -343,12 +346,38 @@ def _fused_op(
     if mod is None:
         raise RuntimeError(f"the fused SSC kernel is not available: {_error}")
     return mod.ssc_fused_forward(
-        x, w, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, bias, out_channels, *geometry, vb
+        x,
+        w,
+        ch,
+        seg_tap,
+        seg_beg,
+        blk_seg,
+        out_idx,
+        blk_base,
+        bias,
+        in_channels,
+        out_channels,
+        *geometry,
+        vb,
     )
 
 
 @_fused_op.register_fake
-def _(x, w, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, bias, out_channels, geometry, vb):
+def _(
+    x,
+    w,
+    ch,
+    seg_tap,
+    seg_beg,
+    blk_seg,
+    out_idx,
+    blk_base,
+    bias,
+    in_channels,
+    out_channels,
+    geometry,
+    vb,
+):
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
     ho = _out_size(x.shape[2], kh, sh, ph, dh)
     wo = _out_size(x.shape[3], kw, sw, pw, dw)
@@ -377,6 +406,11 @@ def fused_conv2d(
     """
     if _load() is None:
         raise RuntimeError(f"the fused SSC kernel is not available: {_error}")
+    if x.dim() != 4 or x.shape[1] != packed.in_channels:
+        raise RuntimeError(
+            f"fused SSC conv: expected input of shape (N, {packed.in_channels}, H, W), got "
+            f"{tuple(x.shape)}"
+        )
     y = _fused_op(
         x,
         packed.w,
@@ -387,6 +421,7 @@ def fused_conv2d(
         packed.out_idx,
         packed.blk_base,
         packed.bias,
+        packed.in_channels,
         packed.out_channels,
         [*kernel_size, *stride, *padding, *dilation],
         packed.vb,

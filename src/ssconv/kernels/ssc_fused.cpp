@@ -155,11 +155,14 @@ static void run(const torch::Tensor& x, torch::Tensor& y, const Packed& pk, int6
 torch::Tensor ssc_fused_forward(torch::Tensor x, torch::Tensor w, torch::Tensor ch,
                                 torch::Tensor seg_tap, torch::Tensor seg_beg,
                                 torch::Tensor blk_seg, torch::Tensor out_idx,
-                                torch::Tensor blk_base, torch::Tensor bias, int64_t cout,
+                                torch::Tensor blk_base, torch::Tensor bias, int64_t cin,
+                                int64_t cout,
                                 int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
                                 int64_t pw, int64_t dh, int64_t dw, int64_t vb) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat32 && x.device().is_cpu(),
               "ssc_fused_forward: x must be a 4-D float32 CPU tensor");
+  TORCH_CHECK(x.size(1) == cin, "ssc_fused_forward: expected ", cin,
+              " input channels, got ", x.size(1));
   x = x.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t n = x.size(0), h = x.size(2), wd = x.size(3);
   const int64_t ho = (h + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
