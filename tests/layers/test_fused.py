@@ -251,3 +251,9 @@ def test_fused_checks_channels_and_handles_empty_batches():
         with pytest.raises(RuntimeError, match=r"expected input of shape \(N, 32, H, W\)"):
             layer(torch.randn(2, 16, 5, 5))
         assert layer(torch.randn(0, 32, 5, 5)).shape == (0, 32, 5, 5)
+
+
+def test_build_failures_are_explained_in_one_line():
+    assert "pip install ninja" in fused._explain(RuntimeError("Ninja is required to load C++"))
+    long = RuntimeError("Error building extension 'x': [1/2] c++ -O3 ...\nFAILED: x.o\n" * 20)
+    assert "compiler" in fused._explain(long) and "\n" not in fused._explain(long)

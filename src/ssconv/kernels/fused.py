@@ -12,6 +12,7 @@ Set ``SSCONV_NO_FUSED=1`` to never build or use it.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -40,6 +41,8 @@ __all__ = [
     "grouped_weight",
     "weights_key",
 ]
+
+log = logging.getLogger(__name__)
 
 VB_CHOICES = (16, 8, 4)
 # Relative throughput of the kernel's tiles per executed MAC (16 lanes x 6 pixels = 1), measured
@@ -102,15 +105,29 @@ def _load():
                     verbose=False,
                 )
         except Exception as exc:  # no compiler, no ninja, no headers, ...
-            lines = str(exc).strip().splitlines()
-            _error = f"{type(exc).__name__}: {lines[-1] if lines else ''}"
+            _error = _explain(exc)
             _module = None
+            log.debug("fused SSC kernel build failed:\n%s", exc)
             print(
-                f"ssconv: fused SSC kernel unavailable ({_error}); using stock kernels",
+                f"ssconv: fused SSC kernel unavailable: {_error}; using stock kernels",
                 file=sys.stderr,
                 flush=True,
             )
         return _module
+
+
+def _explain(exc: Exception) -> str:
+    """One line on why the build failed (the full compiler output goes to the debug log)."""
+    text = str(exc)
+    if "Ninja is required" in text:
+        return "ninja not found (pip install ninja)"
+    if "Error building extension" in text:
+        return (
+            "the C++ compiler failed or is missing (the full output is logged at DEBUG level "
+            "by 'ssconv.kernels.fused')"
+        )
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(exc).__name__}: {first[:200]}"
 
 
 _disabled = 0
