@@ -108,6 +108,8 @@ def test_auto_uses_fused_in_inference_only():
     assert narrow.resolved_backend(inference=True) == "masked"
     wide = SSConv2d(64, 64, 3, groups=2, period=4, spatial="checkerboard")
     assert wide.resolved_backend(inference=True) == "fused"
+    # A depthwise-like spatial part (period = channels) keeps oneDNN's depthwise kernels.
+    assert SSConv2d(64, 64, 3, period=64).resolved_backend(inference=True) == "decomposed"
     x = torch.randn(2, 64, 6, 6, requires_grad=True)
     out = layer(x)  # training call: stock kernels, gradients flow
     out.sum().backward()
@@ -257,3 +259,12 @@ def test_build_failures_are_explained_in_one_line():
     assert "pip install ninja" in fused._explain(RuntimeError("Ninja is required to load C++"))
     long = RuntimeError("Error building extension 'x': [1/2] c++ -O3 ...\nFAILED: x.o\n" * 20)
     assert "compiler" in fused._explain(long) and "\n" not in fused._explain(long)
+
+
+@needs_kernel
+def test_autocast_runs_stock_kernels():
+    layer = SSConv2d(64, 64, 3, padding=1, period=4).eval()
+    x = torch.randn(1, 64, 6, 6)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16  # the fused kernel is float32 only

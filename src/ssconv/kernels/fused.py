@@ -144,6 +144,13 @@ def disabled():
         _disabled -= 1
 
 
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch releases without the device_type argument
+        return torch.is_autocast_cpu_enabled()
+
+
 def can_run(x: Tensor, params: list[Tensor]) -> bool:
     """Whether a call on ``x`` may use the kernel: float32 CPU, no gradients, eager.
 
@@ -152,7 +159,7 @@ def can_run(x: Tensor, params: list[Tensor]) -> bool:
     """
     if _disabled or torch.jit.is_scripting() or torch.jit.is_tracing():
         return False
-    if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
+    if torch.compiler.is_compiling() or _cpu_autocast():
         return False
     if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4:
         return False

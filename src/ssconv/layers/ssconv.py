@@ -56,7 +56,8 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 AUTO_DENSE_ABOVE = 0.5
 AUTO_MIN_CHANNELS = 64
 AUTO_MIN_GROUP_WIDTH = 8
-# "auto" uses the fused kernel in CPU inference for layers with a spatial part, period > 1 and
+# "auto" uses the fused kernel in CPU inference for layers with a spatial part, period > 1, a
+# spatial part that is not depthwise-like (see above: those run decomposed), and
 # at least this many input and output channels (narrower ones ran faster on stock kernels in
 # the layer benchmark: too little work per pixel to pay for the kernel's per-tile set-up), and,
 # below AUTO_MIN_CHANNELS, only where its blocks execute at most AUTO_FUSED_MAX_WASTE times the
@@ -327,6 +328,12 @@ class SSConv2d(nn.Module):
             and min(self.in_channels, self.out_channels) >= AUTO_FUSED_MIN_CHANNELS
             and self._param_device().type == "cpu"
         ):
+            return False
+        if self._a == 1 and self._m == 1:
+            # Depthwise-like spatial part (one filter and one input per residue class): every
+            # class is its own block, which wastes lanes; oneDNN's depthwise + 1 x 1 kernels
+            # (the decomposed path) were faster on VGG-19's such layers (8.4 vs 14.4 ms and
+            # 6.6 vs 8.0 ms at density 0.10).
             return False
         narrow = min(self.in_channels, self.out_channels) < AUTO_MIN_CHANNELS
         if narrow and self.fused_waste() > AUTO_FUSED_MAX_WASTE:
