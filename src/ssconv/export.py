@@ -512,7 +512,9 @@ def freeze(
         if dense_above is not None:
             mode = "dense" if layer.density > dense_above else "decomposed"
         else:
-            mode = "dense" if layer.resolved_backend() == "masked" else "decomposed"
+            # The layer's own inference choice (a fused layer keeps decomposed stock kernels
+            # for export and for devices without the kernel).
+            mode = "dense" if layer.resolved_backend(inference=True) == "masked" else "decomposed"
         replace_module(model, name, SSConv2dInference(layer, mode))
     if channel_order:
         model = optimize_channel_order(model)

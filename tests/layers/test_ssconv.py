@@ -275,6 +275,10 @@ def test_auto_backend_choice():
     assert SSConv2d(16, 16, 3, period=16).resolved_backend() == "decomposed"
     assert SSConv2d(16, 16, 3, groups=2, period=8).resolved_backend() == "decomposed"
     assert SSConv2d(16, 32, 3, period=16).resolved_backend() == "masked"
+    # ... except in CPU inference below 32 channels (measured in whole frozen models).
+    assert SSConv2d(16, 16, 3, groups=2, period=8).resolved_backend(inference=True) == "masked"
+    narrow_dw = SSConv2d(32, 32, 3, groups=2, period=16)
+    assert narrow_dw.resolved_backend(inference=True) in ("decomposed", "fused")
 
 
 # --------------------------------------------------------- tracing, export, compile, dtypes
