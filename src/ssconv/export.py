@@ -205,12 +205,11 @@ class SSConv2dInference(nn.Module):
         return mask
 
     def _fused_packed(self) -> fused.PackedWeight:
-        key = (self.residue, *fused.weights_key([*self._weights(), self.bias]))
-        cache = self.__dict__.get("_fused_cache")
-        if cache is None or cache[0] != key:
-            packed = fused.pack(self.dense_weight(), self.dense_mask(), self.bias, self.groups)
-            self.__dict__["_fused_cache"] = cache = (key, packed)
-        return cache[1]
+        return fused.cached_pack(
+            self,
+            (self.residue, *fused.weights_key([*self._weights(), self.bias])),
+            lambda: fused.pack(self.dense_weight(), self.dense_mask(), self.bias, self.groups),
+        )
 
     def _weights(self) -> list[Tensor]:
         names = ("weight",) if self.mode == "dense" else ("weight_spatial", "weight_point")

@@ -7,8 +7,7 @@ from torch import nn
 from ssconv import SSConv2d
 from ssconv.kernels import fused
 
-from .spec_oracle import spec_dense_mask
-from .test_ssconv import CONFIGS, _close
+from .test_ssconv import CONFIGS, _close, spec_masked_pair
 
 needs_kernel = pytest.mark.skipif(
     not fused.available(), reason=f"fused kernel not built: {fused.build_error()}"
@@ -18,21 +17,11 @@ needs_kernel = pytest.mark.skipif(
 @needs_kernel
 @pytest.mark.parametrize("cfg", CONFIGS)
 def test_fused_matches_conv2d_with_spec_masked_weight(cfg):
-    c_in, c_out, k, groups, period, pointwise, spatial, kw = cfg
-    mask = spec_dense_mask(c_in, c_out, k, groups, period, pointwise, spatial)
-    conv = nn.Conv2d(c_in, c_out, k, groups=groups, **kw)
+    c_in = cfg[0]
+    conv, layer = spec_masked_pair(cfg, "fused")
     with torch.no_grad():
-        conv.weight.mul_(mask)
         conv.bias.normal_()
-    layer = SSConv2d.from_conv2d(
-        conv,
-        groups=groups,
-        period=period,
-        pointwise=pointwise,
-        spatial=spatial,
-        backend="fused",
-        copy_weights=True,
-    )
+        layer.bias.copy_(conv.bias)
     for memory_format in (torch.contiguous_format, torch.channels_last):
         x = torch.randn(3, c_in, 10, 9).contiguous(memory_format=memory_format)
         with torch.no_grad():

@@ -102,23 +102,31 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("cfg", CONFIGS)
-def test_matches_conv2d_with_spec_masked_weight(cfg):
+def spec_masked_pair(cfg, backend: str) -> tuple[nn.Conv2d, SSConv2d]:
+    """An ``nn.Conv2d`` whose weight carries the spec's mask for ``cfg`` (a CONFIGS row), and
+    the ``SSConv2d`` with the given backend built from it."""
     c_in, c_out, k, groups, period, pointwise, spatial, kw = cfg
     mask = spec_dense_mask(c_in, c_out, k, groups, period, pointwise, spatial)
     conv = nn.Conv2d(c_in, c_out, k, groups=groups, **kw)
     with torch.no_grad():
         conv.weight.mul_(mask)
+    layer = SSConv2d.from_conv2d(
+        conv,
+        groups=groups,
+        period=period,
+        pointwise=pointwise,
+        spatial=spatial,
+        backend=backend,
+        copy_weights=True,
+    )
+    return conv, layer
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_matches_conv2d_with_spec_masked_weight(cfg):
+    c_in = cfg[0]
     for backend in ("masked", "decomposed", "split"):
-        layer = SSConv2d.from_conv2d(
-            conv,
-            groups=groups,
-            period=period,
-            pointwise=pointwise,
-            spatial=spatial,
-            backend=backend,
-            copy_weights=True,
-        )
+        conv, layer = spec_masked_pair(cfg, backend)
         assert torch.equal(layer.to_dense(), conv.weight)
         for memory_format in (torch.contiguous_format, torch.channels_last):
             x = torch.randn(2, c_in, 10, 9).contiguous(memory_format=memory_format)

@@ -182,8 +182,15 @@ def run_layer_bench(
 
 def summarize(rows: list[dict], max_density: float = 0.35) -> dict:
     sel = [r for r in rows if r["density"] <= max_density + 1e-9]
-    keys = ["masked_eff", "decomposed_eff", "split_eff", "fused_eff", "auto_eff", "best_eff"]
-    keys.append("in_chain_eff")
+    keys = [
+        "masked_eff",
+        "decomposed_eff",
+        "split_eff",
+        "fused_eff",
+        "auto_eff",
+        "best_eff",
+        "in_chain_eff",
+    ]
     return {
         "rows": len(sel),
         "max_density": max_density,

@@ -40,6 +40,7 @@ __all__ = [
     "full_weight",
     "grouped_weight",
     "weights_key",
+    "cached_pack",
 ]
 
 log = logging.getLogger(__name__)
@@ -271,6 +272,16 @@ def weights_key(tensors: list[Tensor | None]) -> tuple:
     )
 
 
+def cached_pack(owner: torch.nn.Module, key: tuple, make) -> PackedWeight:
+    """``owner``'s packed weights, packed again by ``make()`` whenever ``key`` changes
+    (see :func:`weights_key`). Kept outside the module's state: not saved, not moved."""
+    cache = owner.__dict__.get("_fused_cache")
+    if cache is None or cache[0] != key:
+        with torch.no_grad():
+            cache = owner.__dict__["_fused_cache"] = (key, make())
+    return cache[1]
+
+
 def output_order(mask: Tensor) -> Tensor:
     """Output channels sorted so that equal supports are neighbours (stable: ties keep order)."""
     c_out = mask.shape[0]
@@ -387,21 +398,8 @@ def _fused_op(
 
 
 @_fused_op.register_fake
-def _(
-    x,
-    w,
-    ch,
-    seg_tap,
-    seg_beg,
-    blk_seg,
-    out_idx,
-    blk_base,
-    bias,
-    in_channels,
-    out_channels,
-    geometry,
-    vb,
-):
+def _(x, *args):
+    *_, out_channels, geometry, vb = args  # the op's trailing arguments
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
     ho = _out_size(x.shape[2], kh, sh, ph, dh)
     wo = _out_size(x.shape[3], kw, sw, pw, dw)
@@ -428,8 +426,6 @@ def fused_conv2d(
     The output has the input's memory format, as ``F.conv2d`` gives (the kernel itself works
     in channels_last: an NCHW input costs two layout copies).
     """
-    if _load() is None:
-        raise RuntimeError(f"the fused SSC kernel is not available: {_error}")
     if x.dim() != 4 or x.shape[1] != packed.in_channels:
         raise RuntimeError(
             f"fused SSC conv: expected input of shape (N, {packed.in_channels}, H, W), got "

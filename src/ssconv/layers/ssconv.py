@@ -498,20 +498,15 @@ class SSConv2d(nn.Module):
 
     def _is_inference_call(self, x: Tensor) -> bool:
         """Whether the fused kernel may run this call: float32 CPU, no gradients, eager."""
-        return fused.can_run(x, [p for p in self.parameters()])
+        return fused.can_run(x, list(self.parameters()))
 
     def _forward_fused(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
-        key = fused.weights_key([self.weight_spatial, self.weight_point, self.bias])
-        cache = self.__dict__.get("_fused_cache")
-        if cache is None or cache[0] != key:
-            with torch.no_grad():
-                packed = fused.pack(
-                    self.to_dense(), self.pattern.dense_mask(), self.bias, self.groups
-                )
-            self.__dict__["_fused_cache"] = cache = (key, packed)
-        return fused.fused_conv2d(
-            x, cache[1], self.kernel_size, self.stride, padding, self.dilation
+        packed = fused.cached_pack(
+            self,
+            fused.weights_key([self.weight_spatial, self.weight_point, self.bias]),
+            lambda: fused.pack(self.to_dense(), self.pattern.dense_mask(), self.bias, self.groups),
         )
+        return fused.fused_conv2d(x, packed, self.kernel_size, self.stride, padding, self.dilation)
 
     def _point_conv(self, x: Tensor, padding: tuple[int, int], bias: Tensor | None) -> Tensor:
         """The point pairs: a 1 x 1 convolution that reads each K x K window's centre tap."""
