@@ -150,3 +150,73 @@ def test_report_measures_latency_into_run_folders(tmp_path, capsys):
         final = json.loads((cell.folder / "final.json").read_text())
         assert final["latency_ms"] > 0 and final["latency_batch"] == 4
     assert "latency" in capsys.readouterr().err
+
+
+def test_variants_cross_the_grid_label_runs_and_report_apart(tmp_path, capsys):
+    variants = {
+        "ssc-eff": {"method": "ssc", "init_scale": "effective"},
+        "ssc-dense": {"method": "ssc", "init_scale": "dense"},
+    }
+    path = write_sweep(tmp_path, {"seed": [0, 1]}, variants=variants)
+    cells = load_sweep(path).cells()
+    assert [c.label() for c in cells] == [
+        "variant=ssc-eff seed=0",
+        "variant=ssc-eff seed=1",
+        "variant=ssc-dense seed=0",
+        "variant=ssc-dense seed=1",
+    ]
+    assert cells[2].folder == tmp_path / "runs" / "variant=ssc-dense" / "seed=0"
+    assert cells[2].config.init_scale == "dense" and cells[2].config.label == "ssc-dense"
+    assert cells[0].config.digest() != cells[2].config.digest()
+
+    assert main(["sweep", str(path), "--status"]) == 0
+    out = capsys.readouterr().out
+    assert "4 cells: 0 done, 0 running, 4 left; ETA: unknown until a cell finishes" in out
+    assert main(["sweep", str(path), "--cell", "0", "--cell", "2"]) == 0
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--status"]) == 0
+    out = capsys.readouterr().out
+    assert "4 cells: 2 done, 0 running, 2 left; ETA " in out
+    assert "with 1 worker(s)" in out
+
+    report = tmp_path / "report"
+    assert main(["report", str(tmp_path / "runs"), "-o", str(report), "--no-plots"]) == 0
+    text = (report / "results.md").read_text()
+    assert "| ssc-eff | 0.3 |" in text and "| ssc-dense | 0.3 |" in text
+
+
+def test_variants_errors(tmp_path):
+    path = write_sweep(tmp_path, {"seed": [0]}, variants={"a": {"method": "sniper"}})
+    with pytest.raises(ConfigError, match="variants.a"):
+        load_sweep(path)
+    path = write_sweep(tmp_path, {"seed": [0]}, variants={"a": {"seed": 3}})
+    with pytest.raises(ConfigError, match="which the grid also sets"):
+        load_sweep(path)
+    path = write_sweep(tmp_path, {"seed": [0]}, variants=["a"])
+    with pytest.raises(ConfigError, match="variants must map names"):
+        load_sweep(path)
+
+
+def test_progress_eta_counts_finished_epochs(tmp_path):
+    from ssconv.train.sweep import progress
+
+    path = write_sweep(
+        tmp_path,
+        {"method": ["dense"], "seed": [0, 1, 2]},
+    )
+    cells = load_sweep(path).cells()
+    for cell in cells:
+        cell.folder.mkdir(parents=True)
+    done = {"complete": True, "config_digest": cells[0].config.digest(), "wall_time_s": 100.0}
+    (cells[0].folder / "final.json").write_text(json.dumps(done))
+    # Cell 1: one of two epochs done, last line torn by a kill during the append.
+    cfg = cells[1].config
+    assert cfg.epochs == 1
+    (cells[1].folder / "checkpoints").mkdir()
+    (cells[1].folder / "checkpoints" / "ckpt-000001.pt").write_bytes(b"x")
+    (cells[1].folder / "metrics.jsonl").write_text('{"kind": "epoch", "epoch": 1}\n{"kind": "ep')
+    info = progress(cells)
+    assert info["counts"] == {"done": 1, "partial": 1, "pending": 1}
+    # Partial cell: its 1 epoch of 1 is done (0 s left); pending: 100 s.
+    assert info["work_left_s"] == pytest.approx(100.0)
+    assert info["eta_s"] == pytest.approx(100.0)

@@ -26,6 +26,12 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="override the file's output folder")
     p.add_argument("--list", action="store_true", help="list the cells and their status")
     p.add_argument(
+        "--status",
+        action="store_true",
+        help="progress: cells done / running / left, epochs of unfinished cells, and an ETA "
+        "from the finished cells' wall times (runs nothing)",
+    )
+    p.add_argument(
         "--cell",
         type=int,
         action="append",
@@ -53,7 +59,15 @@ def _shard(text: str) -> tuple[int, int]:
 def run(args: argparse.Namespace) -> int:
     from ssconv.cli.train import console_logging
     from ssconv.train.config import ConfigError
-    from ssconv.train.sweep import cell_status, claim, load_sweep, print_cells, release, run_cell
+    from ssconv.train.sweep import (
+        cell_status,
+        claim,
+        load_sweep,
+        print_cells,
+        print_progress,
+        release,
+        run_cell,
+    )
     from ssconv.train.trainer import TrainingInterrupted
 
     try:
@@ -71,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
         cells = [c for c in cells if c.index % n == k]
     if args.list:
         print_cells(cells)
+        return 0
+    if args.status:
+        print_progress(cells)
         return 0
     failed = 0
     ran = 0

@@ -7,10 +7,12 @@ Everything comes from the run folders themselves (``config.yaml``, ``final.json`
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
 import statistics
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +31,25 @@ class Run:
     epochs: list[dict[str, Any]]
 
     @property
+    def label(self) -> str:
+        """The recipe's name in tables and plots: its ``label`` (a sweep variant) or method."""
+        return self.config.get("label") or self.config["method"]
+
+    @property
+    def recipe(self) -> str:
+        """Digest of every setting that changes results except the seed: runs pool as seeds
+        only when their recipes are equal."""
+        from ssconv.train.config import RUNTIME_KEYS
+
+        ignore = RUNTIME_KEYS - {"epochs"} | {"seed"}
+        data = {k: v for k, v in self.config.items() if k not in ignore}
+        return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+    @property
     def key(self) -> tuple:
         c = self.config
         density = None if c["method"] == "dense" else c.get("density")
-        return (c["dataset"], c["model"], c["method"], density)
+        return (c["dataset"], c["model"], self.label, density, self.recipe)
 
 
 @dataclass
@@ -124,11 +141,37 @@ def find_runs(paths: Iterable[str | Path]) -> list[Run]:
 
 
 def group_runs(runs: Iterable[Run]) -> list[Group]:
+    """Runs of equal recipe (every setting but the seed) as one group each.
+
+    Runs that share a label and density but differ in some setting are never pooled: their
+    groups get the recipe digest appended to the label (``ssc#1a2b3c4d``) and a warning says
+    which settings differ.
+    """
     groups: dict[tuple, Group] = {}
     for run in runs:
         if run.key not in groups:
-            groups[run.key] = Group(*run.key)
+            groups[run.key] = Group(*run.key[:4])
         groups[run.key].runs.append(run)
+    by_name: dict[tuple, list[tuple]] = {}
+    for key in groups:
+        by_name.setdefault(key[:4], []).append(key)
+    for name, keys in by_name.items():
+        if len(keys) < 2:
+            continue
+        configs = [groups[k].runs[0].config for k in keys]
+        differ = sorted(
+            k
+            for k in set().union(*configs)
+            if k != "seed" and len({json.dumps(c.get(k), default=str) for c in configs}) > 1
+        )
+        warnings.warn(
+            f"runs labelled {name[2]!r} (density {name[3]}) have {len(keys)} different recipes "
+            f"(settings that differ: {', '.join(differ)}); they are reported as separate rows, "
+            "not pooled as seeds",
+            stacklevel=2,
+        )
+        for key in keys:
+            groups[key].method = f"{name[2]}#{key[4]}"
     return sorted(
         groups.values(), key=lambda g: (g.dataset, g.model, -(g.target_density or 2.0), g.method)
     )

@@ -113,6 +113,14 @@ class TrainConfig:
     )
     prune_iterations: int = _f(100, "SynFlow rounds", kind=int, lo=1)
     prune_batches: int = _f(1, "batches scored by SNIP / GraSP", kind=int, lo=1)
+    init_scale: str = _f(
+        "as_built",
+        "initial weight scale of sparse layers: effective (Kaiming over each filter's nonzero "
+        "fan-in), dense (over the dense fan-in, as masking a dense init), or as_built (SSC "
+        "effective, pruned models dense)",
+        kind=str,
+        choices=("as_built", "effective", "dense"),
+    )
     # How to train
     epochs: int = _f(10, "training epochs", kind=int, lo=1)
     batch_size: int = _f(128, "batch size (per process)", kind=int, lo=1)
@@ -139,6 +147,12 @@ class TrainConfig:
     warmup_epochs: float = _f(0.0, "linear warm-up length in epochs", kind=float, lo=0.0)
     label_smoothing: float = _f(0.0, "label smoothing", kind=float, lo=0.0, hi=1.0)
     seed: int = _f(0, "random seed (init, data order, augmentation)", kind=int, lo=0)
+    label: str | None = _f(
+        None,
+        "name of this recipe in reports (a sweep's variant name; default: the method)",
+        kind=str,
+        nullable=True,
+    )
     # Where and how it runs
     workers: int = _f(2, "data loader worker processes", kind=int, lo=0)
     device: str = _f("auto", "auto, cpu, cuda or cuda:N", kind=str)
@@ -204,6 +218,7 @@ RUNTIME_KEYS = frozenset(
         "download",
         "data_root",
         "epochs",
+        "label",
     }
 )
 

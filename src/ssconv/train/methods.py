@@ -64,6 +64,27 @@ def build_model(
             model is returned dense: its masks come from the checkpoint, see
             :func:`ssconv.pruning.prepare_masks`).
     """
+    model, info = _build_model(
+        cfg, num_classes, in_channels, input_size, data, for_loading=for_loading
+    )
+    if cfg.init_scale != "as_built" and not for_loading:
+        from ssconv.sparsity import rescale_init
+
+        rescale_init(model, cfg.init_scale)
+        info["init_scale"] = cfg.init_scale
+    return model, info
+
+
+def _build_model(
+    cfg: TrainConfig,
+    num_classes: int,
+    in_channels: int,
+    input_size: tuple[int, int, int],
+    data: Callable[[], Iterable] | None = None,
+    *,
+    for_loading: bool = False,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of ``cfg.method`` at its construction-time initialization."""
     model = build_dense(cfg, num_classes, in_channels)
     info: dict[str, Any] = {"method": cfg.method}
     if cfg.method == "dense" or (for_loading and cfg.method in PRUNING_METHOD_NAMES):

@@ -11,6 +11,15 @@ A sweep file (YAML or TOML)::
       density: [0.1, 0.05]
       seed: [0, 1, 2]
 
+An optional ``variants`` mapping names sets of keys that go together (a design study's rows);
+each variant is crossed with the grid, and its name is the first part of the cell's folder::
+
+    variants:
+      ssc-dense-init: {method: ssc, init_scale: dense}
+      erk: {method: erk}
+    grid:
+      density: [0.1]
+
 Each cell is a normal run in ``out/<key>=<value>/...``. Finished cells are skipped, unfinished
 ones resumed from their checkpoints. Several processes (or machines sharing the folder) can
 work on one grid: a cell is claimed by creating its lock file atomically, so two workers never
@@ -32,7 +41,17 @@ from typing import Any
 
 from ssconv.train.config import ConfigError, TrainConfig, _check_items, read_config_file
 
-__all__ = ["SweepSpec", "Cell", "load_sweep", "cell_status", "run_cell", "claim", "release"]
+__all__ = [
+    "SweepSpec",
+    "Cell",
+    "load_sweep",
+    "cell_status",
+    "run_cell",
+    "claim",
+    "release",
+    "progress",
+    "print_progress",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +77,25 @@ class SweepSpec:
     base: dict[str, Any]
     grid: dict[str, list]
     source: str
+    variants: dict[str, dict[str, Any]] | None = None
 
     def cells(self) -> list[Cell]:
         """Every distinct cell (dense runs do not depend on density: one per other value)."""
         keys = list(self.grid)
         seen: set[str] = set()
         cells: list[Cell] = []
-        for combo in itertools.product(*(self.grid[k] for k in keys)):
+        variants = self.variants or {None: {}}
+        for (variant, keys_of_variant), combo in itertools.product(
+            variants.items(), itertools.product(*(self.grid[k] for k in keys))
+        ):
             values = dict(zip(keys, combo))
-            data = {**self.base, **values}
+            data = {**self.base, **keys_of_variant, **values}
             if data.get("method", TrainConfig.method) == "dense" and "density" in values:
                 values = {k: v for k, v in values.items() if k != "density"}
                 data["density"] = None
+            if variant is not None:
+                values = {"variant": variant, **values}
+                data.setdefault("label", variant)
             config = TrainConfig.from_dict(data, source=f"{self.source} cell {values}")
             digest = config.digest()
             if digest in seen:
@@ -92,24 +118,38 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> SweepSpec:
     data = read_config_file(path, "sweep file")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with out, base and grid")
-    unknown = set(data) - {"out", "base", "grid", "description"}
+    unknown = set(data) - {"out", "base", "grid", "variants", "description"}
     if unknown:
         raise ConfigError(
             f"{path}: unknown top-level key(s) {sorted(unknown)}; expected out, "
-            f"base, grid, description"
+            f"base, grid, variants, description"
         )
     base = data.get("base") or {}
     grid = data.get("grid") or {}
     if not isinstance(grid, dict) or not grid:
         raise ConfigError(f"{path}: grid must map config keys to lists of values")
     _check_items(base, f"{path}: base")
+    variants = data.get("variants")
+    if variants is not None:
+        if not isinstance(variants, dict) or not variants:
+            raise ConfigError(f"{path}: variants must map names to mappings of config keys")
+        for name, keys in variants.items():
+            if not isinstance(keys, dict):
+                raise ConfigError(f"{path}: variants.{name} must be a mapping of config keys")
+            _check_items(keys, f"{path}: variants.{name}")
+            overlap = set(keys) & set(grid)
+            if overlap:
+                raise ConfigError(
+                    f"{path}: variants.{name} sets {sorted(overlap)}, which the grid also sets; "
+                    "set each key in one place"
+                )
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: grid.{key} must be a non-empty list")
         for v in values:
             _check_items({key: v}, f"{path}: grid")
     folder = Path(out) if out is not None else Path(data.get("out") or "runs/sweep")
-    spec = SweepSpec(folder, base, grid, str(path))
+    spec = SweepSpec(folder, base, grid, str(path), variants)
     spec.cells()  # validate every combination now, not hours later
     return spec
 
@@ -202,3 +242,98 @@ def print_cells(cells: list[Cell], out=None) -> None:
         print(f"{cell.index:4d}  {status:8s}  {cell.label()}", file=out)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     print(f"{len(cells)} cells: {summary}", file=out)
+
+
+def _epochs_done(cell: Cell) -> int:
+    metrics = cell.folder / "metrics.jsonl"
+    if not metrics.is_file():
+        return 0
+    done = 0
+    for line in metrics.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a torn last line while the run appends
+            continue
+        if isinstance(row, dict) and row.get("kind") == "epoch":
+            done = max(done, int(row.get("epoch", 0)))
+    return done
+
+
+def progress(cells: list[Cell]) -> dict[str, Any]:
+    """Counts of cells by status and an ETA from the finished cells' wall times.
+
+    The cost of a cell still to run is the mean wall time of finished cells with the same
+    label (variant or method), else of all finished cells; running cells count their finished
+    epochs. The ETA divides the work left by the number of running workers (at least one).
+    """
+    status = {cell.index: cell_status(cell) for cell in cells}
+    walls: dict[str, list[float]] = {}
+    for cell in cells:
+        if status[cell.index] == "done":
+            try:
+                final = json.loads((cell.folder / "final.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if final.get("wall_time_s"):
+                label = cell.config.label or cell.config.method
+                walls.setdefault(label, []).append(float(final["wall_time_s"]))
+    every = [w for ws in walls.values() for w in ws]
+    left_s: float | None = 0.0 if every else None
+    running = 0
+    for cell in cells:
+        st = status[cell.index]
+        if st in ("done", "skipped", "failed"):
+            continue
+        running += st == "running"
+        if left_s is None:
+            continue
+        label = cell.config.label or cell.config.method
+        ws = walls.get(label) or every
+        cost = sum(ws) / len(ws)
+        if st in ("running", "partial"):
+            cost *= max(0.0, 1.0 - _epochs_done(cell) / cell.config.epochs)
+        left_s += cost
+    counts: dict[str, int] = {}
+    for st in status.values():
+        counts[st] = counts.get(st, 0) + 1
+    workers = max(running, 1)
+    return {
+        "cells": len(cells),
+        "counts": counts,
+        "running": running,
+        "work_left_s": left_s,
+        "eta_s": None if left_s is None else left_s / workers,
+        "status": status,
+    }
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(round(seconds / 60))
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def print_progress(cells: list[Cell], out=None) -> dict[str, Any]:
+    """One line per cell (status, finished epochs) and a summary with the ETA."""
+    out = out or sys.stdout
+    info = progress(cells)
+    for cell in cells:
+        st = info["status"][cell.index]
+        epochs = f"{_epochs_done(cell)}/{cell.config.epochs} epochs" if st != "done" else ""
+        print(f"{cell.index:4d}  {st:8s}  {epochs:12s}  {cell.label()}", file=out)
+    counts = info["counts"]
+    left = sum(n for s, n in counts.items() if s not in ("done", "skipped", "failed", "running"))
+    parts = [
+        f"{counts.get('done', 0)} done",
+        f"{counts.get('running', 0)} running",
+        f"{left} left",
+    ]
+    parts += [f"{counts[s]} {s}" for s in ("skipped", "failed") if counts.get(s)]
+    if info["eta_s"] is None:
+        eta = "ETA: unknown until a cell finishes"
+    else:
+        eta = (
+            f"ETA {_duration(info['eta_s'])} with {max(info['running'], 1)} worker(s) "
+            f"({_duration(info['work_left_s'])} of work left)"
+        )
+    print(f"{info['cells']} cells: {', '.join(parts)}; {eta}", file=out)
+    return info

@@ -1,0 +1,36 @@
+import json
+
+import pytest
+import yaml
+
+from ssconv.report.results import find_runs, group_runs, markdown_table
+from ssconv.train.config import TrainConfig
+
+
+def fake_run(folder, acc, **keys):
+    cfg = TrainConfig.from_dict({"method": "ssc", "density": 0.1, **keys}).to_dict()
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    final = {"complete": True, "final_acc1": acc, "best_acc1": acc, "density": 0.1}
+    (folder / "final.json").write_text(json.dumps(final))
+
+
+def test_seeds_pool_only_within_one_recipe(tmp_path):
+    fake_run(tmp_path / "a0", 0.80, seed=0)
+    fake_run(tmp_path / "a1", 0.82, seed=1)
+    fake_run(tmp_path / "b0", 0.40, seed=0, epochs=2)  # another recipe, same method and seed
+    with pytest.warns(UserWarning, match="settings that differ: epochs"):
+        groups = group_runs(find_runs([tmp_path]))
+    assert sorted(len(g.runs) for g in groups) == [1, 2]
+    names = {g.method for g in groups}
+    assert len(names) == 2 and all(n.startswith("ssc#") for n in names)
+    pooled = next(g for g in groups if len(g.runs) == 2)
+    assert pooled.mean("final_acc1") == pytest.approx(0.81)
+
+
+def test_labels_name_the_rows(tmp_path):
+    fake_run(tmp_path / "a", 0.8, label="ssc-dense-init", init_scale="dense")
+    fake_run(tmp_path / "b", 0.7, label="ssc-eff", init_scale="effective")
+    groups = group_runs(find_runs([tmp_path]))
+    assert sorted(g.method for g in groups) == ["ssc-dense-init", "ssc-eff"]
+    assert "| ssc-dense-init | 0.1 |" in markdown_table(groups)
