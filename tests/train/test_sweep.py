@@ -220,3 +220,16 @@ def test_progress_eta_counts_finished_epochs(tmp_path):
     # Partial cell: its 1 epoch of 1 is done (0 s left); pending: 100 s.
     assert info["work_left_s"] == pytest.approx(100.0)
     assert info["eta_s"] == pytest.approx(100.0)
+
+
+def test_set_overrides_base_keys_not_grid_keys(tmp_path, capsys):
+    path = write_sweep(tmp_path, {"method": ["ssc"], "seed": [0]})
+    cells = load_sweep(path, overrides={"lr": 0.2}).cells()
+    assert cells[0].config.lr == 0.2
+    with pytest.raises(ConfigError, match="--set seed"):
+        load_sweep(path, overrides={"seed": 3})
+    with pytest.raises(ConfigError, match="--set"):
+        load_sweep(path, overrides={"lrr": 0.2})
+    assert main(["sweep", str(path), "--set", "lr=0.2", "--list"]) == 0
+    assert main(["sweep", str(path), "--set", "seed=3", "--list"]) == 2
+    assert "sets it per cell" in capsys.readouterr().err

@@ -24,6 +24,14 @@ def register(sub) -> None:
     )
     p.add_argument("sweep_file", help="YAML or TOML file with out, base and grid")
     p.add_argument("--out", default=None, help="override the file's output folder")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a base key of every cell (value parsed as YAML), e.g. device=cuda; "
+        "repeatable. It changes the cells' digests, so use a separate --out",
+    )
     p.add_argument("--list", action="store_true", help="list the cells and their status")
     p.add_argument(
         "--status",
@@ -70,8 +78,10 @@ def run(args: argparse.Namespace) -> int:
     )
     from ssconv.train.trainer import TrainingInterrupted
 
+    from ssconv.cli.train import parse_set
+
     try:
-        spec = load_sweep(args.sweep_file, args.out)
+        spec = load_sweep(args.sweep_file, args.out, overrides=parse_set(args.set))
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
     cells = spec.cells()

@@ -105,7 +105,14 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         value = getattr(args, key, None)
         if value is not None:
             overrides[key] = value
-    for item in args.set:
+    overrides.update(parse_set(args.set))
+    return overrides
+
+
+def parse_set(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` items as a dict (values parsed as YAML)."""
+    overrides = {}
+    for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise CLIError(f"--set expects KEY=VALUE, got {item!r}")

@@ -112,8 +112,14 @@ def _slug(key: str, value: Any) -> str:
     return f"{key}={safe}"
 
 
-def load_sweep(path: str | Path, out: str | Path | None = None) -> SweepSpec:
-    """Read and validate a sweep file; every cell's config is checked up front."""
+def load_sweep(
+    path: str | Path, out: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> SweepSpec:
+    """Read and validate a sweep file; every cell's config is checked up front.
+
+    ``overrides`` replace keys of ``base`` (a key the grid or a variant sets cannot be
+    overridden: that would silently change what the grid compares).
+    """
     path = Path(path)
     data = read_config_file(path, "sweep file")
     if not isinstance(data, dict):
@@ -128,6 +134,9 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> SweepSpec:
     grid = data.get("grid") or {}
     if not isinstance(grid, dict) or not grid:
         raise ConfigError(f"{path}: grid must map config keys to lists of values")
+    if overrides:
+        _check_items(overrides, "--set")
+        base = {**base, **overrides}
     _check_items(base, f"{path}: base")
     variants = data.get("variants")
     if variants is not None:
@@ -143,6 +152,12 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> SweepSpec:
                     f"{path}: variants.{name} sets {sorted(overlap)}, which the grid also sets; "
                     "set each key in one place"
                 )
+    fixed = set(grid).union(*((variants or {}).values()))
+    clash = sorted(set(overrides or {}) & fixed)
+    if clash:
+        raise ConfigError(
+            f"--set {clash[0]}: {path} sets it per cell (grid or variants); edit the file instead"
+        )
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: grid.{key} must be a non-empty list")
