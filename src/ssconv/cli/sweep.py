@@ -65,7 +65,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssconv.cli.train import console_logging
+    from ssconv.cli.train import console_logging, parse_set
     from ssconv.train.config import ConfigError
     from ssconv.train.sweep import (
         cell_status,
@@ -77,8 +77,6 @@ def run(args: argparse.Namespace) -> int:
         run_cell,
     )
     from ssconv.train.trainer import TrainingInterrupted
-
-    from ssconv.cli.train import parse_set
 
     try:
         spec = load_sweep(args.sweep_file, args.out, overrides=parse_set(args.set))
