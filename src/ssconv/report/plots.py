@@ -61,7 +61,7 @@ def plot_all(groups: list[Group], folder: str | Path) -> list[Path]:
                         continue
                     x, (y, e) = g.mean(xkey), g.mean_std("final_acc1")
                     if x is not None and y is not None:
-                        pts.append((x, y * 100, e * 100))
+                        pts.append((x, y * 100, (e or 0.0) * 100))
                 if not pts:
                     continue
                 pts.sort()

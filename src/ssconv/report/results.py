@@ -69,7 +69,8 @@ class Group:
         vals = self.values(key)
         if not vals:
             return None, None
-        return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+        # One seed has no spread: None (printed without "±"), not a misleading 0.00.
+        return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
 
     def mean(self, key: str) -> float | None:
         return self.mean_std(key)[0]
@@ -180,6 +181,8 @@ def group_runs(runs: Iterable[Run]) -> list[Group]:
 def _pm(mean: float | None, std: float | None, scale: float = 100.0) -> str:
     if mean is None:
         return "-"
+    if std is None:
+        return f"{mean * scale:.2f}"
     return f"{mean * scale:.2f} ± {std * scale:.2f}"
 
 
