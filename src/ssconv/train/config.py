@@ -113,6 +113,12 @@ class TrainConfig:
     )
     prune_iterations: int = _f(100, "SynFlow rounds", kind=int, lo=1)
     prune_batches: int = _f(1, "batches scored by SNIP / GraSP", kind=int, lo=1)
+    ssc_shuffle: bool = _f(
+        False,
+        "design study: a channel shuffle (a gather) in front of every SSC layer with groups > 1, "
+        "so that channel groups mix from layer to layer",
+        kind=bool,
+    )
     init_scale: str = _f(
         "as_built",
         "initial weight scale of sparse layers: effective (Kaiming over each filter's nonzero "

@@ -67,6 +67,10 @@ def build_model(
     model, info = _build_model(
         cfg, num_classes, in_channels, input_size, data, for_loading=for_loading
     )
+    if cfg.ssc_shuffle:
+        from ssconv.sparsity.mixing import shuffle_groups
+
+        info["shuffled_layers"] = shuffle_groups(model)
     if cfg.init_scale != "as_built" and not for_loading:
         from ssconv.sparsity import rescale_init
 
