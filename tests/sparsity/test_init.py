@@ -80,3 +80,25 @@ def test_config_init_scale_puts_methods_on_one_convention(method):
         norms[scale] = float(filter_sq_norms(layer).mean())
     assert norms["effective"] == pytest.approx(2.0, rel=0.3)
     assert norms["dense"] < 0.5 * norms["effective"]
+
+
+def test_balanced_scale_is_the_geometric_mean_for_ssc_and_masks():
+    torch.manual_seed(0)
+    layer = SSConv2d(64, 64, 3, padding=1, period=8, bias=False)
+    eff = float(filter_sq_norms(layer).mean())
+    rescale_init(layer, "balanced")
+    # ||w||^2 = 2 * sqrt(density): between effective (2) and dense (2 * density).
+    assert float(filter_sq_norms(layer).mean()) == pytest.approx(
+        eff * math.sqrt(layer.density), rel=1e-5
+    )
+    conv = torch.nn.Sequential(
+        torch.nn.Conv2d(32, 64, 3), torch.nn.ReLU(), torch.nn.Conv2d(64, 64, 3)
+    )
+    prune(conv, "random", density=0.1, input_size=(32, 8, 8), seed=0, keep=())
+    before = filter_sq_norms(conv[0])
+    kept = conv[0].parametrizations.weight[0].mask.flatten(1).sum(1).float()
+    rescale_init(conv, "balanced")
+    ok = kept > 0
+    torch.testing.assert_close(
+        filter_sq_norms(conv[0])[ok], before[ok] * ((32 * 9) / kept[ok]).sqrt()
+    )

@@ -122,10 +122,10 @@ class TrainConfig:
     init_scale: str = _f(
         "as_built",
         "initial weight scale of sparse layers: effective (Kaiming over each filter's nonzero "
-        "fan-in), dense (over the dense fan-in, as masking a dense init), or as_built (SSC "
-        "effective, pruned models dense)",
+        "fan-in), dense (over the dense fan-in, as masking a dense init), balanced (variance "
+        "2/sqrt(nonzero*dense)), or as_built (SSC effective, pruned models dense)",
         kind=str,
-        choices=("as_built", "effective", "dense"),
+        choices=("as_built", "effective", "dense", "balanced"),
     )
     # How to train
     epochs: int = _f(10, "training epochs", kind=int, lo=1)
