@@ -28,7 +28,46 @@ def test_ssc_dense_scale_matches_masked_dense_init():
     assert float(filter_sq_norms(layer).mean()) == pytest.approx(eff * expected**2, rel=1e-5)
     # Kaiming over the dense fan-in restricted to the pattern: E||w||^2 = 2 * density.
     assert float(filter_sq_norms(layer).mean()) == pytest.approx(2 * layer.density, rel=0.15)
-    assert rescale_init(layer, "effective") == {}  # SSC layers are built effective
+    assert layer.init_scale == "dense"
+    assert rescale_init(layer, "dense") == {}  # already there
+    back = rescale_init(layer, "effective")
+    assert back[""] == pytest.approx(1 / expected)
+    assert float(filter_sq_norms(layer).mean()) == pytest.approx(eff, rel=1e-5)
+
+
+@pytest.mark.parametrize("scale", ["effective", "dense", "balanced"])
+def test_layer_factory_and_convert_initialize_by_the_rule(scale):
+    import ssconv
+
+    torch.manual_seed(0)
+    built = SSConv2d(64, 64, 3, period=8, bias=False, init_scale=scale)
+    torch.manual_seed(0)
+    rescaled = SSConv2d(64, 64, 3, period=8, bias=False)
+    rescale_init(rescaled, scale)
+    torch.testing.assert_close(built.weight_spatial, rescaled.weight_spatial)
+    torch.testing.assert_close(built.weight_point, rescaled.weight_point)
+    layer = ssconv.SSCFactory(period=8, init_scale=scale)(64, 64, 3)
+    assert layer.init_scale == scale
+    report = ssconv.convert(
+        torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3), torch.nn.Conv2d(64, 64, 3)),
+        density=0.2,
+        init_scale=scale,
+    )
+    assert report.model[1].init_scale == scale
+    assert "init_scale" in repr(report.model[1]) or scale == "effective"
+
+
+def test_library_defaults_follow_the_design_study():
+    import ssconv
+    from ssconv.sparsity import DEFAULT_INIT_SCALE
+
+    assert SSConv2d(8, 8, 3).init_scale == "effective"  # the layer alone: spec section 3
+    assert ssconv.SSCFactory().init_scale == DEFAULT_INIT_SCALE
+    assert TrainConfig().init_scale == DEFAULT_INIT_SCALE
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3), torch.nn.Conv2d(64, 64, 3))
+    assert ssconv.convert(model, density=0.2).model[1].init_scale == DEFAULT_INIT_SCALE
+    with pytest.raises(ValueError, match="init_scale must be one of"):
+        SSConv2d(8, 8, 3, init_scale="huge")
 
 
 def test_pruned_effective_scale_per_filter():
@@ -55,7 +94,7 @@ def test_pruned_effective_scale_per_filter():
 
 
 def test_rescale_rejects_unknown_scale():
-    with pytest.raises(ValueError, match="fan_in must be one of"):
+    with pytest.raises(ValueError, match="init_scale must be one of"):
         rescale_init(torch.nn.Conv2d(3, 3, 3), "fan_out")
 
 

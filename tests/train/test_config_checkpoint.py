@@ -127,3 +127,17 @@ def test_loading_is_weights_only_without_fallback(tmp_path):
     with pytest.raises(CheckpointError, match="newer than this ssconv"):
         load_checkpoint(path)
     assert latest_checkpoint(Path(tmp_path) / "empty") is None
+
+
+def test_keys_added_later_keep_old_runs_identity():
+    """A config saved before a key existed (no ssc_shuffle, no init_scale) keeps its digest
+    and resumes: the key's neutral value reproduces the earlier code."""
+    from ssconv.train.config import NEUTRAL, with_neutral_defaults
+
+    assert NEUTRAL == {"ssc_shuffle": False, "init_scale": "as_built"}
+    new = TrainConfig.from_dict({"method": "ssc", "init_scale": "as_built"})
+    saved = {k: v for k, v in new.to_dict().items() if k not in NEUTRAL}
+    old = TrainConfig.from_dict(with_neutral_defaults(saved))
+    assert old.init_scale == "as_built" and old.digest() == new.digest()
+    # A value other than the neutral one is part of the identity.
+    assert TrainConfig.from_dict({"method": "ssc", "init_scale": "dense"}).digest() != new.digest()

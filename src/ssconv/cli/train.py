@@ -13,7 +13,13 @@ import logging
 import yaml
 
 from ssconv.cli.common import CLIError, density_arg, period_arg
-from ssconv.train.config import METHODS, ConfigError, field_help, load_config
+from ssconv.train.config import (
+    METHODS,
+    ConfigError,
+    field_help,
+    load_config,
+    with_neutral_defaults,
+)
 
 EXIT_NONFINITE = 3
 
@@ -130,7 +136,7 @@ def _resolve(args: argparse.Namespace):
     overrides = overrides_from_args(args)
     saved = Path(args.out) / "config.yaml"
     if args.resume and saved.is_file() and args.config is None:
-        base = yaml.safe_load(saved.read_text()) or {}
+        base = with_neutral_defaults(yaml.safe_load(saved.read_text()) or {})
         return load_config(None, {**base, **overrides})
     return load_config(args.config, overrides)
 

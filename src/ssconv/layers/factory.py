@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ssconv.layers.pattern import SSCPattern
-from ssconv.layers.ssconv import SSConv2d
+from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, SSConv2d
 
 __all__ = ["ConvFactory", "SSCFactory", "dense_conv", "ssc_applicable"]
 
@@ -64,6 +64,8 @@ class SSCFactory:
     backend: str = "auto"
     max_stem_channels: int = 4
     convert_pointwise: bool = False
+    #: Initialization scale of the SSC layers (``SSConv2d(init_scale=...)``).
+    init_scale: str = DEFAULT_INIT_SCALE
 
     def __call__(self, in_channels: int, out_channels: int, kernel_size, **kwargs) -> nn.Module:
         k = kernel_size if isinstance(kernel_size, tuple) else (kernel_size, kernel_size)
@@ -95,5 +97,6 @@ class SSCFactory:
             pointwise=self.pointwise,
             spatial=self.spatial,
             backend=self.backend,
+            init_scale=self.init_scale,
             **kwargs,
         )

@@ -39,7 +39,27 @@ from torch import Tensor, nn
 from ssconv.kernels import fused
 from ssconv.layers.pattern import SSCPattern
 
-__all__ = ["SSConv2d", "BACKENDS"]
+__all__ = ["SSConv2d", "BACKENDS", "INIT_SCALES", "DEFAULT_INIT_SCALE", "init_variance"]
+
+#: Initialization scales (``init_scale``): Kaiming-normal (ReLU gain) with the variance
+#: ``2 / fan``, where ``fan`` is each filter's nonzero fan-in (``"effective"``), the fan-in of
+#: the dense layer it stands for (``"dense"``: as pruning at initialization masks a dense
+#: init), or their geometric mean (``"balanced"``). See ssconv.sparsity.init.
+INIT_SCALES = ("effective", "dense", "balanced")
+#: The default of ``convert``, ``SSCFactory`` and training (``TrainConfig.init_scale``) for
+#: layers trained from scratch, chosen by the design study in docs/ssc.md. ``SSConv2d`` itself
+#: defaults to ``"effective"`` (the specification's rule, right with or without BatchNorm).
+DEFAULT_INIT_SCALE = "dense"
+_INIT_EXPONENT = {"effective": 0.0, "dense": 1.0, "balanced": 0.5}
+
+
+def init_variance(nonzero_fan_in: float, dense_fan_in: float, init_scale: str) -> float:
+    """Weight variance of the rule ``init_scale``: ``2 / (nonzero^(1-a) * dense^a)``."""
+    if init_scale not in _INIT_EXPONENT:
+        raise ValueError(f"init_scale must be one of {INIT_SCALES}, got {init_scale!r}")
+    a = _INIT_EXPONENT[init_scale]
+    return 2.0 / (nonzero_fan_in ** (1.0 - a) * dense_fan_in**a)
+
 
 BACKENDS = ("auto", "masked", "decomposed", "split", "fused")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -138,6 +158,7 @@ class SSConv2d(nn.Module):
         spatial: str = "full",
         backend: str = "auto",
         dense_groups: int = 1,
+        init_scale: str = "effective",
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
@@ -184,6 +205,8 @@ class SSConv2d(nn.Module):
         if dense_groups < 1 or groups % dense_groups:
             raise ValueError(f"dense_groups={dense_groups} must divide groups={groups}")
         self.dense_groups = dense_groups
+        init_variance(1, 1, init_scale)  # validates
+        self.init_scale = init_scale
         self.period = period
         self.pointwise = pointwise
         self.spatial = spatial
@@ -274,9 +297,11 @@ class SSConv2d(nn.Module):
         self._backend = value
 
     def reset_parameters(self) -> None:
-        """Kaiming-normal (ReLU gain) over the effective fan-in of each filter (spec section 3)."""
+        """Kaiming-normal (ReLU gain) by :attr:`init_scale`: over the effective fan-in of each
+        filter (``"effective"``, spec section 3), the dense layer's fan-in (``"dense"``) or
+        their geometric mean (``"balanced"``)."""
         fan_in = self.effective_fan_in
-        std = math.sqrt(2.0) / math.sqrt(fan_in)
+        std = math.sqrt(init_variance(fan_in, self.dense_fan_in, self.init_scale))
         with torch.no_grad():
             for w in (self.weight_spatial, self.weight_point):
                 if w is not None:
@@ -290,6 +315,12 @@ class SSConv2d(nn.Module):
     def effective_fan_in(self) -> float:
         """Average number of nonzero weights per filter."""
         return self.pattern.num_params / self.out_channels
+
+    @property
+    def dense_fan_in(self) -> int:
+        """Fan-in of the dense layer this one stands for (``C_in / dense_groups * kh * kw``)."""
+        kh, kw = self.kernel_size
+        return (self.in_channels // self.dense_groups) * kh * kw
 
     @property
     def num_params(self) -> int:
@@ -552,12 +583,13 @@ class SSConv2d(nn.Module):
         groups: int | None = None,
         backend: str = "auto",
         copy_weights: bool = False,
+        init_scale: str = "effective",
     ) -> SSConv2d:
         """Build an SSC layer with the geometry of ``conv``.
 
         ``groups`` defaults to ``conv.groups`` (it may be a multiple of it). With
         ``copy_weights=True`` the weights of ``conv`` on the pattern's taps are copied (the
-        others are dropped); otherwise the layer is freshly initialized.
+        others are dropped); otherwise the layer is freshly initialized by ``init_scale``.
         """
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
@@ -583,6 +615,7 @@ class SSConv2d(nn.Module):
             spatial=spatial,
             backend=backend,
             dense_groups=conv.groups,
+            init_scale=init_scale,
         )
         if copy_weights:
             layer.load_dense_weight(_regroup(conv.weight.detach(), conv.groups, groups))
@@ -633,6 +666,8 @@ class SSConv2d(nn.Module):
         s += f", period={self.period}, pointwise={self.pointwise}, spatial={self.spatial}"
         if self._backend != "auto":
             s += f", backend={self._backend}"
+        if self.init_scale != "effective":
+            s += f", init_scale={self.init_scale}"
         s += f", density={self.density:.3g}"
         return s
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from ssconv.layers.factory import ConvFactory
 from ssconv.layers.pattern import SSCPattern
-from ssconv.layers.ssconv import SSConv2d
+from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, SSConv2d
 from ssconv.models.budget import AUTO, LayerSpec, solve_budget
 from ssconv.models.coverage import CoverageIssue, check_coverage
 from ssconv.profile import counted_layers, model_weight_counts, weight_counts
@@ -206,6 +206,7 @@ def convert(
     backend: str = "auto",
     fill: bool = True,
     warn_coverage: bool = True,
+    init_scale: str = DEFAULT_INIT_SCALE,
 ) -> ConversionReport:
     """Replace the ``nn.Conv2d`` layers of ``model`` by :class:`SSConv2d`.
 
@@ -231,7 +232,15 @@ def convert(
         backend: execution backend of the new layers.
         fill: let the solver spend the budget left over by discrete choices.
         warn_coverage: emit a warning when a converted layer leaves channels uncovered.
+        init_scale: the initialization scale of freshly initialized layers (ignored with
+            ``copy_weights=True``): ``"dense"`` (default: Kaiming over the dense fan-in on the
+            pattern, as pruning at initialization masks a dense init), ``"balanced"`` or
+            ``"effective"`` (over each filter's nonzero fan-in; use it for networks without
+            normalization after the convolutions). See :mod:`ssconv.sparsity.init` and the
+            design study in ``docs/ssc.md``.
     """
+    if init_scale not in INIT_SCALES:
+        raise ValueError(f"init_scale must be one of {INIT_SCALES}, got {init_scale!r}")
     if density is not None and not (isinstance(density, (int, float)) and 0 < density <= 1):
         raise ValueError(f"density must be a number in (0, 1], got {density!r}")
     if not inplace:
@@ -308,6 +317,7 @@ def convert(
             groups=pattern.groups,
             backend=backend,
             copy_weights=copy_weights,
+            init_scale=init_scale,
         )
         replace_module(model, name, layer)
         d = decisions[name]

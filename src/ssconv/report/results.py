@@ -105,7 +105,9 @@ def _read_run(folder: Path) -> Run | None:
     final = json.loads(final_path.read_text())
     if not final.get("complete"):
         return None
-    config = yaml.safe_load(config_path.read_text())
+    from ssconv.train.config import with_neutral_defaults
+
+    config = with_neutral_defaults(yaml.safe_load(config_path.read_text()))
     epochs = []
     metrics = folder / "metrics.jsonl"
     if metrics.is_file():

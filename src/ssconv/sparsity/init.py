@@ -22,7 +22,8 @@ arXiv:1706.05350; Hoffer et al. 2018, arXiv:1803.01814). Two conventions exist:
 Before this module the library mixed the two (SSC ``effective``, pruned models ``dense``), so
 at equal learning rate the two families trained with effective step sizes 10-20 times apart.
 :func:`rescale_init` puts a freshly built model on one convention; the design study in
-``docs/ssc.md`` measures which one trains better.
+``docs/ssc.md`` measures which one trains better. ``SSConv2d(init_scale=...)``, ``convert``
+and ``SSCFactory`` initialize SSC layers by any of the rules directly.
 """
 
 from __future__ import annotations
@@ -32,69 +33,68 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["INIT_SCALES", "rescale_init"]
+from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, SSConv2d, init_variance
 
-#: Accepted values of :func:`rescale_init`'s ``fan_in``.
-INIT_SCALES = ("effective", "dense", "balanced")
-
-# Exponent a of the rule std^2 = 2 / (nonzero^(1-a) * dense^a).
-_EXPONENT = {"effective": 0.0, "dense": 1.0, "balanced": 0.5}
-
-
-def _dense_fan_in(module: nn.Module) -> int:
-    weight = module.weight
-    return math.prod(weight.shape[1:])
+__all__ = ["DEFAULT_INIT_SCALE", "INIT_SCALES", "rescale_init"]
 
 
 @torch.no_grad()
-def rescale_init(model: nn.Module, fan_in: str) -> dict[str, float]:
-    """Rescale the weights of a freshly initialized sparse ``model`` in place to one convention.
+def rescale_init(model: nn.Module, init_scale: str) -> dict[str, float]:
+    """Rescale the weights of a freshly initialized sparse ``model`` in place to one rule.
 
     Args:
-        model: a model whose sparse layers still hold their initialization: ``SSConv2d`` layers
-            as constructed (effective fan-in) and masked layers (``ssconv.pruning``) as pruned
-            from a dense initialization (dense fan-in). Dense layers are left alone.
-        fan_in: ``"effective"``, ``"dense"`` or ``"balanced"`` (see the module docstring).
+        model: a model whose sparse layers still hold their initialization: ``SSConv2d``
+            layers (by their own ``init_scale``) and masked layers (``ssconv.pruning``) as
+            pruned from a dense initialization (the ``"dense"`` rule). Dense layers are left
+            alone.
+        init_scale: ``"effective"``, ``"dense"`` or ``"balanced"`` (see the module docstring).
 
     Returns:
         layer name -> the factor its weights were multiplied by (1.0 entries omitted).
 
-    Masked layers are rescaled per filter (output channel), from the dense rule: by
-    ``(dense / nonzero) ** ((1 - a) / 2)`` of that filter, ``a`` = 0, 1, 1/2 for effective,
-    dense, balanced. ``SSConv2d`` layers from the effective rule, by
-    ``(effective / dense) ** (a / 2)`` (their dense fan-in is that of the layer they stand for,
-    see ``dense_groups``).
-    Do not call it on trained or pretrained weights: it assumes the initialization's scale.
+    Masked layers are rescaled per filter (output channel), by that filter's nonzero count;
+    ``SSConv2d`` layers by their average nonzero fan-in (their dense fan-in is that of the
+    layer they stand for, see ``dense_groups``), and their ``init_scale`` is updated. Do not
+    call it on trained or pretrained weights: it assumes the initialization's scale.
     """
-    from ssconv.layers.ssconv import SSConv2d
     from ssconv.pruning.masks import _weight_mask_module
 
-    if fan_in not in INIT_SCALES:
-        raise ValueError(f"fan_in must be one of {INIT_SCALES}, got {fan_in!r}")
+    if init_scale not in INIT_SCALES:
+        raise ValueError(f"init_scale must be one of {INIT_SCALES}, got {init_scale!r}")
     factors: dict[str, float] = {}
     for name, module in model.named_modules():
-        a = _EXPONENT[fan_in]
         if isinstance(module, SSConv2d):
-            if a == 0.0:
-                continue
-            kh, kw = module.kernel_size
-            dense = (module.in_channels // module.dense_groups) * kh * kw
-            factor = (module.effective_fan_in / dense) ** (a / 2)
-            for w in (module.weight_spatial, module.weight_point):
-                if w is not None:
-                    w.mul_(factor)
-            factors[name] = factor
+            nonzero, dense = module.effective_fan_in, module.dense_fan_in
+            factor = math.sqrt(
+                init_variance(nonzero, dense, init_scale)
+                / init_variance(nonzero, dense, module.init_scale)
+            )
+            module.init_scale = init_scale
+            if factor != 1.0:
+                for w in (module.weight_spatial, module.weight_point):
+                    if w is not None:
+                        w.mul_(factor)
+                factors[name] = factor
             continue
         wm = _weight_mask_module(module)
-        if wm is None or a == 1.0:
+        if wm is None or init_scale == "dense":
             continue
         mask = wm.mask
         original = module.parametrizations["weight"].original
-        kept = mask.flatten(1).sum(1).to(original.dtype)  # nonzeros per output filter
-        ratio = _dense_fan_in(module) / kept.clamp(min=1)
-        scale = torch.where(kept > 0, ratio ** ((1 - a) / 2), 1.0)
-        original.mul_(scale.view(-1, *([1] * (original.dim() - 1))))
+        dense = math.prod(original.shape[1:])
+        kept = mask.flatten(1).sum(1).tolist()  # nonzeros per output filter
+        scale = [
+            math.sqrt(init_variance(k, dense, init_scale) / init_variance(k, dense, "dense"))
+            if k
+            else 1.0
+            for k in kept
+        ]
+        shape = (-1, *([1] * (original.dim() - 1)))
+        original.mul_(torch.tensor(scale, dtype=original.dtype, device=original.device).view(shape))
         total = float(mask.sum())
         if total:
-            factors[name] = (mask.numel() / total) ** ((1 - a) / 2)
+            mean = total / mask.shape[0]
+            factors[name] = math.sqrt(
+                init_variance(mean, dense, init_scale) / init_variance(mean, dense, "dense")
+            )
     return factors

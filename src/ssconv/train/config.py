@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from ssconv.layers.ssconv import DEFAULT_INIT_SCALE
+
 __all__ = [
     "TrainConfig",
     "ConfigError",
@@ -118,14 +120,16 @@ class TrainConfig:
         "design study: a channel shuffle (a gather) in front of every SSC layer with groups > 1, "
         "so that channel groups mix from layer to layer",
         kind=bool,
+        neutral=False,
     )
     init_scale: str = _f(
-        "as_built",
+        DEFAULT_INIT_SCALE,
         "initial weight scale of sparse layers: effective (Kaiming over each filter's nonzero "
         "fan-in), dense (over the dense fan-in, as masking a dense init), balanced (variance "
         "2/sqrt(nonzero*dense)), or as_built (SSC effective, pruned models dense)",
         kind=str,
         choices=("as_built", "effective", "dense", "balanced"),
+        neutral="as_built",
     )
     # How to train
     epochs: int = _f(10, "training epochs", kind=int, lo=1)
@@ -182,8 +186,17 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def digest(self) -> str:
-        """Short hash of the settings that change results (run names, resume guard)."""
-        data = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS}
+        """Short hash of the settings that change results (run names, resume guard).
+
+        A key added to the schema after runs were made declares a ``neutral`` value, the one
+        that does what the code did before the key existed; it is left out of the hash at
+        that value, so those runs keep their digest (see :func:`with_neutral_defaults`).
+        """
+        data = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in RUNTIME_KEYS and not (k in NEUTRAL and NEUTRAL[k] == v)
+        }
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
 
     @classmethod
@@ -211,6 +224,19 @@ class TrainConfig:
             )
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+#: Keys added to the schema after runs existed -> the value that reproduces the earlier code.
+NEUTRAL = {
+    f.name: f.metadata["neutral"]
+    for f in dataclasses.fields(TrainConfig)
+    if "neutral" in f.metadata
+}
+
+
+def with_neutral_defaults(saved: dict) -> dict:
+    """A saved config with the keys it predates filled in by their neutral values."""
+    return {**{k: v for k, v in NEUTRAL.items() if k not in saved}, **saved}
 
 
 # Keys that may differ when resuming a run (they do not change the results).

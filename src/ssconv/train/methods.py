@@ -75,7 +75,7 @@ def build_model(
         from ssconv.sparsity import rescale_init
 
         rescale_init(model, cfg.init_scale)
-        info["init_scale"] = cfg.init_scale
+    info["init_scale"] = cfg.init_scale
     return model, info
 
 
@@ -111,6 +111,7 @@ def _build_model(
             inplace=True,
             backend=cfg.ssc_backend,
             warn_coverage=False,
+            init_scale="effective",  # build_model applies cfg.init_scale to every method
             **ssc_settings(cfg),
             **_rules(cfg),
         )

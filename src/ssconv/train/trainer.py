@@ -49,7 +49,7 @@ from ssconv.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from ssconv.train.config import RUNTIME_KEYS, ConfigError, TrainConfig
+from ssconv.train.config import RUNTIME_KEYS, ConfigError, TrainConfig, with_neutral_defaults
 from ssconv.train.loader import EpochBatchSampler, SeededDataset
 from ssconv.train.methods import build_model
 
@@ -249,6 +249,7 @@ class Trainer:
         return None
 
     def _check_resume_config(self, saved: dict) -> None:
+        saved = with_neutral_defaults(saved)
         mine = self.cfg.to_dict()
         diff = {
             k: (saved.get(k), mine[k])
