@@ -122,3 +122,16 @@ def test_demo_trains_compares_and_reuses(capsys, tmp_path):
     assert "same number of nonzero" in out
     code, out, _ = run(capsys, *argv)
     assert code == 0 and out.count("reusing the finished run") == 3
+
+
+def test_output_into_a_closed_pipe_is_not_a_bug():
+    """`ssconv models | head -1`: the reader leaves early; exit 0, no traceback."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ssconv", "models"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # the reader goes away before ssconv (still importing) writes
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "bug" not in err

@@ -32,8 +32,14 @@ class Run:
 
     @property
     def label(self) -> str:
-        """The recipe's name in tables and plots: its ``label`` (a sweep variant) or method."""
-        return self.config.get("label") or self.config["method"]
+        """The recipe's name in tables and plots: its ``label`` (a sweep variant), else the
+        ``variant=NAME`` folder a sweep put it in, else its method."""
+        if self.config.get("label"):
+            return self.config["label"]
+        for part in reversed(self.folder.parts):
+            if part.startswith("variant="):
+                return part.removeprefix("variant=").split("@")[0]
+        return self.config["method"]
 
     @property
     def recipe(self) -> str:
