@@ -117,11 +117,11 @@ def test_demo_trains_compares_and_reuses(capsys, tmp_path):
     code, out, _ = run(capsys, *argv)
     assert code == 0
     table = out[out.index("method") :]
-    for method in ("dense", "ssc", "snip"):
+    for method in ("dense", "ssc", "dw_separable", "snip"):
         assert f"\n{method} " in table
     assert "same number of nonzero" in out
     code, out, _ = run(capsys, *argv)
-    assert code == 0 and out.count("reusing the finished run") == 3
+    assert code == 0 and out.count("reusing the finished run") == 4
 
 
 def test_output_into_a_closed_pipe_is_not_a_bug():
