@@ -2,7 +2,8 @@
 
 Trains a CIFAR-style ResNet on the Fashion-MNIST subset shipped with the package four ways at
 the same parameter budget (dense reference, SSC, its structured rival the depthwise-separable
-convolution, and a pruning-at-initialization baseline), and prints one comparison table. Finished runs in ``--out`` are reused, so running it again prints
+convolution, and a pruning-at-initialization baseline), and prints one comparison table.
+Finished runs in ``--out`` are reused, so running it again prints
 the table at once (``--fresh`` retrains).
 """
 
@@ -145,7 +146,8 @@ def comparison_table(results: dict[str, dict], density: float) -> str:
     lines.append(
         f"\nTarget density {density}: SSC and the pruned model hold the same number of nonzero "
         f"weights (the depthwise-separable model as close below it as its discrete sizes "
-        f"allow: see weights), all initialized by one rule (init_scale, docs/ssc.md). MACs are per image; a masked (pruned) model executes the dense MACs; SSC "
+        f"allow: see weights), all initialized by one rule (init_scale, docs/ssc.md). MACs "
+        f"are per image; a masked (pruned) model executes the dense MACs; SSC "
         f"executes fewer, though more than its effective MACs where a narrow layer runs "
         f"faster as one dense convolution (see docs/benchmarks.md). Accuracy on the 1000 "
         f"embedded test images."
