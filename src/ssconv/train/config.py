@@ -32,6 +32,8 @@ PRUNING_METHOD_NAMES = ("random", "erk", "magnitude", "snip", "grasp", "synflow"
 #: SSC with some settings fixed (the solver picks the rest); group_conv is SSC with period 1.
 SSC_PRESETS: dict[str, dict] = {
     "ssc": {},
+    # One channel group in every layer: 1 x 1 weights mix all channels (design study, docs/ssc.md).
+    "ssc_ungrouped": {"ssc_groups": 1},
     "ssc_hetconv": {"ssc_pointwise": True, "ssc_spatial": "full"},
     "ssc_groupwise": {"ssc_pointwise": False, "ssc_spatial": "full"},
     "ssc_checkerboard": {"ssc_spatial": "checkerboard"},
@@ -71,7 +73,7 @@ class TrainConfig:
     )
     method: str = _f(
         "ssc",
-        "dense; ssc or an SSC preset (ssc_hetconv, ssc_groupwise, "
+        "dense; ssc or an SSC preset (ssc_ungrouped, ssc_hetconv, ssc_groupwise, "
         "ssc_checkerboard, group_conv); dw_separable; or a pruning method",
         kind=str,
         choices=METHODS,
