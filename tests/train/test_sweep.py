@@ -233,3 +233,28 @@ def test_set_overrides_base_keys_not_grid_keys(tmp_path, capsys):
     assert main(["sweep", str(path), "--set", "lr=0.2", "--list"]) == 0
     assert main(["sweep", str(path), "--set", "seed=3", "--list"]) == 2
     assert "sets it per cell" in capsys.readouterr().err
+
+
+def test_sigterm_during_the_final_evaluation_stops_the_sweep(tmp_path, monkeypatch, capsys):
+    """A stop request after a cell's last step is honoured: the cell is done, exit 143, and
+    the next cell does not start (it used to train to its end)."""
+    import os
+    import signal
+
+    from ssconv.train import trainer as trainer_module
+
+    path = write_sweep(tmp_path, {"method": ["dense"], "seed": [0, 1]})
+    original = trainer_module.Trainer.evaluate
+    sent = []
+
+    def evaluate(self, *args, **kwargs):
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module.Trainer, "evaluate", evaluate)
+    assert main(["sweep", str(path)]) == 128 + signal.SIGTERM
+    cells = load_sweep(path).cells()
+    assert cell_status(cells[0]) == "done" and cell_status(cells[1]) == "pending"
+    assert "after the run finished" in capsys.readouterr().out

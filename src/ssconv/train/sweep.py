@@ -230,12 +230,14 @@ def release(cell: Cell) -> None:
 
 def run_cell(cell: Cell, *, progress: bool | None = None) -> str:
     """Train (or resume) one claimed cell; returns its new status."""
-    from ssconv.train.trainer import NonFiniteLossError, Trainer
+    from ssconv.train.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
     folder = cell.folder
     (folder / FAILED).unlink(missing_ok=True)
+    trainer = None
     try:
-        Trainer(cell.config, folder, resume=True, progress=progress, ignore=(LOCK,)).run()
+        trainer = Trainer(cell.config, folder, resume=True, progress=progress, ignore=(LOCK,))
+        trainer.run()
     except ValueError as exc:
         if "cannot be met" in str(exc) or "no conv layer" in str(exc):
             # The structure cannot reach this budget ("where shapes allow"): not a failure.
@@ -245,6 +247,10 @@ def run_cell(cell: Cell, *, progress: bool | None = None) -> str:
     except NonFiniteLossError as exc:
         (folder / FAILED).write_text(json.dumps({"reason": str(exc)}, indent=2))
         return "failed"
+    if trainer is not None and trainer.stop_signal is not None:
+        # A stop request that came after the last step (during the final evaluation): the
+        # cell is done, and the sweep must still stop instead of starting the next cell.
+        raise TrainingInterrupted(trainer.stop_signal, None)
     return "done"
 
 

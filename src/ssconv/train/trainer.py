@@ -87,9 +87,12 @@ class TrainingInterrupted(RuntimeError):
         self.signum = signum
         self.checkpoint = checkpoint
         name = signal.Signals(signum).name
-        super().__init__(
-            f"stopped by {name}; checkpoint saved to {checkpoint}; resume with --resume"
-        )
+        if checkpoint is None:  # the run had finished: nothing to resume
+            super().__init__(f"stopped by {name} after the run finished (its results are saved)")
+        else:
+            super().__init__(
+                f"stopped by {name}; checkpoint saved to {checkpoint}; resume with --resume"
+            )
 
 
 @dataclass
@@ -743,6 +746,12 @@ class Trainer:
         return stats["model"].median * 1e3
 
     # ------------------------------------------------------------- signals
+    @property
+    def stop_signal(self) -> int | None:
+        """The SIGINT / SIGTERM received during :meth:`run`, if any (also one that came too
+        late to interrupt it, e.g. during the final evaluation)."""
+        return self._stop_signal
+
     def _install_signal_handlers(self):
         import threading
 
