@@ -37,3 +37,20 @@ def test_labels_name_the_rows(tmp_path):
     assert "| ssc-dense-init | 0.1 |" in table
     # One seed has no spread to show: no "± 0.00".
     assert "| 80.00 | 80.00 | 1 |" in table and "±" not in table
+
+
+def test_dense_runs_pool_whatever_their_sparse_only_settings(tmp_path):
+    """A dense run made alone and one made by a sweep whose base sets sparse-model keys
+    (init_scale, prune_iterations, ...) are the same computation: they pool as seeds."""
+    fake_run(tmp_path / "a", 0.91, method="dense", density=None, seed=0)
+    fake_run(
+        tmp_path / "b",
+        0.92,
+        method="dense",
+        density=None,
+        seed=1,
+        init_scale="dense",
+        prune_iterations=7,
+    )
+    groups = group_runs(find_runs([tmp_path]))
+    assert len(groups) == 1 and len(groups[0].runs) == 2

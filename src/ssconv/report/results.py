@@ -45,9 +45,11 @@ class Run:
     def recipe(self) -> str:
         """Digest of every setting that changes results except the seed: runs pool as seeds
         only when their recipes are equal."""
-        from ssconv.train.config import RUNTIME_KEYS
+        from ssconv.train.config import RUNTIME_KEYS, SPARSE_ONLY_KEYS
 
         ignore = RUNTIME_KEYS - {"epochs"} | {"seed"}
+        if self.config.get("method") == "dense":
+            ignore |= SPARSE_ONLY_KEYS  # e.g. a dense run of a sweep whose base sets them
         data = {k: v for k, v in self.config.items() if k not in ignore}
         return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:8]
 

@@ -228,6 +228,28 @@ class TrainConfig:
             raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
+#: Keys that change nothing for ``method: dense`` (they shape or initialize sparse models).
+SPARSE_ONLY_KEYS = frozenset(
+    {
+        "density",
+        "distribution",
+        "ssc_groups",
+        "ssc_period",
+        "ssc_pointwise",
+        "ssc_spatial",
+        "ssc_backend",
+        "ssc_shuffle",
+        "keep",
+        "skip",
+        "include",
+        "match_budget",
+        "prune_scope",
+        "prune_iterations",
+        "prune_batches",
+        "init_scale",
+    }
+)
+
 #: Keys added to the schema after runs existed -> the value that reproduces the earlier code.
 NEUTRAL = {
     f.name: f.metadata["neutral"]
