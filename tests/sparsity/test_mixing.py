@@ -37,3 +37,19 @@ def test_config_ssc_shuffle_keeps_the_budget():
     assert info["shuffled_layers"]
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(plain) == count(mixed)
+
+
+def test_ssc_shuffled_preset_is_ssc_plus_shuffle():
+    base = {"density": 0.1, "model_kwargs": {"width": 8}, "seed": 0}
+    torch.manual_seed(0)
+    a, info_a = build_model(
+        TrainConfig.from_dict({**base, "method": "ssc_shuffled"}), 10, 3, (3, 16, 16)
+    )
+    torch.manual_seed(0)
+    b, info_b = build_model(
+        TrainConfig.from_dict({**base, "method": "ssc", "ssc_shuffle": True}), 10, 3, (3, 16, 16)
+    )
+    assert info_a["shuffled_layers"] == info_b["shuffled_layers"] != []
+    x = torch.randn(2, 3, 16, 16)
+    a.eval(), b.eval()
+    torch.testing.assert_close(a(x), b(x))

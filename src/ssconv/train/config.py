@@ -34,6 +34,8 @@ SSC_PRESETS: dict[str, dict] = {
     "ssc": {},
     # One channel group in every layer: 1 x 1 weights mix all channels (design study, docs/ssc.md).
     "ssc_ungrouped": {"ssc_groups": 1},
+    # The solver's settings plus a channel shuffle in front of every grouped layer (ssc_shuffle).
+    "ssc_shuffled": {"ssc_shuffle": True},
     "ssc_hetconv": {"ssc_pointwise": True, "ssc_spatial": "full"},
     "ssc_groupwise": {"ssc_pointwise": False, "ssc_spatial": "full"},
     "ssc_checkerboard": {"ssc_spatial": "checkerboard"},
@@ -73,7 +75,7 @@ class TrainConfig:
     )
     method: str = _f(
         "ssc",
-        "dense; ssc or an SSC preset (ssc_ungrouped, ssc_hetconv, ssc_groupwise, "
+        "dense; ssc or an SSC preset (ssc_ungrouped, ssc_shuffled, ssc_hetconv, ssc_groupwise, "
         "ssc_checkerboard, group_conv); dw_separable; or a pruning method",
         kind=str,
         choices=METHODS,

@@ -32,7 +32,7 @@ def ssc_settings(cfg: TrainConfig) -> dict[str, Any]:
         "ssc_pointwise": cfg.ssc_pointwise,
         "ssc_spatial": cfg.ssc_spatial,
     }
-    preset = SSC_PRESETS.get(cfg.method, {})
+    preset = {k: v for k, v in SSC_PRESETS.get(cfg.method, {}).items() if k in values}
     merged = {k: (preset[k] if v == "auto" and k in preset else v) for k, v in values.items()}
     return {k.removeprefix("ssc_"): v for k, v in merged.items() if v != "auto"}
 
@@ -67,7 +67,7 @@ def build_model(
     model, info = _build_model(
         cfg, num_classes, in_channels, input_size, data, for_loading=for_loading
     )
-    if cfg.ssc_shuffle:
+    if cfg.ssc_shuffle or SSC_PRESETS.get(cfg.method, {}).get("ssc_shuffle", False):
         from ssconv.sparsity.mixing import shuffle_groups
 
         info["shuffled_layers"] = shuffle_groups(model)
