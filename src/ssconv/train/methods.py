@@ -79,16 +79,9 @@ def build_model(
     return model, info
 
 
-def _build_model(
-    cfg: TrainConfig,
-    num_classes: int,
-    in_channels: int,
-    input_size: tuple[int, int, int],
-    data: Callable[[], Iterable] | None = None,
-    *,
-    for_loading: bool = False,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The model of ``cfg.method`` at its construction-time initialization."""
+def _build_model(cfg, num_classes, in_channels, input_size, data, *, for_loading):
+    """:func:`build_model` before the shuffle and the initialization rule (SSC layers hold
+    their construction-time ``effective`` initialization, pruned ones the dense model's)."""
     model = build_dense(cfg, num_classes, in_channels)
     info: dict[str, Any] = {"method": cfg.method}
     if cfg.method == "dense" or (for_loading and cfg.method in PRUNING_METHOD_NAMES):
