@@ -3,13 +3,14 @@
 A convolution followed by BatchNorm is invariant to the scale of its weights, so the scale set
 at initialization does not change what the network computes, only how fast SGD moves it: the
 effective step of a scale-invariant filter ``w`` goes as ``lr / ||w||^2`` (van Laarhoven 2017,
-arXiv:1706.05350; Hoffer et al. 2018, arXiv:1803.01814). Two conventions exist:
+arXiv:1706.05350; Hoffer et al. 2018, arXiv:1803.01814). Three rules are offered:
 
 * ``"effective"``: Kaiming-normal over each filter's *nonzero* fan-in (the specification's
-  section 3; what :class:`~ssconv.layers.SSConv2d` does on construction). A filter's squared
+  section 3; what :class:`~ssconv.layers.SSConv2d` does by default). A filter's squared
   norm is about 2 whatever its density.
 * ``"dense"``: Kaiming-normal over the *dense* fan-in, then restricted to the pattern or mask,
-  as pruning at initialization does (it masks the dense model's initialization). A filter's
+  as pruning at initialization does (it masks the dense model's initialization); the default of
+  ``convert``, ``SSCFactory`` and training (``DEFAULT_INIT_SCALE``). A filter's
   squared norm is about ``2 * density``: at the same learning rate its effective steps are
   about ``1 / density`` times larger.
 * ``"balanced"``: the variance ``2 / sqrt(nonzero * dense)`` between the two. Under
@@ -19,10 +20,10 @@ arXiv:1706.05350; Hoffer et al. 2018, arXiv:1803.01814). Two conventions exist:
   ``"effective"`` moves ``sqrt(density)`` times slower and ``"dense"`` ``1 / sqrt(density)``
   times faster than the dense model at the same learning rate.
 
-Before this module the library mixed the two (SSC ``effective``, pruned models ``dense``), so
-at equal learning rate the two families trained with effective step sizes 10-20 times apart.
-:func:`rescale_init` puts a freshly built model on one convention; the design study in
-``docs/ssc.md`` measures which one trains better. ``SSConv2d(init_scale=...)``, ``convert``
+Before this module the library mixed two of them (SSC ``effective``, pruned models ``dense``),
+so at equal learning rate the two families trained with effective step sizes 10-20 times apart.
+:func:`rescale_init` puts a freshly built model on one rule; the design study in
+``docs/ssc.md`` measured which one trains better. ``SSConv2d(init_scale=...)``, ``convert``
 and ``SSCFactory`` initialize SSC layers by any of the rules directly.
 """
 
