@@ -38,7 +38,7 @@ class Run:
             return self.config["label"]
         for part in reversed(self.folder.parts):
             if part.startswith("variant="):
-                return part.removeprefix("variant=").split("@")[0]
+                return part.removeprefix("variant=")
         return self.config["method"]
 
     @property
