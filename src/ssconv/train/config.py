@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ssconv.layers.ssconv import DEFAULT_INIT_SCALE
+from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES
 
 __all__ = [
     "TrainConfig",
@@ -132,7 +132,7 @@ class TrainConfig:
         "fan-in), dense (over the dense fan-in, as masking a dense init), balanced (variance "
         "2/sqrt(nonzero*dense)), or as_built (SSC effective, pruned models dense)",
         kind=str,
-        choices=("as_built", "effective", "dense", "balanced"),
+        choices=("as_built", *INIT_SCALES),
         neutral="as_built",
     )
     # How to train

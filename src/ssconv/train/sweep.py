@@ -288,6 +288,8 @@ def progress(cells: list[Cell]) -> dict[str, Any]:
     epochs. The ETA divides the work left by the number of running workers (at least one).
     """
     status = {cell.index: cell_status(cell) for cell in cells}
+    epochs = {c.index: _epochs_done(c) for c in cells if status[c.index] != "done"}
+    label = {cell.index: cell.config.label or cell.config.method for cell in cells}
     walls: dict[str, list[float]] = {}
     for cell in cells:
         if status[cell.index] == "done":
@@ -296,8 +298,7 @@ def progress(cells: list[Cell]) -> dict[str, Any]:
             except (OSError, ValueError):
                 continue
             if final.get("wall_time_s"):
-                label = cell.config.label or cell.config.method
-                walls.setdefault(label, []).append(float(final["wall_time_s"]))
+                walls.setdefault(label[cell.index], []).append(float(final["wall_time_s"]))
     every = [w for ws in walls.values() for w in ws]
     left_s: float | None = 0.0 if every else None
     running = 0
@@ -308,11 +309,10 @@ def progress(cells: list[Cell]) -> dict[str, Any]:
         running += st == "running"
         if left_s is None:
             continue
-        label = cell.config.label or cell.config.method
-        ws = walls.get(label) or every
+        ws = walls.get(label[cell.index]) or every
         cost = sum(ws) / len(ws)
         if st in ("running", "partial"):
-            cost *= max(0.0, 1.0 - _epochs_done(cell) / cell.config.epochs)
+            cost *= max(0.0, 1.0 - epochs[cell.index] / cell.config.epochs)
         left_s += cost
     counts: dict[str, int] = {}
     for st in status.values():
@@ -325,6 +325,7 @@ def progress(cells: list[Cell]) -> dict[str, Any]:
         "work_left_s": left_s,
         "eta_s": None if left_s is None else left_s / workers,
         "status": status,
+        "epochs_done": epochs,
     }
 
 
@@ -339,7 +340,8 @@ def print_progress(cells: list[Cell], out=None) -> dict[str, Any]:
     info = progress(cells)
     for cell in cells:
         st = info["status"][cell.index]
-        epochs = f"{_epochs_done(cell)}/{cell.config.epochs} epochs" if st != "done" else ""
+        done = info["epochs_done"].get(cell.index)
+        epochs = "" if done is None else f"{done}/{cell.config.epochs} epochs"
         print(f"{cell.index:4d}  {st:8s}  {epochs:12s}  {cell.label()}", file=out)
     counts = info["counts"]
     left = sum(n for s, n in counts.items() if s not in ("done", "skipped", "failed", "running"))
