@@ -257,3 +257,124 @@ def test_autocast_runs_stock_kernels():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(x)
     assert y.dtype == torch.bfloat16  # the fused kernel is float32 only
+
+
+# ------------------------------------------------------------------ training kernels
+TRAIN_SHAPES = [
+    # c_in, c_out, k, groups, period, pointwise, spatial, conv kwargs (stride 1)
+    (16, 16, 3, 1, 4, True, "full", {"padding": 1}),
+    (32, 48, 3, 2, 4, False, "full", {"padding": 1}),
+    (24, 40, 3, 1, 3, True, "checkerboard", {"padding": 2, "dilation": 2}),
+    (16, 16, 5, 2, 4, True, "checkerboard", {"padding": 2}),
+    (8, 8, (3, 5), 1, 2, True, "full", {"padding": (1, 2)}),
+    (12, 6, 3, 3, 2, False, "checkerboard", {"padding": 0}),
+    (6, 9, 3, 3, 2, True, "checkerboard", {"padding": 3, "padding_mode": "reflect"}),
+    (64, 64, 3, 1, 8, True, "full", {"padding": 1}),
+]
+
+
+def _train_pair(cfg, dtype=torch.float32):
+    c_in, c_out, k, groups, period, pointwise, spatial, kw = cfg
+    layer = SSConv2d(
+        c_in, c_out, k, groups=groups, period=period, pointwise=pointwise, spatial=spatial,
+        backend="fused", **kw,
+    ).to(dtype)
+    with torch.no_grad():
+        layer.bias.normal_()
+    ref = SSConv2d(
+        c_in, c_out, k, groups=groups, period=period, pointwise=pointwise, spatial=spatial,
+        backend="masked", **kw,
+    ).to(dtype)
+    ref.load_state_dict(layer.state_dict())
+    return layer, ref
+
+
+@needs_kernel
+@pytest.mark.parametrize("cfg", TRAIN_SHAPES)
+def test_fused_training_equals_masked_forward_and_gradients(cfg):
+    layer, ref = _train_pair(cfg)
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(3, cfg[0], 9, 10).contiguous(memory_format=memory_format)
+        xa = x.clone().requires_grad_(True)
+        xb = x.clone().requires_grad_(True)
+        ya, yb = layer(xa), ref(xb)
+        assert ya.grad_fn is not None and "FusedConvTrain" in type(ya.grad_fn).__name__
+        g = torch.randn_like(yb)
+        (ya * g).sum().backward()
+        (yb * g).sum().backward()
+        _close(ya, yb, 1e-5)
+        _close(xa.grad, xb.grad, 1e-5)
+        assert ya.is_contiguous(memory_format=memory_format)
+        assert xa.grad.is_contiguous(memory_format=memory_format)
+        for pa, pb in zip(layer.parameters(), ref.parameters()):
+            _close(pa.grad, pb.grad, 1e-5)
+        layer.zero_grad()
+        ref.zero_grad()
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        (8, 8, 3, 1, 4, True, "full", {"padding": 1}),
+        (8, 12, 3, 2, 2, True, "checkerboard", {"padding": 2, "dilation": 2}),
+        (6, 6, (3, 5), 1, 2, True, "full", {"padding": (1, 2)}),
+        (6, 6, 3, 3, 2, False, "checkerboard", {"padding": 0}),
+    ],
+)
+def test_fused_training_passes_gradcheck_in_float64(cfg):
+    layer, _ = _train_pair(cfg, torch.float64)
+    names = [n for n, _ in layer.named_parameters()]
+    x = torch.randn(2, cfg[0], 4, 5, dtype=torch.float64, requires_grad=True)
+
+    def f(x, *ps):
+        return torch.func.functional_call(layer, dict(zip(names, ps)), (x,))
+
+    inputs = (x, *[p.detach().clone().requires_grad_(True) for p in layer.parameters()])
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7)
+
+
+@needs_kernel
+def test_strided_layers_train_on_stock_kernels():
+    layer = SSConv2d(16, 16, 3, stride=2, padding=1, period=4, backend="fused")
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    assert not layer._trains_fused(x, layer.padding)
+    y = layer(x)
+    assert "FusedConvTrain" not in type(y.grad_fn).__name__
+    y.sum().backward()
+    assert x.grad is not None
+
+
+@needs_kernel
+def test_fused_training_follows_optimizer_steps():
+    torch.manual_seed(1)
+    layer = SSConv2d(16, 16, 3, padding=1, period=4, backend="fused")
+    ref = SSConv2d(16, 16, 3, padding=1, period=4, backend="masked")
+    ref.load_state_dict(layer.state_dict())
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (layer, ref)]
+    x = torch.randn(4, 16, 6, 6)
+    for _ in range(3):
+        for m, opt in zip((layer, ref), opts):
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            opt.step()
+    for pa, pb in zip(layer.parameters(), ref.parameters()):
+        _close(pa, pb, 1e-5)
+
+
+@needs_kernel
+def test_kernels_reject_out_of_range_packing():
+    layer = SSConv2d(16, 16, 3, padding=1, period=4)
+    packed = fused.pack(layer.to_dense(), layer.pattern.dense_mask(), None, 1)
+    bad = packed.ch.clone()
+    bad[0] = 10_000
+    geometry = [3, 3, 1, 1, 1, 1, 1, 1]
+    args = (packed.seg_tap, packed.seg_beg, packed.blk_seg, packed.out_idx, packed.blk_base)
+    x = torch.randn(1, 16, 4, 4)
+    with pytest.raises(RuntimeError, match="ch out of range"):
+        fused._fused_op(x, packed.w, bad, *args, packed.bias, 16, 16, geometry, packed.vb)
+    gy = torch.randn(1, 16, 4, 4)
+    with pytest.raises(RuntimeError, match="ch out of range"):
+        fused._wgrad_op(x, gy, bad, *args, 16, 16, geometry, packed.vb)
+    with pytest.raises(RuntimeError, match="grad_output"):
+        fused._wgrad_op(x, gy[:, :8], packed.ch, *args, 16, 16, geometry, packed.vb)

@@ -294,6 +294,107 @@ def output_order(mask: Tensor) -> Tensor:
     return torch.argsort(key)
 
 
+def _index_layout(mask: Tensor, groups: int, transpose: bool) -> tuple[Tensor, Tensor]:
+    """Full mask ``(C_out, C_in, taps)`` and, for each of its positions, the flat index of that
+    weight in the grouped weight ``(C_out, C_in/G, kh, kw)`` (``numel``, a zero, off the mask).
+
+    ``transpose=True`` gives the layout of the input gradient of a stride-1 layer, a
+    convolution of the output gradient: inputs and outputs swapped and the taps flipped.
+    """
+    numel = mask.numel()
+    fm = full_weight(mask.float(), groups).bool()
+    ids = torch.arange(1, numel + 1, dtype=torch.long).view(mask.shape)
+    fidx = full_weight(ids, groups) - 1
+    fidx = torch.where(fm, fidx, torch.full((), numel, dtype=torch.long))
+    if transpose:
+        fm = fm.transpose(0, 1).flip(-1)
+        fidx = fidx.transpose(0, 1).flip(-1)
+    return fm.contiguous(), fidx.contiguous()
+
+
+@dataclass
+class Plan:
+    """The kernel's block layout of one structural mask, independent of the weight values.
+
+    ``src`` maps every packed weight ``(entry, lane)`` to its flat index in the grouped weight
+    ``(C_out, C_in/G, kh, kw)`` (``numel`` where the block holds a zero): :func:`gather` packs a
+    weight with one differentiable index, so the optimizer's updates need no re-planning.
+    """
+
+    ch: Tensor  # (E,) int32
+    seg_tap: Tensor  # (S,) int32
+    seg_beg: Tensor  # (S + 1,) int64
+    blk_seg: Tensor  # (B + 1,) int64
+    out_idx: Tensor  # (B * VB,) int32
+    blk_base: Tensor  # (B,) int32
+    src: Tensor  # (E, VB) int64
+    lane_src: Tensor  # (B * VB,) int64: output channel of each lane, C_out for padding lanes
+    vb: int
+    in_channels: int
+    out_channels: int
+    executed_per_pixel: int  # entries * VB: the MACs the kernel executes per output pixel
+
+
+@torch.no_grad()
+def make_plan(mask: Tensor, groups: int, vb: int | None = None, transpose: bool = False) -> Plan:
+    """The block layout of a structural ``mask`` ``(C_out, C_in/G, kh, kw)`` (see
+    ``ssc_fused.cpp``); ``transpose=True``: the layout of the stride-1 input gradient.
+
+    ``vb=None`` picks the block width (lanes) with the lowest estimated time: executed MACs
+    over the tile's measured relative throughput.
+    """
+    fm, fidx = _index_layout(mask.cpu().bool(), groups, transpose)
+    c_out = fm.shape[0]
+    order = output_order(fm)
+    if vb is None:
+        vb = _choose_vb(fm, order)[0]
+    if vb not in VB_CHOICES:
+        raise ValueError(f"vb must be one of {VB_CHOICES}, got {vb!r}")
+    union, pad = _block_layout(fm, order, vb)  # (B, taps, C_in)
+    nb, taps, _ = union.shape
+    b_idx, t_idx, c_idx = union.nonzero(as_tuple=True)  # sorted by (block, tap, channel)
+    lanes = torch.cat([order, torch.full((pad,), -1, dtype=torch.long)])
+    lane_rows = lanes.view(nb, vb)  # output channel of each lane
+    hole = torch.full((1, *fidx.shape[1:]), mask.numel(), dtype=torch.long)
+    fpad = torch.cat([fidx, hole])  # row c_out: the padding lanes
+    rows = torch.where(lane_rows < 0, c_out, lane_rows)  # (B, VB)
+    src = fpad[rows[b_idx], c_idx.unsqueeze(1), t_idx.unsqueeze(1)]  # (E, VB)
+    seg_key = b_idx * taps + t_idx
+    uniq, counts = torch.unique_consecutive(seg_key, return_counts=True)
+    seg_beg = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+    seg_blk = uniq // taps
+    blk_seg = torch.searchsorted(seg_blk, torch.arange(nb + 1))
+    return Plan(
+        ch=c_idx.to(torch.int32).contiguous(),
+        seg_tap=(uniq % taps).to(torch.int32).contiguous(),
+        seg_beg=seg_beg.contiguous(),
+        blk_seg=blk_seg.contiguous(),
+        out_idx=lanes.to(torch.int32).contiguous(),
+        blk_base=_block_bases(lane_rows),
+        src=src.contiguous(),
+        lane_src=torch.where(lanes < 0, c_out, lanes).contiguous(),
+        vb=vb,
+        in_channels=fm.shape[1],
+        out_channels=c_out,
+        executed_per_pixel=int(b_idx.numel()) * vb,
+    )
+
+
+def gather(weight: Tensor, plan: Plan) -> Tensor:
+    """``weight`` ``(C_out, C_in/G, kh, kw)`` in the plan's packed layout ``(E, VB)``
+    (differentiable: its gradient flows back to ``weight``)."""
+    flat = torch.cat([weight.reshape(-1), weight.new_zeros(1)])
+    return flat[plan.src]
+
+
+def lane_values(values: Tensor | None, plan: Plan, like: Tensor) -> Tensor:
+    """Per-output-channel ``values`` (a bias) per lane, zeros on padding lanes (or all zeros
+    when ``values`` is None); differentiable."""
+    if values is None:
+        return like.new_zeros(plan.out_idx.numel())
+    return torch.cat([values.reshape(-1), values.new_zeros(1)])[plan.lane_src]
+
+
 @torch.no_grad()
 def pack(
     weight: Tensor,
@@ -308,50 +409,21 @@ def pack(
     over the tile's measured relative throughput.
     """
     weight = weight.detach().float().cpu()
-    mask = mask.cpu().bool()
-    c_out = weight.shape[0]
-    fw = full_weight(weight, groups)
-    fm = full_weight(mask.float(), groups).bool()
-    order = output_order(fm)
-    if vb is None:
-        vb = _choose_vb(fm, order)[0]
-    if vb not in VB_CHOICES:
-        raise ValueError(f"vb must be one of {VB_CHOICES}, got {vb!r}")
-    union, pad = _block_layout(fm, order, vb)  # (B, taps, C_in)
-    nb, taps, _ = union.shape
-    b_idx, t_idx, c_idx = union.nonzero(as_tuple=True)  # sorted by (block, tap, channel)
-    lanes = torch.cat([order, torch.full((pad,), -1, dtype=torch.long)])
-    lane_rows = lanes.view(nb, vb)  # output channel of each lane
-    wpad = torch.cat([fw, fw.new_zeros(1, *fw.shape[1:])])  # row c_out = zeros (padding lanes)
-    rows = torch.where(lane_rows < 0, c_out, lane_rows)  # (B, VB)
-    w = wpad[rows[b_idx], c_idx.unsqueeze(1), t_idx.unsqueeze(1)]  # (E, VB)
-    mask_e = torch.cat([fm, fm.new_zeros(1, *fm.shape[1:])])[
-        rows[b_idx], c_idx.unsqueeze(1), t_idx.unsqueeze(1)
-    ]
-    w = torch.where(mask_e, w, torch.zeros(()))
-    seg_key = b_idx * taps + t_idx
-    uniq, counts = torch.unique_consecutive(seg_key, return_counts=True)
-    seg_beg = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
-    seg_blk = uniq // taps
-    blk_seg = torch.searchsorted(seg_blk, torch.arange(nb + 1))
-    base = _block_bases(lane_rows)
-    bias_l = torch.zeros(nb * vb)
-    if bias is not None:
-        bvals = torch.cat([bias.detach().float().cpu(), torch.zeros(1)])
-        bias_l = bvals[torch.where(lanes < 0, c_out, lanes)]
+    plan = make_plan(mask, groups, vb)
+    bias_l = lane_values(None if bias is None else bias.detach().float().cpu(), plan, weight)
     return PackedWeight(
-        w=w.contiguous(),
-        ch=c_idx.to(torch.int32).contiguous(),
-        seg_tap=(uniq % taps).to(torch.int32).contiguous(),
-        seg_beg=seg_beg.contiguous(),
-        blk_seg=blk_seg.contiguous(),
-        out_idx=lanes.to(torch.int32).contiguous(),
-        blk_base=base,
+        w=gather(weight, plan).contiguous(),
+        ch=plan.ch,
+        seg_tap=plan.seg_tap,
+        seg_beg=plan.seg_beg,
+        blk_seg=plan.blk_seg,
+        out_idx=plan.out_idx,
+        blk_base=plan.blk_base,
         bias=bias_l.contiguous(),
-        vb=vb,
-        in_channels=fw.shape[1],
-        out_channels=c_out,
-        executed_per_pixel=int(b_idx.numel()) * vb,
+        vb=plan.vb,
+        in_channels=plan.in_channels,
+        out_channels=plan.out_channels,
+        executed_per_pixel=plan.executed_per_pixel,
     )
 
 
@@ -448,3 +520,159 @@ def fused_conv2d(
     )
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return y if channels_last else y.contiguous()
+
+
+# ------------------------------------------------------------------ training
+@torch.library.custom_op("ssconv::fused_conv2d_wgrad", mutates_args=())
+def _wgrad_op(
+    x: Tensor,
+    grad_out: Tensor,
+    ch: Tensor,
+    seg_tap: Tensor,
+    seg_beg: Tensor,
+    blk_seg: Tensor,
+    out_idx: Tensor,
+    blk_base: Tensor,
+    in_channels: int,
+    out_channels: int,
+    geometry: list[int],
+    vb: int,
+) -> Tensor:
+    mod = _load()
+    if mod is None:
+        raise RuntimeError(f"the fused SSC kernel is not available: {_error}")
+    return mod.ssc_fused_wgrad(
+        x,
+        grad_out,
+        ch,
+        seg_tap,
+        seg_beg,
+        blk_seg,
+        out_idx,
+        blk_base,
+        in_channels,
+        out_channels,
+        *geometry,
+        vb,
+    )
+
+
+@_wgrad_op.register_fake
+def _(x, grad_out, ch, *args):
+    vb = args[-1]
+    return x.new_empty((ch.shape[0], vb))
+
+
+@register_flop_formula(torch.ops.ssconv.fused_conv2d_wgrad)
+def _wgrad_flops(x_shape, g_shape, ch_shape, *args, out_shape=None, **kwargs) -> int:
+    # entries * lanes MACs per output pixel, as the forward.
+    return 2 * out_shape[0] * out_shape[1] * g_shape[0] * g_shape[2] * g_shape[3]
+
+
+def transposed_geometry(
+    kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> list[int] | None:
+    """Geometry of the input gradient as a stride-1 convolution of the output gradient, or
+    None where the layer is strided or padded beyond its reach (those use stock kernels)."""
+    if tuple(stride) != (1, 1):
+        return None
+    pads = [d * (k - 1) - p for k, p, d in zip(kernel_size, padding, dilation)]
+    if min(pads) < 0:
+        return None
+    return [*kernel_size, 1, 1, *pads, *dilation]
+
+
+def can_train(x: Tensor, params: list[Tensor]) -> bool:
+    """Whether a gradient-needing call on ``x`` may use the kernels: float32 or float64 CPU,
+    eager (not traced, scripted or compiled), no autocast."""
+    if _disabled or torch.jit.is_scripting() or torch.jit.is_tracing():
+        return False
+    if torch.compiler.is_compiling() or _cpu_autocast():
+        return False
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.dim() != 4:
+        return False
+    return all(p.device.type == "cpu" and p.dtype == x.dtype for p in params)
+
+
+def _like(t: Tensor, ref: Tensor) -> Tensor:
+    """``t`` in ``ref``'s memory format (the kernels work in channels_last)."""
+    cl = ref.is_contiguous(memory_format=torch.channels_last) and not ref.is_contiguous()
+    return t if cl else t.contiguous()
+
+
+class _FusedConvTrain(torch.autograd.Function):
+    """Forward, input gradient (stride 1) and weight gradient on the fused kernels."""
+
+    @staticmethod
+    def forward(ctx, x, w, bias_l, wt, plan, plan_t, geometry, geometry_t):
+        y = _fused_op(
+            x, w, plan.ch, plan.seg_tap, plan.seg_beg, plan.blk_seg, plan.out_idx,
+            plan.blk_base, bias_l, plan.in_channels, plan.out_channels, geometry, plan.vb,
+        )
+        ctx.save_for_backward(x, wt)
+        ctx.plans = (plan, plan_t)
+        ctx.geometry = (geometry, geometry_t)
+        return _like(y, x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):
+        x, wt = ctx.saved_tensors
+        plan, plan_t = ctx.plans
+        geometry, geometry_t = ctx.geometry
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            zero = wt.new_zeros(plan_t.out_idx.numel())
+            gx = _fused_op(
+                gy, wt, plan_t.ch, plan_t.seg_tap, plan_t.seg_beg, plan_t.blk_seg,
+                plan_t.out_idx, plan_t.blk_base, zero, plan_t.in_channels,
+                plan_t.out_channels, geometry_t, plan_t.vb,
+            )
+            gx = _like(gx, x)
+        if ctx.needs_input_grad[1]:
+            gw = _wgrad_op(
+                x, gy, plan.ch, plan.seg_tap, plan.seg_beg, plan.blk_seg, plan.out_idx,
+                plan.blk_base, plan.in_channels, plan.out_channels, geometry, plan.vb,
+            )
+        if ctx.needs_input_grad[2]:
+            sums = gy.sum((0, 2, 3))
+            gb = torch.cat([sums, sums.new_zeros(1)])[plan.lane_src]
+        return gx, gw, gb, None, None, None, None, None
+
+
+def fused_conv2d_train(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    plan: Plan,
+    plan_t: Plan,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Tensor:
+    """``F.conv2d(x, weight, bias, stride, padding, dilation, groups)`` with gradients, on the
+    fused kernels, for a weight ``(C_out, C_in/G, kh, kw)`` that is zero off the plans' mask
+    (``plan = make_plan(mask, groups)``, ``plan_t = make_plan(mask, groups, transpose=True)``).
+
+    The input gradient needs a stride-1 layer (:func:`transposed_geometry`); raises otherwise,
+    and if the kernel is not built. No double backward.
+    """
+    geometry_t = transposed_geometry(kernel_size, stride, padding, dilation)
+    if geometry_t is None:
+        raise ValueError(
+            f"fused SSC training needs stride 1 and padding <= dilation * (kernel - 1); got "
+            f"stride {tuple(stride)}, padding {tuple(padding)}"
+        )
+    if x.dim() != 4 or x.shape[1] != plan.in_channels:
+        raise RuntimeError(
+            f"fused SSC conv: expected input of shape (N, {plan.in_channels}, H, W), got "
+            f"{tuple(x.shape)}"
+        )
+    w = gather(weight, plan)
+    with torch.no_grad():
+        wt = gather(weight.detach(), plan_t)
+    bias_l = lane_values(bias, plan, w)
+    geometry = [*kernel_size, *stride, *padding, *dilation]
+    return _FusedConvTrain.apply(x, w, bias_l, wt, plan, plan_t, geometry, geometry_t)

@@ -1,7 +1,10 @@
-// Fused CPU forward for block-structured sparse 2-D convolutions (SSC layers).
+// Fused CPU kernels for block-structured sparse 2-D convolutions (SSC layers): the forward and
+// the weight gradient. The input gradient of a stride-1 layer is a forward call on the output
+// gradient with the transposed, tap-flipped packing (see ssconv.kernels.fused).
 //
-// One pass over the input: every output pixel reads its K x K window once and accumulates the
-// spatial and the 1 x 1 weights of its filters together (no grouped conv + 1 x 1 conv + add).
+// Forward: one pass over the input: every output pixel reads its K x K window once and
+// accumulates the spatial and the 1 x 1 weights of its filters together (no grouped conv +
+// 1 x 1 conv + add).
 //
 // Weights are packed by ssconv.kernels.fused.pack: output channels are sorted so that channels
 // with the same support (the same residue class in SSC) are neighbours, and cut into blocks of
@@ -9,9 +12,15 @@
 // grouped by tap into "segments"; each entry holds VB weights (zero on lanes that lack it).
 // Executed MACs = entries * VB per pixel, the effective MACs when classes fill whole blocks.
 //
-// Layout: input and output are NHWC (channels_last), float32. Out-of-image taps read a zero
-// row, so borders need no branches. Work is split over tiles of T consecutive output pixels
-// (across rows), parallel with at::parallel_for (torch.set_num_threads applies).
+// Weight gradient: for every entry e = (tap, input channel) of a block and its VB lanes,
+// dW[e, lane] = sum over output pixels of x[pixel shifted by tap, channel] * dY[pixel, lane]:
+// the same entries, so the same executed MACs as the forward. Pixels are cut into chunks; each
+// thread accumulates its chunks into its own copy of dW, summed at the end.
+//
+// Layout: input and output are NHWC (channels_last), float32 (or float64, for gradcheck).
+// Out-of-image taps read a zero row, so borders need no branches. Work is split over tiles of
+// T consecutive output pixels (across rows), parallel with at::parallel_for
+// (torch.set_num_threads applies).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -22,36 +31,70 @@
 
 typedef float vf8 __attribute__((vector_size(32)));
 typedef float vf4 __attribute__((vector_size(16)));
+typedef double vd4 __attribute__((vector_size(32)));
 
-template <typename V>
-static inline V load_v(const float* p) {
+template <typename V, typename S>
+static inline V load_v(const S* p) {
   V v;
   std::memcpy(&v, p, sizeof(V));
   return v;
 }
 
-template <typename V>
-static inline void store_v(float* p, V v) {
+template <typename V, typename S>
+static inline void store_v(S* p, V v) {
   std::memcpy(p, &v, sizeof(V));
 }
 
+template <typename S>
 struct Packed {
-  const float* w;          // (E, VB)
+  const S* w;              // (E, VB)
   const int32_t* ch;       // (E,)
   const int32_t* seg_tap;  // (S,)
   const int64_t* seg_beg;  // (S + 1,)
   const int64_t* blk_seg;  // (B + 1,)
   const int32_t* out_idx;  // (B * VB,) output channel of each lane, -1 for padding lanes
   const int32_t* blk_base; // (B,) first channel when the lanes are contiguous, else -1
-  const float* bias;       // (B * VB,) bias per lane (zeros when none)
+  const S* bias;           // (B * VB,) bias per lane (zeros when none)
   int64_t vb;
 };
 
+struct Geometry {
+  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
+};
+
+// Pointer table for `count` consecutive output pixels starting at `pix`, stored with stride
+// `T` per tap: ptrs[tap * T + t] is the input row (NHWC pixel) that tap reads for pixel t, or the
+// zero row outside the image (and past the last pixel).
+template <typename S>
+static void fill_ptrs(const S* xp, const S* zeros, int64_t pix, int64_t count, int64_t T,
+                      int64_t npix, int64_t c, int64_t h, int64_t wd, int64_t ho, int64_t wo,
+                      const Geometry& g, const S** ptrs) {
+  int64_t ni = pix / (ho * wo), oh = (pix % (ho * wo)) / wo, ow = pix % wo;
+  for (int64_t t = 0; t < count; ++t, ++pix) {
+    const bool valid = pix < npix;
+    for (int64_t u = 0; u < g.kh; ++u) {
+      const int64_t ih = oh * g.sh - g.ph + u * g.dh;
+      const bool row_ok = valid && ih >= 0 && ih < h;
+      const S* row = xp + (ni * h + ih) * wd * c;
+      for (int64_t v = 0; v < g.kw; ++v) {
+        const int64_t iw = ow * g.sw - g.pw + v * g.dw;
+        ptrs[(u * g.kw + v) * T + t] = (row_ok && iw >= 0 && iw < wd) ? row + iw * c : zeros;
+      }
+    }
+    if (++ow == wo) {
+      ow = 0;
+      if (++oh == ho) {
+        oh = 0;
+        ++ni;
+      }
+    }
+  }
+}
+
 // acc[T][NV] over the segments of one block, for one tile; results to scratch (T x VB).
-template <typename V, int NV, int T>
-static inline void tile_block(const float* const* ptrs, const Packed& pk, int64_t b,
-                              float* scratch) {
-  constexpr int W = sizeof(V) / sizeof(float);
+template <typename S, typename V, int NV, int T>
+static inline void tile_block(const S* const* ptrs, const Packed<S>& pk, int64_t b, S* scratch) {
+  constexpr int W = sizeof(V) / sizeof(S);
   const int64_t vb = pk.vb;
   V acc[T][NV];
   for (int j = 0; j < NV; ++j) {
@@ -59,17 +102,17 @@ static inline void tile_block(const float* const* ptrs, const Packed& pk, int64_
     for (int t = 0; t < T; ++t) acc[t][j] = bj;
   }
   for (int64_t s = pk.blk_seg[b]; s < pk.blk_seg[b + 1]; ++s) {
-    const float* const* p = ptrs + (int64_t)pk.seg_tap[s] * T;
-    const float* pt[T];
+    const S* const* p = ptrs + (int64_t)pk.seg_tap[s] * T;
+    const S* pt[T];
     for (int t = 0; t < T; ++t) pt[t] = p[t];
     const int64_t e1 = pk.seg_beg[s + 1];
     for (int64_t e = pk.seg_beg[s]; e < e1; ++e) {
       const int32_t c = pk.ch[e];
-      const float* w = pk.w + e * vb;
+      const S* w = pk.w + e * vb;
       V wv[NV];
       for (int j = 0; j < NV; ++j) wv[j] = load_v<V>(w + j * W);
       for (int t = 0; t < T; ++t) {
-        const float xs = pt[t][c];
+        const S xs = pt[t][c];
         for (int j = 0; j < NV; ++j) acc[t][j] += xs * wv[j];
       }
     }
@@ -78,16 +121,15 @@ static inline void tile_block(const float* const* ptrs, const Packed& pk, int64_
     for (int j = 0; j < NV; ++j) store_v<V>(scratch + t * vb + j * W, acc[t][j]);
 }
 
-template <typename V, int NV, int T>
-static void run(const torch::Tensor& x, torch::Tensor& y, const Packed& pk, int64_t nblocks,
-                int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
-                int64_t dh, int64_t dw) {
+template <typename S, typename V, int NV, int T>
+static void run(const torch::Tensor& x, torch::Tensor& y, const Packed<S>& pk, int64_t nblocks,
+                const Geometry& g) {
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), wd = x.size(3);
   const int64_t cout = y.size(1), ho = y.size(2), wo = y.size(3);
-  const int64_t ntaps = kh * kw;
-  const float* xp = x.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  const std::vector<float> zeros(c, 0.0f);
+  const int64_t ntaps = g.kh * g.kw;
+  const S* xp = x.data_ptr<S>();
+  S* yp = y.data_ptr<S>();
+  const std::vector<S> zeros(c, S(0));
   const int64_t npix = n * ho * wo;
   const int64_t ntiles = (npix + T - 1) / T;
   constexpr int64_t CHUNK = 8;  // tiles per work item: a block's weights are reused over them
@@ -95,52 +137,29 @@ static void run(const torch::Tensor& x, torch::Tensor& y, const Packed& pk, int6
   const int64_t vb = pk.vb;
 
   at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<const float*> ptrs(CHUNK * ntaps * T);
-    std::vector<float> scratch(CHUNK * T * vb);
+    std::vector<const S*> ptrs(CHUNK * ntaps * T);
+    std::vector<S> scratch(CHUNK * T * vb);
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
       const int64_t t0 = chunk * CHUNK;
       const int64_t tn = std::min(CHUNK, ntiles - t0);
-      // Pointer table: for every tile, tap and pixel, the input row (or the zero row). The
-      // pixel's (image, row, column) advance incrementally: one division per chunk.
-      int64_t pix = t0 * T;
-      int64_t ni = pix / (ho * wo), oh = (pix % (ho * wo)) / wo, ow = pix % wo;
-      for (int64_t k = 0; k < tn; ++k) {
-        for (int t = 0; t < T; ++t, ++pix) {
-          const bool valid = pix < npix;
-          for (int64_t u = 0; u < kh; ++u) {
-            const int64_t ih = oh * sh - ph + u * dh;
-            const bool row_ok = valid && ih >= 0 && ih < h;
-            const float* row = xp + (ni * h + ih) * wd * c;
-            for (int64_t v = 0; v < kw; ++v) {
-              const int64_t iw = ow * sw - pw + v * dw;
-              ptrs[(k * ntaps + u * kw + v) * T + t] =
-                  (row_ok && iw >= 0 && iw < wd) ? row + iw * c : zeros.data();
-            }
-          }
-          if (++ow == wo) {
-            ow = 0;
-            if (++oh == ho) {
-              oh = 0;
-              ++ni;
-            }
-          }
-        }
-      }
+      for (int64_t k = 0; k < tn; ++k)
+        fill_ptrs<S>(xp, zeros.data(), (t0 + k) * T, T, T, npix, c, h, wd, ho, wo, g,
+                     ptrs.data() + k * ntaps * T);
       for (int64_t b = 0; b < nblocks; ++b) {
         const int32_t base = pk.blk_base[b];
         const int32_t* idx = pk.out_idx + b * vb;
         int64_t lanes = 0;
         for (int64_t j = 0; j < vb; ++j) lanes += idx[j] >= 0;
         for (int64_t k = 0; k < tn; ++k) {
-          float* sc = scratch.data() + k * T * vb;
-          tile_block<V, NV, T>(ptrs.data() + k * ntaps * T, pk, b, sc);
+          S* sc = scratch.data() + k * T * vb;
+          tile_block<S, V, NV, T>(ptrs.data() + k * ntaps * T, pk, b, sc);
           const int64_t pix0 = (t0 + k) * T;
           const int64_t tv = std::min<int64_t>(T, npix - pix0);
           for (int64_t t = 0; t < tv; ++t) {
-            float* dst = yp + (pix0 + t) * cout;
-            const float* src = sc + t * vb;
+            S* dst = yp + (pix0 + t) * cout;
+            const S* src = sc + t * vb;
             if (base >= 0) {
-              std::memcpy(dst + base, src, lanes * sizeof(float));
+              std::memcpy(dst + base, src, lanes * sizeof(S));
             } else {
               for (int64_t j = 0; j < vb; ++j)
                 if (idx[j] >= 0) dst[idx[j]] = src[j];
@@ -152,43 +171,253 @@ static void run(const torch::Tensor& x, torch::Tensor& y, const Packed& pk, int6
   });
 }
 
+// dW of NE consecutive entries of one segment over one chunk of pixels, added to out.
+template <typename S, typename V, int NV, int NE>
+static inline void wgrad_entries(const S* const* pt, const S* dyb, int64_t pn, const int32_t* ch,
+                                 S* out, int64_t vb) {
+  constexpr int W = sizeof(V) / sizeof(S);
+  V acc[NE][NV];
+  for (int k = 0; k < NE; ++k)
+    for (int j = 0; j < NV; ++j) acc[k][j] = V{};
+  int32_t cc[NE];
+  for (int k = 0; k < NE; ++k) cc[k] = ch[k];
+  for (int64_t t = 0; t < pn; ++t) {
+    const S* row = pt[t];
+    V d[NV];
+    for (int j = 0; j < NV; ++j) d[j] = load_v<V>(dyb + t * vb + j * W);
+    for (int k = 0; k < NE; ++k) {
+      const S xs = row[cc[k]];
+      for (int j = 0; j < NV; ++j) acc[k][j] += xs * d[j];
+    }
+  }
+  for (int k = 0; k < NE; ++k)
+    for (int j = 0; j < NV; ++j) {
+      S* o = out + k * vb + j * W;
+      store_v<V>(o, load_v<V>(o) + acc[k][j]);
+    }
+}
+
+template <typename S, typename V, int NV>
+static void wgrad_run(const torch::Tensor& x, const torch::Tensor& gy, torch::Tensor& gw,
+                      const Packed<S>& pk, int64_t nblocks, const Geometry& g) {
+  constexpr int NE = 4;       // entries per pass over a chunk's pixels
+  constexpr int64_t PCH = 64;  // pixels per chunk: its dY block and pointer table stay in L1/L2
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), wd = x.size(3);
+  const int64_t cout = gy.size(1), ho = gy.size(2), wo = gy.size(3);
+  const int64_t ntaps = g.kh * g.kw;
+  const int64_t vb = pk.vb;
+  const int64_t nentries = gw.size(0);
+  const S* xp = x.data_ptr<S>();
+  const S* gp = gy.data_ptr<S>();
+  const std::vector<S> zeros(c, S(0));
+  const int64_t npix = n * ho * wo;
+  const int64_t nchunks = (npix + PCH - 1) / PCH;
+  const int nthreads = at::get_num_threads();
+  std::vector<S> partial((int64_t)nthreads * nentries * vb, S(0));
+
+  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+    S* acc = partial.data() + (int64_t)at::get_thread_num() * nentries * vb;
+    std::vector<const S*> ptrs(ntaps * PCH);
+    std::vector<S> dyb(PCH * vb);
+    for (int64_t chunk = c0; chunk < c1; ++chunk) {
+      const int64_t p0 = chunk * PCH;
+      const int64_t pn = std::min(PCH, npix - p0);
+      fill_ptrs<S>(xp, zeros.data(), p0, pn, PCH, npix, c, h, wd, ho, wo, g, ptrs.data());
+      for (int64_t b = 0; b < nblocks; ++b) {
+        const int32_t base = pk.blk_base[b];
+        const int32_t* idx = pk.out_idx + b * vb;
+        int64_t lanes = 0;
+        for (int64_t j = 0; j < vb; ++j) lanes += idx[j] >= 0;
+        for (int64_t t = 0; t < pn; ++t) {
+          const S* src = gp + (p0 + t) * cout;
+          S* dst = dyb.data() + t * vb;
+          if (base >= 0) {
+            std::memcpy(dst, src + base, lanes * sizeof(S));
+            std::fill(dst + lanes, dst + vb, S(0));
+          } else {
+            for (int64_t j = 0; j < vb; ++j) dst[j] = idx[j] >= 0 ? src[idx[j]] : S(0);
+          }
+        }
+        for (int64_t s = pk.blk_seg[b]; s < pk.blk_seg[b + 1]; ++s) {
+          const S* const* pt = ptrs.data() + (int64_t)pk.seg_tap[s] * PCH;
+          int64_t e = pk.seg_beg[s];
+          const int64_t e1 = pk.seg_beg[s + 1];
+          for (; e + NE <= e1; e += NE)
+            wgrad_entries<S, V, NV, NE>(pt, dyb.data(), pn, pk.ch + e, acc + e * vb, vb);
+          for (; e < e1; ++e)
+            wgrad_entries<S, V, NV, 1>(pt, dyb.data(), pn, pk.ch + e, acc + e * vb, vb);
+        }
+      }
+    }
+  });
+  S* out = gw.data_ptr<S>();
+  const int64_t total = nentries * vb;
+  at::parallel_for(0, total, 4096, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      S sum = 0;
+      for (int t = 0; t < nthreads; ++t) sum += partial[(int64_t)t * total + i];
+      out[i] = sum;
+    }
+  });
+}
+
+template <typename S>
+static Packed<S> make_packed(const torch::Tensor& w, const torch::Tensor& ch,
+                             const torch::Tensor& seg_tap, const torch::Tensor& seg_beg,
+                             const torch::Tensor& blk_seg, const torch::Tensor& out_idx,
+                             const torch::Tensor& blk_base, const torch::Tensor* bias,
+                             int64_t vb) {
+  return Packed<S>{w.data_ptr<S>(),
+                   ch.data_ptr<int32_t>(),
+                   seg_tap.data_ptr<int32_t>(),
+                   seg_beg.data_ptr<int64_t>(),
+                   blk_seg.data_ptr<int64_t>(),
+                   out_idx.data_ptr<int32_t>(),
+                   blk_base.data_ptr<int32_t>(),
+                   bias ? bias->data_ptr<S>() : nullptr,
+                   vb};
+}
+
+// Checks what the kernels index with: shapes, dtypes and the ranges of the index tensors, so
+// that no packed tensor can make them read or write out of bounds.
+static void check_packing(const char* fn, const torch::Tensor& x, const torch::Tensor& w,
+                          const torch::Tensor& ch, const torch::Tensor& seg_tap,
+                          const torch::Tensor& seg_beg, const torch::Tensor& blk_seg,
+                          const torch::Tensor& out_idx, const torch::Tensor& blk_base,
+                          int64_t cin, int64_t cout, int64_t ntaps, int64_t vb) {
+  TORCH_CHECK(vb == 4 || vb == 8 || vb == 16, fn, ": vb must be 4, 8 or 16, got ", vb);
+  auto cpu = [&](const torch::Tensor& t, torch::ScalarType st, const char* name) {
+    TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == st && t.is_contiguous() &&
+                    t.dim() == 1,
+                fn, ": ", name, " must be a contiguous 1-D ", c10::toString(st),
+                " CPU tensor");
+  };
+  cpu(ch, torch::kInt32, "ch");
+  cpu(seg_tap, torch::kInt32, "seg_tap");
+  cpu(seg_beg, torch::kInt64, "seg_beg");
+  cpu(blk_seg, torch::kInt64, "blk_seg");
+  cpu(out_idx, torch::kInt32, "out_idx");
+  cpu(blk_base, torch::kInt32, "blk_base");
+  const int64_t E = ch.numel(), S = seg_tap.numel(), B = blk_base.numel();
+  TORCH_CHECK(w.dim() == 2 && w.size(0) == E && w.size(1) == vb && w.is_contiguous() &&
+                  w.scalar_type() == x.scalar_type() && w.device().is_cpu(),
+              fn, ": w must be a contiguous (entries, vb) CPU tensor of the input's dtype");
+  TORCH_CHECK(seg_beg.numel() == S + 1 && blk_seg.numel() == B + 1 &&
+                  out_idx.numel() == B * vb,
+              fn, ": inconsistent packing sizes");
+  const int32_t* chp = ch.data_ptr<int32_t>();
+  for (int64_t e = 0; e < E; ++e)
+    TORCH_CHECK(chp[e] >= 0 && chp[e] < cin, fn, ": ch out of range");
+  const int32_t* tp = seg_tap.data_ptr<int32_t>();
+  for (int64_t s = 0; s < S; ++s)
+    TORCH_CHECK(tp[s] >= 0 && tp[s] < ntaps, fn, ": seg_tap out of range");
+  const int64_t* sb = seg_beg.data_ptr<int64_t>();
+  TORCH_CHECK(sb[0] == 0 && sb[S] == E, fn, ": seg_beg must run from 0 to entries");
+  for (int64_t s = 0; s < S; ++s) TORCH_CHECK(sb[s] <= sb[s + 1], fn, ": seg_beg not sorted");
+  const int64_t* bs = blk_seg.data_ptr<int64_t>();
+  TORCH_CHECK(bs[0] == 0 && bs[B] == S, fn, ": blk_seg must run from 0 to segments");
+  for (int64_t b = 0; b < B; ++b) TORCH_CHECK(bs[b] <= bs[b + 1], fn, ": blk_seg not sorted");
+  const int32_t* oi = out_idx.data_ptr<int32_t>();
+  for (int64_t i = 0; i < B * vb; ++i)
+    TORCH_CHECK(oi[i] >= -1 && oi[i] < cout, fn, ": out_idx out of range");
+  const int32_t* bb = blk_base.data_ptr<int32_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    if (bb[b] < 0) continue;
+    int64_t lanes = 0;
+    for (int64_t j = 0; j < vb; ++j) lanes += oi[b * vb + j] >= 0;
+    TORCH_CHECK(bb[b] + lanes <= cout, fn, ": blk_base out of range");
+    for (int64_t j = 0; j < lanes; ++j)
+      TORCH_CHECK(oi[b * vb + j] == bb[b] + j, fn, ": blk_base does not match out_idx");
+  }
+}
+
+static torch::Tensor prepare_input(const char* fn, torch::Tensor x, int64_t cin) {
+  TORCH_CHECK(x.dim() == 4 && x.device().is_cpu() &&
+                  (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kFloat64),
+              fn, ": x must be a 4-D float32 or float64 CPU tensor");
+  TORCH_CHECK(x.size(1) == cin, fn, ": expected ", cin, " input channels, got ", x.size(1));
+  return x.contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 torch::Tensor ssc_fused_forward(torch::Tensor x, torch::Tensor w, torch::Tensor ch,
                                 torch::Tensor seg_tap, torch::Tensor seg_beg,
                                 torch::Tensor blk_seg, torch::Tensor out_idx,
                                 torch::Tensor blk_base, torch::Tensor bias, int64_t cin,
-                                int64_t cout,
-                                int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
-                                int64_t pw, int64_t dh, int64_t dw, int64_t vb) {
-  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat32 && x.device().is_cpu(),
-              "ssc_fused_forward: x must be a 4-D float32 CPU tensor");
-  TORCH_CHECK(x.size(1) == cin, "ssc_fused_forward: expected ", cin,
-              " input channels, got ", x.size(1));
-  x = x.contiguous(at::MemoryFormat::ChannelsLast);
+                                int64_t cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                                int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t vb) {
+  const char* fn = "ssc_fused_forward";
+  x = prepare_input(fn, x, cin);
+  check_packing(fn, x, w, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, cin, cout, kh * kw,
+                vb);
+  TORCH_CHECK(bias.dim() == 1 && bias.numel() == out_idx.numel() && bias.is_contiguous() &&
+                  bias.scalar_type() == x.scalar_type() && bias.device().is_cpu(),
+              fn, ": bias must be a contiguous (blocks * vb,) CPU tensor of the input's dtype");
+  TORCH_CHECK(sh > 0 && sw > 0 && dh > 0 && dw > 0 && ph >= 0 && pw >= 0, fn,
+              ": bad stride, padding or dilation");
   const int64_t n = x.size(0), h = x.size(2), wd = x.size(3);
   const int64_t ho = (h + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
   const int64_t wo = (wd + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
-  TORCH_CHECK(ho > 0 && wo > 0, "ssc_fused_forward: input too small for the kernel");
+  TORCH_CHECK(ho > 0 && wo > 0, fn, ": input too small for the kernel");
   auto y = torch::empty({n, cout, ho, wo},
                         x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  Packed pk{w.data_ptr<float>(),       ch.data_ptr<int32_t>(),      seg_tap.data_ptr<int32_t>(),
-            seg_beg.data_ptr<int64_t>(), blk_seg.data_ptr<int64_t>(), out_idx.data_ptr<int32_t>(),
-            blk_base.data_ptr<int32_t>(), bias.data_ptr<float>(),     vb};
+  const Geometry g{kh, kw, sh, sw, ph, pw, dh, dw};
   const int64_t nblocks = blk_seg.numel() - 1;
   // Tiles (lanes x pixels) chosen on the layer benchmark: 16 x 6 was the fastest wherever the
   // blocks are full; 8 x 8 and 4 x 8 serve narrow residue classes.
-  if (vb == 16) {
-    run<vf8, 2, 6>(x, y, pk, nblocks, kh, kw, sh, sw, ph, pw, dh, dw);
-  } else if (vb == 8) {
-    run<vf8, 1, 8>(x, y, pk, nblocks, kh, kw, sh, sw, ph, pw, dh, dw);
-  } else if (vb == 4) {
-    run<vf4, 1, 8>(x, y, pk, nblocks, kh, kw, sh, sw, ph, pw, dh, dw);
-  } else {
-    TORCH_CHECK(false, "ssc_fused_forward: vb must be 4, 8 or 16, got ", vb);
+  if (x.scalar_type() == torch::kFloat32) {
+    auto pk = make_packed<float>(w, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, &bias, vb);
+    if (vb == 16) run<float, vf8, 2, 6>(x, y, pk, nblocks, g);
+    else if (vb == 8) run<float, vf8, 1, 8>(x, y, pk, nblocks, g);
+    else run<float, vf4, 1, 8>(x, y, pk, nblocks, g);
+  } else {  // float64: for gradcheck and references
+    auto pk = make_packed<double>(w, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, &bias, vb);
+    if (vb == 16) run<double, vd4, 4, 4>(x, y, pk, nblocks, g);
+    else if (vb == 8) run<double, vd4, 2, 4>(x, y, pk, nblocks, g);
+    else run<double, vd4, 1, 4>(x, y, pk, nblocks, g);
   }
   return y;
 }
 
+torch::Tensor ssc_fused_wgrad(torch::Tensor x, torch::Tensor gy, torch::Tensor ch,
+                              torch::Tensor seg_tap, torch::Tensor seg_beg, torch::Tensor blk_seg,
+                              torch::Tensor out_idx, torch::Tensor blk_base, int64_t cin,
+                              int64_t cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                              int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t vb) {
+  const char* fn = "ssc_fused_wgrad";
+  x = prepare_input(fn, x, cin);
+  TORCH_CHECK(gy.dim() == 4 && gy.size(0) == x.size(0) && gy.size(1) == cout &&
+                  gy.scalar_type() == x.scalar_type() && gy.device().is_cpu(),
+              fn, ": grad_output must be (N, ", cout, ", H_out, W_out) of the input's dtype");
+  TORCH_CHECK(sh > 0 && sw > 0 && dh > 0 && dw > 0 && ph >= 0 && pw >= 0, fn,
+              ": bad stride, padding or dilation");
+  const int64_t h = x.size(2), wd = x.size(3);
+  const int64_t ho = (h + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
+  const int64_t wo = (wd + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
+  TORCH_CHECK(gy.size(2) == ho && gy.size(3) == wo, fn, ": grad_output has spatial size ",
+              gy.size(2), " x ", gy.size(3), ", the geometry gives ", ho, " x ", wo);
+  gy = gy.contiguous(at::MemoryFormat::ChannelsLast);
+  auto gw = torch::zeros({ch.numel(), vb}, x.options());
+  check_packing(fn, x, gw, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, cin, cout, kh * kw,
+                vb);
+  const Geometry g{kh, kw, sh, sw, ph, pw, dh, dw};
+  const int64_t nblocks = blk_seg.numel() - 1;
+  if (x.scalar_type() == torch::kFloat32) {
+    auto pk = make_packed<float>(gw, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, nullptr, vb);
+    if (vb == 16) wgrad_run<float, vf8, 2>(x, gy, gw, pk, nblocks, g);
+    else if (vb == 8) wgrad_run<float, vf8, 1>(x, gy, gw, pk, nblocks, g);
+    else wgrad_run<float, vf4, 1>(x, gy, gw, pk, nblocks, g);
+  } else {
+    auto pk = make_packed<double>(gw, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, nullptr, vb);
+    if (vb == 16) wgrad_run<double, vd4, 4>(x, gy, gw, pk, nblocks, g);
+    else if (vb == 8) wgrad_run<double, vd4, 2>(x, gy, gw, pk, nblocks, g);
+    else wgrad_run<double, vd4, 1>(x, gy, gw, pk, nblocks, g);
+  }
+  return gw;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ssc_fused_forward", &ssc_fused_forward,
-        "Fused block-structured sparse conv2d forward (float32, CPU, NHWC)");
+        "Fused block-structured sparse conv2d forward (float32/float64, CPU, NHWC)");
+  m.def("ssc_fused_wgrad", &ssc_fused_wgrad,
+        "Weight gradient of the fused block-structured sparse conv2d, in the packed layout");
 }

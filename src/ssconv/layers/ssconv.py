@@ -387,6 +387,10 @@ class SSConv2d(nn.Module):
             return False
         return fused.available()
 
+    def _fused_train_by_default(self) -> bool:
+        """The "auto" rule for gradient-needing calls (see AUTO_FUSED_TRAIN_*)."""
+        return False
+
     def fused_waste(self) -> float:
         """Executed over effective MACs of the fused kernel for this layer (1.0 = no waste)."""
         waste = self.__dict__.get("_fused_waste")
@@ -469,7 +473,10 @@ class SSConv2d(nn.Module):
             padding = (0, 0)
         else:
             padding = self.padding
-        backend = self.resolved_backend(self._is_inference_call(x))
+        inference = self._is_inference_call(x)
+        if not inference and self._trains_fused(x, padding):
+            return self._forward_fused_train(x, padding)
+        backend = self.resolved_backend(inference)
         if backend == "fused":
             return self._forward_fused(x, padding)
         if backend == "masked":
@@ -538,6 +545,47 @@ class SSConv2d(nn.Module):
             lambda: fused.pack(self.to_dense(), self.pattern.dense_mask(), self.bias, self.groups),
         )
         return fused.fused_conv2d(x, packed, self.kernel_size, self.stride, padding, self.dilation)
+
+    def _trains_fused(self, x: Tensor, padding: tuple[int, int]) -> bool:
+        """Whether this gradient-needing call runs on the fused training kernels."""
+        if self._backend not in ("fused", "auto"):
+            return False
+        if not (
+            self._has_spatial
+            and fused.transposed_geometry(self.kernel_size, self.stride, padding, self.dilation)
+            is not None
+            and fused.can_train(x, list(self.parameters()))
+        ):
+            return False
+        # An explicit "fused" raises below when the kernel cannot be built, as in inference.
+        return self._backend == "fused" or (self._fused_train_by_default() and fused.available())
+
+    def _train_plans(self) -> tuple[fused.Plan, fused.Plan]:
+        """The kernels' block layouts of the forward and of the input gradient (fixed by the
+        pattern; kept outside the module's state)."""
+        plans = self.__dict__.get("_fused_train_plans")
+        if plans is None:
+            mask = self.pattern.dense_mask()
+            plans = (
+                fused.make_plan(mask, self.groups),
+                fused.make_plan(mask, self.groups, transpose=True),
+            )
+            self.__dict__["_fused_train_plans"] = plans
+        return plans
+
+    def _forward_fused_train(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
+        plan, plan_t = self._train_plans()
+        return fused.fused_conv2d_train(
+            x,
+            self.to_dense(),
+            self.bias,
+            plan,
+            plan_t,
+            self.kernel_size,
+            self.stride,
+            padding,
+            self.dilation,
+        )
 
     def _point_conv(self, x: Tensor, padding: tuple[int, int], bias: Tensor | None) -> Tensor:
         """The point pairs: a 1 x 1 convolution that reads each K x K window's centre tap."""
