@@ -100,7 +100,7 @@ def test_auto_uses_fused_in_inference_only():
     # A depthwise-like spatial part (period = channels) keeps oneDNN's depthwise kernels.
     assert SSConv2d(64, 64, 3, period=64).resolved_backend(inference=True) == "decomposed"
     x = torch.randn(2, 64, 6, 6, requires_grad=True)
-    out = layer(x)  # training call: stock kernels, gradients flow
+    out = layer(x)  # training call: the fused training kernels, gradients flow
     out.sum().backward()
     assert x.grad is not None and layer.weight_spatial.grad is not None
     with torch.no_grad():
@@ -338,7 +338,7 @@ def test_fused_training_passes_gradcheck_in_float64(cfg):
 def test_strided_layers_train_on_stock_kernels():
     layer = SSConv2d(16, 16, 3, stride=2, padding=1, period=4, backend="fused")
     x = torch.randn(2, 16, 8, 8, requires_grad=True)
-    assert not layer._trains_fused(x, layer.padding)
+    assert not layer.trains_fused()
     y = layer(x)
     assert "FusedConvTrain" not in type(y.grad_fn).__name__
     y.sum().backward()
@@ -378,3 +378,71 @@ def test_kernels_reject_out_of_range_packing():
         fused._wgrad_op(x, gy, bad, *args, 16, 16, geometry, packed.vb)
     with pytest.raises(RuntimeError, match="grad_output"):
         fused._wgrad_op(x, gy[:, :8], packed.ch, *args, 16, 16, geometry, packed.vb)
+
+
+@needs_kernel
+@pytest.mark.parametrize("kernel", fused.KERNELS)
+@pytest.mark.parametrize("vb", [None, 4])
+def test_both_training_kernels_equal_conv2d(kernel, vb):
+    # Classes of one filter (16 channels, 2 groups, period 8) and of several (period 4).
+    for groups, period, size in ((2, 8, (13, 30)), (1, 4, (7, 7))):
+        layer = SSConv2d(16, 24, 3, padding=1, groups=groups, period=period)
+        mask = layer.pattern.dense_mask()
+        plan = fused.make_plan(mask, groups, vb=vb, kernel=kernel)
+        plan_t = fused.make_plan(mask, groups, transpose=True, kernel=kernel)
+        assert plan.kernel == plan_t.kernel == kernel
+        w = layer.to_dense().detach().requires_grad_(True)
+        b = torch.randn(24, requires_grad=True)
+        x = torch.randn(3, 16, *size, requires_grad=True)
+        y = fused.fused_conv2d_train(x, w, b, plan, plan_t, (3, 3), (1, 1), (1, 1), (1, 1))
+        w2, b2, x2 = (t.detach().clone().requires_grad_(True) for t in (w, b, x))
+        y2 = torch.nn.functional.conv2d(x2, w2, b2, 1, 1, 1, groups)
+        g = torch.randn_like(y2)
+        (y * g).sum().backward()
+        (y2 * g).sum().backward()
+        _close(y, y2, 1e-5)
+        _close(x.grad, x2.grad, 1e-5)
+        _close(b.grad, b2.grad, 1e-5)
+        _close(w.grad * mask, w2.grad * mask, 1e-5)
+        assert not (w.grad * ~mask).any()  # nothing off the pattern
+
+
+@needs_kernel
+def test_pixel_plans_execute_no_zeros_for_one_filter_classes():
+    layer = SSConv2d(16, 16, 3, padding=1, groups=2, period=8)  # classes of one filter
+    mask = layer.pattern.dense_mask()
+    assert fused.make_plan(mask, 2, kernel="pixels").executed_per_pixel == layer.num_params
+    assert fused.make_plan(mask, 2).executed_per_pixel > 2 * layer.num_params
+    with pytest.raises(ValueError, match="vb must be one of"):
+        fused.make_plan(mask, 2, vb=8, kernel="pixels")
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        fused.make_plan(mask, 2, kernel="rows")
+
+
+@needs_kernel
+def test_auto_trains_stride1_layers_on_the_fused_kernels():
+    layer = SSConv2d(16, 16, 3, padding=1, period=4)
+    assert layer.trains_fused()
+    x = torch.randn(2, 16, 6, 6, requires_grad=True)
+    assert "FusedConvTrain" in type(layer(x).grad_fn).__name__
+    wide = SSConv2d(16, 16, 3, padding=1, period=4).double()  # auto, float64: stock kernels
+    assert "FusedConvTrain" not in type(wide(x.double()).grad_fn).__name__
+    assert not SSConv2d(16, 16, 3, stride=2, padding=1, period=4).trains_fused()
+    assert not SSConv2d(16, 16, 3, padding=1, period=4, backend="decomposed").trains_fused()
+    assert not SSConv2d(16, 16, 1, period=None).trains_fused()  # no spatial part: one GEMM
+    with torch.no_grad():
+        assert layer(x).grad_fn is None
+
+
+def test_auto_trains_on_stock_kernels_without_the_kernel(monkeypatch):
+    monkeypatch.setattr(fused, "_tried", True)
+    monkeypatch.setattr(fused, "_module", None)
+    monkeypatch.setattr(fused, "_error", "CalledProcessError: no compiler")
+    layer = SSConv2d(16, 16, 3, padding=1, period=4)
+    assert not layer.trains_fused()
+    x = torch.randn(2, 16, 6, 6, requires_grad=True)
+    layer(x).sum().backward()
+    assert x.grad is not None
+    layer.backend = "fused"
+    with pytest.raises(RuntimeError, match="not available: .*no compiler"):
+        layer(x)

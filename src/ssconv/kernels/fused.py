@@ -49,6 +49,11 @@ VB_CHOICES = (16, 8, 4)
 # Relative throughput of the kernel's tiles per executed MAC (16 lanes x 6 pixels = 1), measured
 # on the layer benchmark (2-core AVX2): the narrower tiles pay their loads over fewer FMAs.
 _VB_SPEED = {16: 1.0, 8: 0.75, 4: 0.4}
+KERNELS = ("channels", "pixels")
+# The pixel kernel's block widths (filters per block) and their estimated relative throughput
+# per executed MAC: each input vector feeds VB filters.
+PIX_VB = (4, 2, 1)
+_PIX_SPEED = {4: 1.0, 2: 0.85, 1: 0.65}
 _SOURCE = Path(__file__).with_name("ssc_fused.cpp")
 _lock = threading.Lock()
 _module = None
@@ -227,10 +232,13 @@ def executed_per_pixel(mask: Tensor, order: Tensor, vb: int) -> int:
     return int(union.sum()) * vb
 
 
-def _choose_vb(full_mask: Tensor, order: Tensor) -> tuple[int, int]:
+def _choose_vb(
+    full_mask: Tensor, order: Tensor, choices=VB_CHOICES, speed=None
+) -> tuple[int, int]:
     """The block width with the lowest estimated time, and its executed MACs per pixel."""
-    executed = {v: executed_per_pixel(full_mask, order, v) for v in VB_CHOICES}
-    vb = min(VB_CHOICES, key=lambda v: executed[v] / _VB_SPEED[v])
+    speed = _VB_SPEED if speed is None else speed
+    executed = {v: executed_per_pixel(full_mask, order, v) for v in choices}
+    vb = min(choices, key=lambda v: executed[v] / speed[v])
     return vb, executed[vb]
 
 
@@ -333,23 +341,35 @@ class Plan:
     in_channels: int
     out_channels: int
     executed_per_pixel: int  # entries * VB: the MACs the kernel executes per output pixel
+    kernel: str = "channels"  # "channels": NHWC, lanes = filters; "pixels": NCHW, lanes = pixels
 
 
 @torch.no_grad()
-def make_plan(mask: Tensor, groups: int, vb: int | None = None, transpose: bool = False) -> Plan:
+def make_plan(
+    mask: Tensor,
+    groups: int,
+    vb: int | None = None,
+    transpose: bool = False,
+    kernel: str = "channels",
+) -> Plan:
     """The block layout of a structural ``mask`` ``(C_out, C_in/G, kh, kw)`` (see
     ``ssc_fused.cpp``); ``transpose=True``: the layout of the stride-1 input gradient.
 
-    ``vb=None`` picks the block width (lanes) with the lowest estimated time: executed MACs
-    over the tile's measured relative throughput.
+    ``kernel="channels"`` (NHWC; vector lanes are a block's VB filters) or ``"pixels"``
+    (NCHW, stride 1; lanes are 8 pixels of a row and a block holds VB <= 4 filters, for
+    residue classes too narrow for the first). ``vb=None`` picks the block width with the
+    lowest estimated time: executed MACs over the tile's measured relative throughput.
     """
     fm, fidx = _index_layout(mask.cpu().bool(), groups, transpose)
     c_out = fm.shape[0]
     order = output_order(fm)
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    choices, speed = (VB_CHOICES, _VB_SPEED) if kernel == "channels" else (PIX_VB, _PIX_SPEED)
     if vb is None:
-        vb = _choose_vb(fm, order)[0]
-    if vb not in VB_CHOICES:
-        raise ValueError(f"vb must be one of {VB_CHOICES}, got {vb!r}")
+        vb = _choose_vb(fm, order, choices, speed)[0]
+    if vb not in choices:
+        raise ValueError(f"vb must be one of {choices}, got {vb!r}")
     union, pad = _block_layout(fm, order, vb)  # (B, taps, C_in)
     nb, taps, _ = union.shape
     b_idx, t_idx, c_idx = union.nonzero(as_tuple=True)  # sorted by (block, tap, channel)
@@ -377,6 +397,7 @@ def make_plan(mask: Tensor, groups: int, vb: int | None = None, transpose: bool 
         in_channels=fm.shape[1],
         out_channels=c_out,
         executed_per_pixel=int(b_idx.numel()) * vb,
+        kernel=kernel,
     )
 
 
@@ -569,6 +590,76 @@ def _wgrad_flops(x_shape, g_shape, ch_shape, *args, out_shape=None, **kwargs) ->
     return 2 * out_shape[0] * out_shape[1] * g_shape[0] * g_shape[2] * g_shape[3]
 
 
+@torch.library.custom_op("ssconv::pix_conv2d", mutates_args=())
+def _pix_op(
+    x: Tensor,
+    w: Tensor,
+    ch: Tensor,
+    seg_tap: Tensor,
+    seg_beg: Tensor,
+    blk_seg: Tensor,
+    out_idx: Tensor,
+    blk_base: Tensor,
+    bias: Tensor,
+    in_channels: int,
+    out_channels: int,
+    geometry: list[int],
+    vb: int,
+) -> Tensor:
+    mod = _load()
+    if mod is None:
+        raise RuntimeError(f"the fused SSC kernel is not available: {_error}")
+    return mod.ssc_pix_forward(
+        x, w, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, bias, in_channels,
+        out_channels, *geometry, vb,
+    )
+
+
+@_pix_op.register_fake
+def _(x, *args):
+    *_, out_channels, geometry, vb = args
+    kh, kw, sh, sw, ph, pw, dh, dw = geometry
+    ho = _out_size(x.shape[2], kh, sh, ph, dh)
+    wo = _out_size(x.shape[3], kw, sw, pw, dw)
+    return x.new_empty((x.shape[0], out_channels, ho, wo))
+
+
+@torch.library.custom_op("ssconv::pix_conv2d_wgrad", mutates_args=())
+def _pix_wgrad_op(
+    x: Tensor,
+    grad_out: Tensor,
+    ch: Tensor,
+    seg_tap: Tensor,
+    seg_beg: Tensor,
+    blk_seg: Tensor,
+    out_idx: Tensor,
+    blk_base: Tensor,
+    in_channels: int,
+    out_channels: int,
+    geometry: list[int],
+    vb: int,
+) -> Tensor:
+    mod = _load()
+    if mod is None:
+        raise RuntimeError(f"the fused SSC kernel is not available: {_error}")
+    return mod.ssc_pix_wgrad(
+        x, grad_out, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, in_channels,
+        out_channels, *geometry, vb,
+    )
+
+
+@_pix_wgrad_op.register_fake
+def _(x, grad_out, ch, *args):
+    return x.new_empty((ch.shape[0], args[-1]))
+
+
+register_flop_formula(torch.ops.ssconv.pix_conv2d)(_fused_flops)
+register_flop_formula(torch.ops.ssconv.pix_conv2d_wgrad)(_wgrad_flops)
+
+_FORWARD = {"channels": _fused_op, "pixels": _pix_op}
+_WGRAD = {"channels": _wgrad_op, "pixels": _pix_wgrad_op}
+
+
 def transposed_geometry(
     kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
     dilation: tuple[int, int],
@@ -598,7 +689,7 @@ def can_train(x: Tensor, params: list[Tensor]) -> bool:
 def _like(t: Tensor, ref: Tensor) -> Tensor:
     """``t`` in ``ref``'s memory format (the kernels work in channels_last)."""
     cl = ref.is_contiguous(memory_format=torch.channels_last) and not ref.is_contiguous()
-    return t if cl else t.contiguous()
+    return t.contiguous(memory_format=torch.channels_last) if cl else t.contiguous()
 
 
 class _FusedConvTrain(torch.autograd.Function):
@@ -606,7 +697,7 @@ class _FusedConvTrain(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, bias_l, wt, plan, plan_t, geometry, geometry_t):
-        y = _fused_op(
+        y = _FORWARD[plan.kernel](
             x, w, plan.ch, plan.seg_tap, plan.seg_beg, plan.blk_seg, plan.out_idx,
             plan.blk_base, bias_l, plan.in_channels, plan.out_channels, geometry, plan.vb,
         )
@@ -624,14 +715,14 @@ class _FusedConvTrain(torch.autograd.Function):
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             zero = wt.new_zeros(plan_t.out_idx.numel())
-            gx = _fused_op(
+            gx = _FORWARD[plan_t.kernel](
                 gy, wt, plan_t.ch, plan_t.seg_tap, plan_t.seg_beg, plan_t.blk_seg,
                 plan_t.out_idx, plan_t.blk_base, zero, plan_t.in_channels,
                 plan_t.out_channels, geometry_t, plan_t.vb,
             )
             gx = _like(gx, x)
         if ctx.needs_input_grad[1]:
-            gw = _wgrad_op(
+            gw = _WGRAD[plan.kernel](
                 x, gy, plan.ch, plan.seg_tap, plan.seg_beg, plan.blk_seg, plan.out_idx,
                 plan.blk_base, plan.in_channels, plan.out_channels, geometry, plan.vb,
             )

@@ -285,7 +285,7 @@ static void check_packing(const char* fn, const torch::Tensor& x, const torch::T
                           const torch::Tensor& seg_beg, const torch::Tensor& blk_seg,
                           const torch::Tensor& out_idx, const torch::Tensor& blk_base,
                           int64_t cin, int64_t cout, int64_t ntaps, int64_t vb) {
-  TORCH_CHECK(vb == 4 || vb == 8 || vb == 16, fn, ": vb must be 4, 8 or 16, got ", vb);
+  TORCH_CHECK(vb >= 1 && vb <= 16, fn, ": vb out of range");
   auto cpu = [&](const torch::Tensor& t, torch::ScalarType st, const char* name) {
     TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == st && t.is_contiguous() &&
                     t.dim() == 1,
@@ -347,6 +347,7 @@ torch::Tensor ssc_fused_forward(torch::Tensor x, torch::Tensor w, torch::Tensor 
                                 int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t vb) {
   const char* fn = "ssc_fused_forward";
   x = prepare_input(fn, x, cin);
+  TORCH_CHECK(vb == 4 || vb == 8 || vb == 16, fn, ": vb must be 4, 8 or 16, got ", vb);
   check_packing(fn, x, w, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, cin, cout, kh * kw,
                 vb);
   TORCH_CHECK(bias.dim() == 1 && bias.numel() == out_idx.numel() && bias.is_contiguous() &&
@@ -385,6 +386,7 @@ torch::Tensor ssc_fused_wgrad(torch::Tensor x, torch::Tensor gy, torch::Tensor c
                               int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t vb) {
   const char* fn = "ssc_fused_wgrad";
   x = prepare_input(fn, x, cin);
+  TORCH_CHECK(vb == 4 || vb == 8 || vb == 16, fn, ": vb must be 4, 8 or 16, got ", vb);
   TORCH_CHECK(gy.dim() == 4 && gy.size(0) == x.size(0) && gy.size(1) == cout &&
                   gy.scalar_type() == x.scalar_type() && gy.device().is_cpu(),
               fn, ": grad_output must be (N, ", cout, ", H_out, W_out) of the input's dtype");
@@ -415,9 +417,315 @@ torch::Tensor ssc_fused_wgrad(torch::Tensor x, torch::Tensor gy, torch::Tensor c
   return gw;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Pixel-vectorised kernels (NCHW, stride 1) for narrow layers: the vector lanes are 8
+// consecutive output pixels of one row, so residue classes of one or two filters (the 16- and
+// 32-channel layers of CIFAR ResNets) execute no zeros. A block holds M <= 4 output channels
+// with the union of their supports (the same packing as above, with VB = M); each entry's
+// weights are broadcast and every input vector is used by the block's M filters.
+// Each image is copied once into a zero-padded buffer whose rows are wide enough for whole
+// vectors, so neither borders nor row tails need branches.
+
+namespace pix {
+
+constexpr int VW = 8;  // pixels per vector (AVX2 float32)
+
+template <typename S>
+struct Image {
+  std::vector<S> buf;
+  int64_t hp = 0, wp = 0;  // padded height and row width
+  const S* chan(int64_t c) const { return buf.data() + c * hp * wp; }
+};
+
+// x[n] (C, H, W) into a zero buffer (C, Ho + (kh-1) dh, WoP + (kw-1) dw), shifted by the padding.
+template <typename S>
+static void pad_image(const S* x, int64_t c, int64_t h, int64_t w, int64_t ho, int64_t wop,
+                      const Geometry& g, Image<S>& img) {
+  img.hp = ho + (g.kh - 1) * g.dh;
+  img.wp = wop + (g.kw - 1) * g.dw;
+  img.buf.assign(c * img.hp * img.wp + VW, S(0));
+  for (int64_t ci = 0; ci < c; ++ci)
+    for (int64_t ih = 0; ih < h; ++ih) {
+      const int64_t r = ih + g.ph;
+      if (r < 0 || r >= img.hp) continue;
+      const int64_t c0 = std::max<int64_t>(0, -g.pw), c1 = std::min<int64_t>(w, img.wp - g.pw);
+      if (c1 > c0)
+        std::memcpy(img.buf.data() + (ci * img.hp + r) * img.wp + c0 + g.pw,
+                    x + (ci * h + ih) * w + c0, (c1 - c0) * sizeof(S));
+    }
+}
+
+// Offsets into a padded image, computed once per call: of each entry's input channel plus its
+// segment's tap (no divisions in the inner loops).
+template <typename S>
+static std::vector<int64_t> entry_offsets(const Packed<S>& pk, int64_t nblocks, const Geometry& g,
+                                          int64_t hp, int64_t wp) {
+  const int64_t nseg = pk.blk_seg[nblocks];
+  std::vector<int64_t> off(pk.seg_beg[nseg]);
+  for (int64_t s = 0; s < nseg; ++s) {
+    const int64_t tap = pk.seg_tap[s];
+    const int64_t t_off = (tap / g.kw) * g.dh * wp + (tap % g.kw) * g.dw;
+    for (int64_t e = pk.seg_beg[s]; e < pk.seg_beg[s + 1]; ++e)
+      off[e] = (int64_t)pk.ch[e] * hp * wp + t_off;
+  }
+  return off;
+}
+
+template <typename V, typename S, int R, int M>
+static void forward_block(const Image<S>& img, const Packed<S>& pk, const int64_t* eoff,
+                          int64_t b, int64_t ho, int64_t wo, S* y_img, int64_t y_chan) {
+  constexpr int W = sizeof(V) / sizeof(S);
+  const int32_t* idx = pk.out_idx + b * M;
+  const int64_t e_beg = pk.seg_beg[pk.blk_seg[b]], e_end = pk.seg_beg[pk.blk_seg[b + 1]];
+  for (int64_t oh = 0; oh < ho; ++oh) {
+    for (int64_t ow0 = 0; ow0 < wo; ow0 += R * W) {
+      V acc[R][M];
+      for (int j = 0; j < M; ++j) {
+        V bj = V{} + pk.bias[b * M + j];
+        for (int r = 0; r < R; ++r) acc[r][j] = bj;
+      }
+      const S* base = img.buf.data() + oh * img.wp + ow0;
+      {
+        for (int64_t e = e_beg; e < e_end; ++e) {
+          const S* xr = base + eoff[e];
+          const S* w = pk.w + e * M;
+          V xv[R];
+          for (int r = 0; r < R; ++r) xv[r] = load_v<V>(xr + r * W);
+          for (int j = 0; j < M; ++j) {
+            const S wj = w[j];
+            for (int r = 0; r < R; ++r) acc[r][j] += wj * xv[r];
+          }
+        }
+      }
+      for (int j = 0; j < M; ++j) {
+        if (idx[j] < 0) continue;
+        S* dst = y_img + idx[j] * y_chan + oh * wo + ow0;
+        for (int r = 0; r < R; ++r) {
+          const int64_t n_ok = std::min<int64_t>(W, wo - ow0 - r * W);
+          if (n_ok <= 0) break;
+          if (n_ok == W) {
+            store_v<V>(dst + r * W, acc[r][j]);
+          } else {
+            S tmp[W];
+            store_v<V>(tmp, acc[r][j]);
+            std::memcpy(dst + r * W, tmp, n_ok * sizeof(S));
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename V, typename S, int R, int M>
+static void forward_run(const torch::Tensor& x, torch::Tensor& y, const Packed<S>& pk,
+                        int64_t nblocks, const Geometry& g) {
+  constexpr int W = sizeof(V) / sizeof(S);
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t cout = y.size(1), ho = y.size(2), wo = y.size(3);
+  const int64_t wop = (wo + R * W - 1) / (R * W) * (R * W);
+  const S* xp = x.data_ptr<S>();
+  S* yp = y.data_ptr<S>();
+  const int64_t hp = ho + (g.kh - 1) * g.dh, wp = wop + (g.kw - 1) * g.dw;
+  const std::vector<int64_t> eoff = entry_offsets<S>(pk, nblocks, g, hp, wp);
+  at::parallel_for(0, n, 1, [&](int64_t n0, int64_t n1) {
+    Image<S> img;
+    for (int64_t ni = n0; ni < n1; ++ni) {
+      pad_image<S>(xp + ni * c * h * w, c, h, w, ho, wop, g, img);
+      S* y_img = yp + ni * cout * ho * wo;
+      for (int64_t b = 0; b < nblocks; ++b)
+        forward_block<V, S, R, M>(img, pk, eoff.data(), b, ho, wo, y_img, ho * wo);
+    }
+  });
+}
+
+// dW for the entries [e0, e0 + NE) of block b over one image (the output gradient of the image
+// is in a zero-padded (Cout, Ho, WoP) buffer).
+template <typename V, typename S, int M, int NE>
+static inline void wgrad_entries(const Image<S>& img, const Packed<S>& pk, const S* gpad,
+                                 int64_t b, const int64_t* taps, int64_t e0, const Geometry& g,
+                                 int64_t ho, int64_t wop, S* out) {
+  constexpr int W = sizeof(V) / sizeof(S);
+  const int32_t* idx = pk.out_idx + b * M;
+  V acc[NE][M];
+  for (int k = 0; k < NE; ++k)
+    for (int j = 0; j < M; ++j) acc[k][j] = V{};
+  const S* gch[M];
+  for (int j = 0; j < M; ++j) gch[j] = idx[j] >= 0 ? gpad + idx[j] * ho * wop : nullptr;
+  const S* xb[NE];
+  for (int k = 0; k < NE; ++k) {
+    const int64_t tap = taps[k];
+    xb[k] = img.chan(pk.ch[e0 + k]) + (tap / g.kw) * g.dh * img.wp + (tap % g.kw) * g.dw;
+  }
+  for (int64_t oh = 0; oh < ho; ++oh) {
+    for (int64_t ow = 0; ow < wop; ow += W) {
+      V gv[M];
+      for (int j = 0; j < M; ++j) gv[j] = gch[j] ? load_v<V>(gch[j] + oh * wop + ow) : V{};
+      for (int k = 0; k < NE; ++k) {
+        const V xv = load_v<V>(xb[k] + oh * img.wp + ow);
+        for (int j = 0; j < M; ++j) acc[k][j] += xv * gv[j];
+      }
+    }
+  }
+  for (int k = 0; k < NE; ++k)
+    for (int j = 0; j < M; ++j) {
+      S sum = 0;
+      for (int l = 0; l < W; ++l) sum += acc[k][j][l];
+      out[(e0 + k) * M + j] += sum;
+    }
+}
+
+template <typename V, typename S, int M>
+static void wgrad_run(const torch::Tensor& x, const torch::Tensor& gy, torch::Tensor& gw,
+                      const Packed<S>& pk, int64_t nblocks, const Geometry& g) {
+  constexpr int W = sizeof(V) / sizeof(S);
+  constexpr int NE = M == 4 ? 2 : 4;
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t cout = gy.size(1), ho = gy.size(2), wo = gy.size(3);
+  const int64_t wop = (wo + W - 1) / W * W;
+  const int64_t nentries = gw.size(0);
+  const S* xp = x.data_ptr<S>();
+  const S* gp = gy.data_ptr<S>();
+  const int nthreads = at::get_num_threads();
+  std::vector<S> partial((int64_t)nthreads * nentries * M, S(0));
+  // Each entry's tap, found once (entries are stored by segment).
+  std::vector<int64_t> tap_of(nentries);
+  const int64_t nseg = pk.blk_seg[nblocks];
+  for (int64_t s = 0; s < nseg; ++s)
+    for (int64_t e = pk.seg_beg[s]; e < pk.seg_beg[s + 1]; ++e) tap_of[e] = pk.seg_tap[s];
+  at::parallel_for(0, n, 1, [&](int64_t n0, int64_t n1) {
+    S* acc = partial.data() + (int64_t)at::get_thread_num() * nentries * M;
+    Image<S> img;
+    std::vector<S> gpad(cout * ho * wop);
+    for (int64_t ni = n0; ni < n1; ++ni) {
+      pad_image<S>(xp + ni * c * h * w, c, h, w, ho, wop, g, img);
+      std::fill(gpad.begin(), gpad.end(), S(0));
+      const S* gi = gp + ni * cout * ho * wo;
+      for (int64_t co = 0; co < cout; ++co)
+        for (int64_t oh = 0; oh < ho; ++oh)
+          std::memcpy(gpad.data() + (co * ho + oh) * wop, gi + (co * ho + oh) * wo,
+                      wo * sizeof(S));
+      for (int64_t b = 0; b < nblocks; ++b) {
+        const int64_t e_beg = pk.seg_beg[pk.blk_seg[b]], e_end = pk.seg_beg[pk.blk_seg[b + 1]];
+        int64_t e = e_beg;
+        for (; e + NE <= e_end; e += NE)
+          wgrad_entries<V, S, M, NE>(img, pk, gpad.data(), b, tap_of.data() + e, e, g, ho, wop,
+                                     acc);
+        for (; e < e_end; ++e)
+          wgrad_entries<V, S, M, 1>(img, pk, gpad.data(), b, tap_of.data() + e, e, g, ho, wop,
+                                    acc);
+      }
+    }
+  });
+  S* out = gw.data_ptr<S>();
+  const int64_t total = nentries * M;
+  for (int64_t i = 0; i < total; ++i) {
+    S sum = 0;
+    for (int t = 0; t < nthreads; ++t) sum += partial[(int64_t)t * total + i];
+    out[i] = sum;
+  }
+}
+
+template <typename V, typename S, int M>
+static void forward_dispatch_r(const torch::Tensor& x, torch::Tensor& y, const Packed<S>& pk,
+                               int64_t nblocks, const Geometry& g) {
+  // Vectors per row tile: the fewest tiles per row, the least padding (28 -> 4 x 8, 14 -> 2).
+  constexpr int W = sizeof(V) / sizeof(S);
+  const int64_t nv = (y.size(3) + W - 1) / W;
+  if (nv >= 4 || nv == 0) forward_run<V, S, 4, M>(x, y, pk, nblocks, g);
+  else if (nv == 3) forward_run<V, S, 3, M>(x, y, pk, nblocks, g);
+  else if (nv == 2) forward_run<V, S, 2, M>(x, y, pk, nblocks, g);
+  else forward_run<V, S, 1, M>(x, y, pk, nblocks, g);
+}
+
+}  // namespace pix
+
+static torch::Tensor pix_prepare(const char* fn, torch::Tensor x, int64_t cin, int64_t sh,
+                                 int64_t sw) {
+  TORCH_CHECK(x.dim() == 4 && x.device().is_cpu() &&
+                  (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kFloat64),
+              fn, ": x must be a 4-D float32 or float64 CPU tensor");
+  TORCH_CHECK(x.size(1) == cin, fn, ": expected ", cin, " input channels, got ", x.size(1));
+  TORCH_CHECK(sh == 1 && sw == 1, fn, ": stride 1 only");
+  return x.contiguous();
+}
+
+torch::Tensor ssc_pix_forward(torch::Tensor x, torch::Tensor w, torch::Tensor ch,
+                              torch::Tensor seg_tap, torch::Tensor seg_beg, torch::Tensor blk_seg,
+                              torch::Tensor out_idx, torch::Tensor blk_base, torch::Tensor bias,
+                              int64_t cin, int64_t cout, int64_t kh, int64_t kw, int64_t sh,
+                              int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                              int64_t vb) {
+  const char* fn = "ssc_pix_forward";
+  x = pix_prepare(fn, x, cin, sh, sw);
+  TORCH_CHECK(vb == 1 || vb == 2 || vb == 4, fn, ": vb must be 1, 2 or 4, got ", vb);
+  check_packing(fn, x, w, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, cin, cout, kh * kw,
+                vb);
+  TORCH_CHECK(bias.dim() == 1 && bias.numel() == out_idx.numel() && bias.is_contiguous() &&
+                  bias.scalar_type() == x.scalar_type() && bias.device().is_cpu(),
+              fn, ": bias must be a contiguous (blocks * vb,) CPU tensor of the input's dtype");
+  TORCH_CHECK(dh > 0 && dw > 0 && ph >= 0 && pw >= 0, fn, ": bad padding or dilation");
+  const int64_t n = x.size(0), h = x.size(2), wd = x.size(3);
+  const int64_t ho = h + 2 * ph - dh * (kh - 1), wo = wd + 2 * pw - dw * (kw - 1);
+  TORCH_CHECK(ho > 0 && wo > 0, fn, ": input too small for the kernel");
+  auto y = torch::empty({n, cout, ho, wo}, x.options());
+  const Geometry g{kh, kw, 1, 1, ph, pw, dh, dw};
+  const int64_t nblocks = blk_seg.numel() - 1;
+  if (x.scalar_type() == torch::kFloat32) {
+    auto pk = make_packed<float>(w, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, &bias, vb);
+    if (vb == 1) pix::forward_dispatch_r<vf8, float, 1>(x, y, pk, nblocks, g);
+    else if (vb == 2) pix::forward_dispatch_r<vf8, float, 2>(x, y, pk, nblocks, g);
+    else pix::forward_dispatch_r<vf8, float, 4>(x, y, pk, nblocks, g);
+  } else {
+    auto pk = make_packed<double>(w, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, &bias, vb);
+    if (vb == 1) pix::forward_dispatch_r<vd4, double, 1>(x, y, pk, nblocks, g);
+    else if (vb == 2) pix::forward_dispatch_r<vd4, double, 2>(x, y, pk, nblocks, g);
+    else pix::forward_dispatch_r<vd4, double, 4>(x, y, pk, nblocks, g);
+  }
+  return y;
+}
+
+torch::Tensor ssc_pix_wgrad(torch::Tensor x, torch::Tensor gy, torch::Tensor ch,
+                            torch::Tensor seg_tap, torch::Tensor seg_beg, torch::Tensor blk_seg,
+                            torch::Tensor out_idx, torch::Tensor blk_base, int64_t cin,
+                            int64_t cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                            int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t vb) {
+  const char* fn = "ssc_pix_wgrad";
+  x = pix_prepare(fn, x, cin, sh, sw);
+  TORCH_CHECK(vb == 1 || vb == 2 || vb == 4, fn, ": vb must be 1, 2 or 4, got ", vb);
+  TORCH_CHECK(dh > 0 && dw > 0 && ph >= 0 && pw >= 0, fn, ": bad padding or dilation");
+  const int64_t ho = x.size(2) + 2 * ph - dh * (kh - 1), wo = x.size(3) + 2 * pw - dw * (kw - 1);
+  TORCH_CHECK(gy.dim() == 4 && gy.size(0) == x.size(0) && gy.size(1) == cout &&
+                  gy.size(2) == ho && gy.size(3) == wo && gy.scalar_type() == x.scalar_type() &&
+                  gy.device().is_cpu(),
+              fn, ": grad_output must be (N, ", cout, ", ", ho, ", ", wo,
+              ") of the input's dtype");
+  gy = gy.contiguous();
+  auto gw = torch::zeros({ch.numel(), vb}, x.options());
+  check_packing(fn, x, gw, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, cin, cout, kh * kw,
+                vb);
+  const Geometry g{kh, kw, 1, 1, ph, pw, dh, dw};
+  const int64_t nblocks = blk_seg.numel() - 1;
+  if (x.scalar_type() == torch::kFloat32) {
+    auto pk = make_packed<float>(gw, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, nullptr, vb);
+    if (vb == 1) pix::wgrad_run<vf8, float, 1>(x, gy, gw, pk, nblocks, g);
+    else if (vb == 2) pix::wgrad_run<vf8, float, 2>(x, gy, gw, pk, nblocks, g);
+    else pix::wgrad_run<vf8, float, 4>(x, gy, gw, pk, nblocks, g);
+  } else {
+    auto pk = make_packed<double>(gw, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, nullptr, vb);
+    if (vb == 1) pix::wgrad_run<vd4, double, 1>(x, gy, gw, pk, nblocks, g);
+    else if (vb == 2) pix::wgrad_run<vd4, double, 2>(x, gy, gw, pk, nblocks, g);
+    else pix::wgrad_run<vd4, double, 4>(x, gy, gw, pk, nblocks, g);
+  }
+  return gw;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ssc_fused_forward", &ssc_fused_forward,
         "Fused block-structured sparse conv2d forward (float32/float64, CPU, NHWC)");
   m.def("ssc_fused_wgrad", &ssc_fused_wgrad,
         "Weight gradient of the fused block-structured sparse conv2d, in the packed layout");
+  m.def("ssc_pix_forward", &ssc_pix_forward,
+        "Pixel-vectorised block-structured sparse conv2d forward (NCHW, stride 1)");
+  m.def("ssc_pix_wgrad", &ssc_pix_wgrad,
+        "Weight gradient of the pixel-vectorised kernel, in the packed layout");
 }

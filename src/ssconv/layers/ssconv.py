@@ -387,10 +387,6 @@ class SSConv2d(nn.Module):
             return False
         return fused.available()
 
-    def _fused_train_by_default(self) -> bool:
-        """The "auto" rule for gradient-needing calls (see AUTO_FUSED_TRAIN_*)."""
-        return False
-
     def fused_waste(self) -> float:
         """Executed over effective MACs of the fused kernel for this layer (1.0 = no waste)."""
         waste = self.__dict__.get("_fused_waste")
@@ -474,7 +470,7 @@ class SSConv2d(nn.Module):
         else:
             padding = self.padding
         inference = self._is_inference_call(x)
-        if not inference and self._trains_fused(x, padding):
+        if not inference and self._trains_fused(x):
             return self._forward_fused_train(x, padding)
         backend = self.resolved_backend(inference)
         if backend == "fused":
@@ -546,19 +542,34 @@ class SSConv2d(nn.Module):
         )
         return fused.fused_conv2d(x, packed, self.kernel_size, self.stride, padding, self.dilation)
 
-    def _trains_fused(self, x: Tensor, padding: tuple[int, int]) -> bool:
+    def trains_fused(self) -> bool:
+        """Whether gradient-needing float32 CPU calls run on the fused training kernels.
+
+        They do for ``backend="fused"``, and for ``"auto"`` on CPU where the kernel is built,
+        for every stride-1 layer with a spatial part (padding at most ``dilation * (k - 1)``);
+        strided layers, other devices and dtypes, tracing and ``torch.compile`` use the stock
+        choice of :meth:`resolved_backend`. Builds the kernel if it is not built yet.
+        """
+        padding = (0, 0) if self.padding_mode != "zeros" else self.padding
+        if self._backend == "fused":
+            wanted = True
+        elif self._backend == "auto":
+            wanted = self._has_spatial and self._param_device().type == "cpu"
+        else:
+            return False
+        geometry = fused.transposed_geometry(self.kernel_size, self.stride, padding, self.dilation)
+        if not wanted or geometry is None:
+            return False
+        # An explicit "fused" raises in forward when the kernel cannot be built, as in inference.
+        return self._backend == "fused" or fused.available()
+
+    def _trains_fused(self, x: Tensor) -> bool:
         """Whether this gradient-needing call runs on the fused training kernels."""
         if self._backend not in ("fused", "auto"):
             return False
-        if not (
-            self._has_spatial
-            and fused.transposed_geometry(self.kernel_size, self.stride, padding, self.dilation)
-            is not None
-            and fused.can_train(x, list(self.parameters()))
-        ):
+        if self._backend == "auto" and x.dtype != torch.float32:
             return False
-        # An explicit "fused" raises below when the kernel cannot be built, as in inference.
-        return self._backend == "fused" or (self._fused_train_by_default() and fused.available())
+        return fused.can_train(x, list(self.parameters())) and self.trains_fused()
 
     def _train_plans(self) -> tuple[fused.Plan, fused.Plan]:
         """The kernels' block layouts of the forward and of the input gradient (fixed by the
@@ -567,8 +578,8 @@ class SSConv2d(nn.Module):
         if plans is None:
             mask = self.pattern.dense_mask()
             plans = (
-                fused.make_plan(mask, self.groups),
-                fused.make_plan(mask, self.groups, transpose=True),
+                fused.make_plan(mask, self.groups, kernel="pixels"),
+                fused.make_plan(mask, self.groups, transpose=True, kernel="pixels"),
             )
             self.__dict__["_fused_train_plans"] = plans
         return plans
