@@ -298,3 +298,100 @@ def test_ddp_two_cpu_processes(tmp_path):
         env=ENV,
     )
     assert again.returncode == 0, again.stderr[-3000:]
+
+
+# ------------------------------------------------------------ issue 16: run-folder faults
+SYN = ["--dataset", "synthetic:3:16:16:4:32:8"]
+
+
+def _raise_on_write(monkeypatch, name: str, code: int, after_calls: int = 0):
+    """Make the atomic writer fail with ``code`` once a file called ``name`` is written."""
+    import errno  # noqa: F401
+
+    from ssconv.train import checkpoint
+
+    real = checkpoint._Sink._write
+
+    def write(self, data):
+        if self.name == name or (name == "ckpt" and self.name.startswith("ckpt-")):
+            raise OSError(code, os.strerror(code))
+        return real(self, data)
+
+    monkeypatch.setattr(checkpoint._Sink, "_write", write)
+
+
+@pytest.mark.parametrize(
+    "setup, argv, message",
+    [
+        ("file", [], "is a file, not a folder; pass the path of a folder"),
+        ("missing", ["--resume"], "nothing to resume: --out"),
+        ("empty", ["--resume"], "is empty; drop --resume"),
+        ("notes", ["--resume"], "holds no ssconv run"),
+        ("notes", ["--overwrite"], "does not look like an ssconv run folder"),
+        ("ENOSPC", [], "ENOSPC (No space left on device); the disk is full"),
+        ("EROFS", [], "EROFS (Read-only file system)"),
+        ("EACCES", [], "EACCES (Permission denied)"),
+        ("mkdir", [], "EACCES"),
+        ("epochs", ["--resume", "--epochs", "2"], "--allow-schedule-change"),
+    ],
+)
+def test_run_folder_faults_exit_2_naming_the_path(
+    capsys, tmp_path, monkeypatch, setup, argv, message
+):
+    import errno
+
+    out = tmp_path / "run"
+    if setup == "file":
+        out.write_text("x")
+    elif setup == "empty":
+        out.mkdir()
+    elif setup == "notes":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    elif setup == "ENOSPC":
+        _raise_on_write(monkeypatch, "ckpt", errno.ENOSPC)
+    elif setup == "EROFS":
+        _raise_on_write(monkeypatch, "config.yaml", errno.EROFS)
+    elif setup == "EACCES":
+        _raise_on_write(monkeypatch, "final.json", errno.EACCES)
+    elif setup == "mkdir":
+        real = Path.mkdir
+
+        def mkdir(self, *args, **kwargs):
+            if self == out:
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+    elif setup == "epochs":
+        assert train(capsys, out, *SYN)[0] == 0
+    code, _, err = train(capsys, out, *SYN, *argv)
+    assert code == 2, err
+    assert message in err
+    assert "unexpected error" not in err and "Traceback" not in err
+    if setup in ("ENOSPC", "EROFS", "EACCES", "mkdir"):
+        assert str(out) in err
+    if setup == "file":
+        assert out.read_text() == "x"
+    if setup == "notes":
+        assert (out / "notes.txt").read_text() == "mine"
+    if setup == "EACCES":  # the run's checkpoints are intact: resume finishes it
+        assert "continue with --resume" in err
+        monkeypatch.undo()
+        assert train(capsys, out, *SYN, "--resume")[0] == 0
+    if setup == "epochs":
+        code, out_text, _ = train(
+            capsys, out, *SYN, "--resume", "--epochs", "2", "--allow-schedule-change"
+        )
+        assert code == 0, out_text
+
+
+def test_failed_start_can_simply_be_run_again(capsys, tmp_path):
+    """Issue 16 item 5: the second attempt said "not empty", and --overwrite "no config.yaml"."""
+    out = tmp_path / "run"
+    bad = ["--dataset", "cifar10", "--data-root", str(tmp_path / "nonexistent")]
+    for _ in range(2):
+        code, _, err = train(capsys, out, *bad)
+        assert code == 2 and "cifar-10-batches-py" in err and "not empty" not in err
+    assert train(capsys, out, *SYN)[0] == 0
+    assert train(capsys, out, *SYN, "--overwrite")[0] == 0

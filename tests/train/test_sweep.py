@@ -258,3 +258,124 @@ def test_sigterm_during_the_final_evaluation_stops_the_sweep(tmp_path, monkeypat
     cells = load_sweep(path).cells()
     assert cell_status(cells[0]) == "done" and cell_status(cells[1]) == "pending"
     assert "after the run finished" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------- issue 16: locks and crash paths
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _lock(cell, **info):
+    import socket
+
+    data = {"host": socket.gethostname(), "since": 0.0, **info}
+    (cell.folder / "sweep.lock").parent.mkdir(parents=True, exist_ok=True)
+    (cell.folder / "sweep.lock").write_text(json.dumps(data))
+
+
+def test_lock_of_a_dead_process_is_taken_over_a_live_one_respected(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    cells = load_sweep(write_sweep(tmp_path, {"method": ["ssc"], "seed": [0, 1, 2]})).cells()
+    _lock(cells[0], pid=_dead_pid())  # a worker killed with kill -9
+    assert cell_status(cells[0]) == "pending"
+    assert claim(cells[0])
+    assert json.loads((cells[0].folder / "sweep.lock").read_text())["pid"] == os.getpid()
+    assert not claim(cells[0])  # held now (by us)
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _lock(cells[1], pid=live.pid)
+        assert cell_status(cells[1]) == "running"
+        assert not claim(cells[1])
+        release(cells[1])  # never another worker's lock
+        assert json.loads((cells[1].folder / "sweep.lock").read_text())["pid"] == live.pid
+    finally:
+        live.kill()
+        live.wait()
+    # A pid reused by a process started after the lock was written: stale.
+    _lock(cells[2], pid=os.getpid(), start="1")
+    assert cell_status(cells[2]) == "pending" and claim(cells[2])
+    release(cells[0])
+    release(cells[2])
+    assert not (cells[0].folder / "sweep.lock").exists()
+    assert not (cells[2].folder / "sweep.lock").exists()
+    leftovers = [p.name for c in cells for p in c.folder.iterdir() if p.name != "sweep.lock"]
+    assert leftovers == []
+
+
+@pytest.mark.parametrize("content", ["", '{"pid": 12', "\x00\x00"])
+def test_empty_or_torn_lock_is_respected_while_fresh_then_taken_over(tmp_path, content):
+    import os
+
+    cells = load_sweep(write_sweep(tmp_path, {"method": ["ssc"]})).cells()
+    cells[0].folder.mkdir(parents=True)
+    lock = cells[0].folder / "sweep.lock"
+    lock.write_text(content)  # an older worker killed between creating and writing its lock
+    assert cell_status(cells[0]) == "running"
+    assert not claim(cells[0])
+    old = lock.stat().st_mtime - 120
+    os.utime(lock, (old, old))
+    assert cell_status(cells[0]) == "pending"
+    assert claim(cells[0])
+    release(cells[0])
+    assert not lock.exists()
+
+
+def test_changed_epochs_are_not_reported_done(tmp_path, capsys):
+    """Issue 16 item 2: epochs is not in the digest (so finished runs keep theirs); a cell
+    trained for other epochs must still not count as done."""
+    path = write_sweep(tmp_path, {"method": ["dense"], "schedule": ["cosine", "constant"]})
+    assert main(["sweep", str(path)]) == 0
+    BASE["epochs"] = 2
+    try:
+        path = write_sweep(tmp_path, {"method": ["dense"], "schedule": ["cosine", "constant"]})
+    finally:
+        BASE["epochs"] = 1
+    cosine, constant = load_sweep(path).cells()
+    before = (cosine.folder / "final.json").read_text()
+    assert cell_status(cosine) == "changed"  # resuming would mix two cosine schedules
+    assert cell_status(constant) == "partial"  # more epochs continue it exactly
+    capsys.readouterr()
+    assert main(["sweep", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "epochs: saved 1 vs now 2" in err and "another --out" in err
+    assert (cosine.folder / "final.json").read_text() == before  # left alone
+    assert cell_status(constant) == "done"
+    assert json.loads((constant.folder / "final.json").read_text())["epochs"] == 2
+    assert main(["sweep", str(path), "--status"]) == 0
+    assert "1 changed" in capsys.readouterr().out
+
+
+def test_torn_final_json_and_disk_full_in_a_sweep(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from ssconv.train import checkpoint
+
+    path = write_sweep(tmp_path, {"method": ["dense"], "seed": [0, 1]})
+    cells = load_sweep(path).cells()
+    assert main(["sweep", str(path), "--cell", "0"]) == 0
+    (cells[0].folder / "final.json").write_text('{"complete": tr')  # an older non-atomic write
+    assert cell_status(cells[0]) == "partial"
+    real = checkpoint._Sink._write
+
+    def full(self, data):
+        if self.name.startswith("ckpt-"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(checkpoint._Sink, "_write", full)
+    capsys.readouterr()
+    assert main(["sweep", str(path)]) == 2  # stops: every next cell would fail the same way
+    err = capsys.readouterr().err
+    assert cell_status(cells[0]) == "done"  # final.json rewritten from its last checkpoint
+    assert "ENOSPC" in err and str(cells[1].folder / "checkpoints") in err
+    assert not (cells[1].folder / "sweep.lock").exists()
+    assert not (cells[1].folder / "failed.json").exists()

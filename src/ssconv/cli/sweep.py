@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -19,8 +18,10 @@ def register(sub) -> None:
         "output folder can work on the same grid: each claims a cell with a lock file "
         "(--next runs exactly one cell), or use --shard K/N for a static split.",
         epilog="Exit codes: 0 every selected cell done or skipped (the budget cannot be met by "
-        "that structure); 1 some cell failed (see its failed.json); 2 bad sweep file; "
-        "130/143 interrupted (the running cell saved a checkpoint; run again to resume).",
+        "that structure); 1 some cell failed (see its failed.json) or was trained with other "
+        "epochs than the file now says (status 'changed': use another --out); 2 bad sweep file, "
+        "or the output folder cannot be written (disk full, permissions); 130/143 interrupted "
+        "(the running cell saved a checkpoint; run again to resume).",
     )
     p.add_argument("sweep_file", help="YAML or TOML file with out, base and grid")
     p.add_argument("--out", default=None, help="override the file's output folder")
@@ -75,8 +76,15 @@ def run(args: argparse.Namespace) -> int:
         print_progress,
         release,
         run_cell,
+        schedule_change,
+        write_failed,
     )
-    from ssconv.train.trainer import TrainingInterrupted
+    from ssconv.train.trainer import (
+        WRITE_ERRNOS,
+        OutputError,
+        TrainingInterrupted,
+        describe_os_error,
+    )
 
     try:
         spec = load_sweep(args.sweep_file, args.out, overrides=parse_set(args.set))
@@ -104,7 +112,21 @@ def run(args: argparse.Namespace) -> int:
         status = cell_status(cell)
         if status in ("done", "skipped", "running"):
             continue
-        if not claim(cell):
+        if status == "changed":
+            print(
+                f"sweep: cell {cell.index} ({cell.label()}) in {cell.folder} was trained under "
+                f"other settings: {schedule_change(cell)}; it is left alone: give the sweep "
+                "another --out (or out:) for the new grid, or restore the old value",
+                file=sys.stderr,
+                flush=True,
+            )
+            failed += 1
+            continue
+        try:
+            claimed = claim(cell)
+        except OSError as exc:
+            raise CLIError(describe_os_error(exc, cell.folder)) from None
+        if not claimed:
             continue
         print(f"[{cell.index + 1}/{len(spec.cells())}] {cell.label()} -> {cell.folder}", flush=True)
         try:
@@ -113,9 +135,14 @@ def run(args: argparse.Namespace) -> int:
         except TrainingInterrupted as exc:
             print(f"sweep: {exc}", flush=True)
             return 128 + int(exc.signum)
+        except OutputError as exc:  # the disk, not the cell: every next cell would fail too
+            raise CLIError(f"cell {cell.index}: {exc}") from None
+        except OSError as exc:
+            if exc.errno not in WRITE_ERRNOS:
+                raise
+            raise CLIError(f"cell {cell.index}: {describe_os_error(exc, cell.folder)}") from None
         except Exception as exc:  # record and go on with the next cell
-            reason = {"reason": f"{type(exc).__name__}: {exc}"}
-            (cell.folder / "failed.json").write_text(json.dumps(reason, indent=2))
+            write_failed(cell, f"{type(exc).__name__}: {exc}")
             print(
                 f"sweep: cell {cell.index} failed: {type(exc).__name__}: {exc}",
                 file=sys.stderr,

@@ -58,9 +58,11 @@ def register(sub) -> None:
         description="Train a model. Settings come from the defaults, then --config FILE "
         "(YAML or TOML), then the flags below and --set KEY=VALUE. Every run writes OUT/ with "
         "config.yaml, metrics.jsonl, profile.txt, final.json and checkpoints/.",
-        epilog="Exit codes: 0 done; 2 bad configuration, data or run folder; 3 the loss became "
-        "NaN/inf (last good checkpoint kept); 130 / 143 stopped by SIGINT / SIGTERM after "
-        "saving a checkpoint (continue with --resume); 1 unexpected error.",
+        epilog="Exit codes: 0 done; 2 bad configuration, data or run folder (also: a full disk, "
+        "permission denied, read-only file system; the checkpoints saved are intact); 3 the "
+        "loss or gradients became NaN/inf (no checkpoint after that is written: the newest is "
+        "a good one); 130 / 143 stopped by SIGINT / SIGTERM after saving a checkpoint "
+        "(continue with --resume); 1 unexpected error.",
     )
     helps = field_help()
     p.add_argument("--config", help="YAML (.yaml/.yml) or TOML (.toml) file of config keys")
@@ -71,6 +73,13 @@ def register(sub) -> None:
         help="continue the run in --out from its newest valid checkpoint",
     )
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    p.add_argument(
+        "--allow-schedule-change",
+        action="store_true",
+        help="with --resume: continue even though a changed --epochs changes the cosine "
+        "learning-rate schedule of the steps already trained (the run then follows neither "
+        "schedule; refused without this flag)",
+    )
     for key, conv in _FLAGS.items():
         kwargs = {"type": conv, "default": None, "help": helps[key]}
         if key == "method":
@@ -182,7 +191,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         with console_logging():
             result = Trainer(
-                cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=args.progress
+                cfg,
+                args.out,
+                resume=args.resume,
+                overwrite=args.overwrite,
+                progress=args.progress,
+                allow_schedule_change=args.allow_schedule_change,
             ).run()
     except (ConfigError, DatasetError, RunFolderError, ResumeMismatchError, CheckpointError) as exc:
         raise CLIError(str(exc)) from None

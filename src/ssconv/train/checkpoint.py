@@ -6,15 +6,30 @@
   There is no fallback to unsafe loading.
 * :func:`latest_checkpoint` returns the newest checkpoint that loads, skipping (and naming)
   truncated or corrupt files.
-* Rotation deletes old checkpoints only after the new one is safely on disk.
+* Rotation deletes old checkpoints only after the new one is safely on disk, and never the one
+  just written.
+* A write that fails (disk full, permission denied, read-only file system) raises an
+  :class:`OSError` that keeps its ``errno`` and names the file (torch's zip writer would replace
+  it by an obscure ``RuntimeError``); the half-written temporary file is removed.
+* :func:`atomic_write_text` writes small state files (``final.json``, ``config.yaml``, ...) the
+  same way: a reader, or a resume after ``kill -9``, sees the old file or the new one, never a
+  torn one.
+
+Test hook: ``SSCONV_TEST_WRITE_DELAY_S=SECONDS[@GLOB]`` makes every write of this module (of
+the files whose name matches ``GLOB``) pause once in its middle, after part of the temporary file
+is on disk, so that fault-injection tests can kill a process inside a checkpoint write. It is
+read only from the environment and does nothing unless set.
 """
 
 from __future__ import annotations
 
+import errno
+import fnmatch
 import logging
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +43,19 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "checkpoint_name",
+    "atomic_write_text",
+    "with_filename",
+    "remove_temporaries",
+    "TEST_DELAY_ENV",
 ]
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt-e(\d+)-s(\d+)\.pt$")
+#: Temporary files of writes that never finished (a kill inside ``save_checkpoint``).
+_TEMPORARY = re.compile(r"^\..+\.tmp$")
+TEST_DELAY_ENV = "SSCONV_TEST_WRITE_DELAY_S"
 
 
 class CheckpointError(RuntimeError):
@@ -59,25 +81,144 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
 
 
 def save_checkpoint(state: dict[str, Any], folder: str | Path, name: str, *, keep: int = 2) -> Path:
-    """Atomically write ``state`` to ``folder/name``, then delete all but the newest ``keep``."""
+    """Atomically write ``state`` to ``folder/name``, then delete all but the newest ``keep``.
+
+    The checkpoint just written is never deleted by the rotation, even when the folder holds
+    checkpoints with more progress (left unusable by a crash of the run being resumed).
+    """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    _mkdir(folder)
     final = folder / name
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({"format_version": FORMAT_VERSION, **state}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(folder)
-    for old in list_checkpoints(folder)[keep:]:
+
+    def write(fh) -> None:
+        sink = _Sink(fh, name)
+        try:
+            torch.save({"format_version": FORMAT_VERSION, **state}, sink)
+        except RuntimeError:
+            if sink.error is not None:  # the OSError torch's zip writer swallowed
+                raise sink.error from None
+            raise
+
+    _write_atomic(final, write)
+    for old in [p for p in list_checkpoints(folder) if p != final][max(keep - 1, 0) :]:
         old.unlink(missing_ok=True)
         log.debug("removed old checkpoint %s", old)
     return final
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
+    path = Path(path)
+    data = text.encode()
+
+    def write(fh) -> None:
+        _Sink(fh, path.name).write(data)
+
+    _write_atomic(path, write)
+    return path
+
+
+def remove_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files of writes that never finished (after a kill); returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.iterdir():
+        if _TEMPORARY.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _mkdir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder)) from None
+
+
+def _write_atomic(final: Path, write) -> None:
+    """``write(fh)`` into a temporary file next to ``final``, fsync, rename over ``final``.
+
+    An :class:`OSError` (ENOSPC, EACCES, EROFS, ...) is re-raised with ``final`` as its file
+    name, after removing the temporary file; ``final`` itself is untouched.
+    """
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    except OSError as exc:
+        raise with_filename(exc, final.parent) from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise with_filename(exc, final) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(final.parent)
+
+
+def with_filename(exc: OSError, path: Path) -> OSError:
+    """``exc`` with ``path`` as its file name (a failed ``write()`` carries none)."""
+    if exc.filename is not None or exc.errno is None:
+        return exc
+    named = type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
+    named.__cause__ = exc.__cause__
+    return named
+
+
+class _Sink:
+    """A file wrapper that remembers the ``OSError`` of a failed write (see save_checkpoint)
+    and honours the fault-injection delay of ``SSCONV_TEST_WRITE_DELAY_S``."""
+
+    def __init__(self, fh, name: str) -> None:
+        self.fh, self.name = fh, name
+        self.error: OSError | None = None
+        self.delay = _test_delay(name)
+
+    def write(self, data) -> int:
+        if self.delay > 0:  # test hook: half of the data on disk, then a pause
+            view = memoryview(data).cast("B")
+            half = len(view) // 2
+            self._write(view[:half])
+            self.flush()
+            time.sleep(self.delay)
+            self.delay = 0.0
+            return half + self._write(view[half:])
+        return self._write(data)
+
+    def _write(self, data) -> int:
+        try:
+            n = self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+        return len(data) if n is None else n
+
+    def flush(self) -> None:
+        try:
+            self.fh.flush()
+        except OSError as exc:
+            self.error = exc
+            raise
+
+
+def _test_delay(name: str) -> float:
+    text = os.environ.get(TEST_DELAY_ENV)
+    if not text:
+        return 0.0
+    seconds, _, pattern = text.partition("@")
+    if pattern and not fnmatch.fnmatchcase(name, pattern):
+        return 0.0
+    try:
+        return max(0.0, float(seconds))
+    except ValueError:
+        return 0.0
 
 
 def _fsync_dir(folder: Path) -> None:

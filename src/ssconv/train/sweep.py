@@ -24,10 +24,25 @@ Each cell is a normal run in ``out/<key>=<value>/...``. Finished cells are skipp
 ones resumed from their checkpoints. Several processes (or machines sharing the folder) can
 work on one grid: a cell is claimed by creating its lock file atomically, so two workers never
 train the same cell; ``--shard K/N`` splits the grid statically instead.
+
+Locks: a lock file is created complete (written to a temporary file, then hard-linked into
+place, which fails if a lock exists), names its process (host, pid, the process's start time)
+and a random token. A lock whose process is gone on this host (or whose pid now belongs to a
+process started later) is stale and taken over; one of a live process is respected; one of
+another host counts as stale after 6 h without any file of the cell changing. An empty or
+unreadable lock (a worker of an older version killed while writing it) is stale once it is a
+minute old. A worker only ever deletes its own lock.
+
+A cell is done when its ``final.json`` is complete, has the cell's config digest and was
+trained for the cell's ``epochs`` (that key is left out of the digest, so that more epochs can
+continue a run; see :func:`ssconv.train.trainer.schedule_changes`). A finished or partial cell
+whose ``epochs`` the sweep file changed so that resuming would mix two learning-rate schedules is
+``changed``: it is reported and left alone (use another ``out`` for the new grid).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -35,9 +50,12 @@ import os
 import socket
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from ssconv.train.config import ConfigError, TrainConfig, _check_items, read_config_file
 
@@ -46,6 +64,7 @@ __all__ = [
     "Cell",
     "load_sweep",
     "cell_status",
+    "schedule_change",
     "run_cell",
     "claim",
     "release",
@@ -169,89 +188,240 @@ def load_sweep(
     return spec
 
 
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):  # missing, or torn by an older version's non-atomic write
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def schedule_change(cell: Cell) -> str | None:
+    """Why the run in the cell's folder cannot continue as this cell (its saved ``epochs``
+    differ in a way that changes the learning-rate schedule of what it trained), else None."""
+    from ssconv.train.trainer import schedule_changes
+
+    try:
+        saved = yaml.safe_load((cell.folder / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(saved, dict):
+        return None
+    final = _read_json(cell.folder / "final.json") or {}
+    started = max(int(final.get("epochs") or 0), _epochs_done(cell))
+    changes = schedule_changes(saved, cell.config, started)
+    return "; ".join(changes) or None
+
+
 def cell_status(cell: Cell) -> str:
-    """done, running (locked), skipped, failed, partial (checkpoints) or pending."""
-    final = cell.folder / "final.json"
-    if final.is_file():
-        data = json.loads(final.read_text())
-        if data.get("complete") and data.get("config_digest") == cell.config.digest():
-            return "done"
+    """done, running (locked), skipped, failed, changed (see the module docstring), partial
+    (checkpoints) or pending."""
+    final = _read_json(cell.folder / "final.json")
+    has_checkpoints = any((cell.folder / "checkpoints").glob("ckpt-*.pt"))
+    if (
+        final is not None
+        and final.get("complete")
+        and final.get("config_digest") == cell.config.digest()
+        and final.get("epochs", cell.config.epochs) == cell.config.epochs
+        and schedule_change(cell) is None
+    ):
+        return "done"
     if (cell.folder / SKIPPED).is_file():
         return "skipped"
     lock = cell.folder / LOCK
     if lock.is_file() and not _stale(lock):
         return "running"
+    if (final is not None or has_checkpoints) and schedule_change(cell) is not None:
+        return "changed"
     if (cell.folder / FAILED).is_file():
         return "failed"
-    if any((cell.folder / "checkpoints").glob("ckpt-*.pt")):
+    if has_checkpoints:
         return "partial"
     return "pending"
 
 
-def _stale(lock: Path, max_age_s: float = 6 * 3600) -> bool:
-    """A lock whose process is gone (same host), or older than ``max_age_s`` without progress."""
+#: An empty or unreadable lock younger than this may be one being written (older versions
+#: created the file first and wrote it next): respected until then.
+TORN_LOCK_GRACE_S = 60.0
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (Linux /proc, clock ticks), None if unknown."""
     try:
-        info = json.loads(lock.read_text())
-    except (OSError, ValueError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def _lock_info(content: bytes) -> dict | None:
+    try:
+        info = json.loads(content.decode())
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _stale(lock: Path, max_age_s: float = 6 * 3600, content: bytes | None = None) -> bool:
+    """A lock whose process is gone (same host), or older than ``max_age_s`` without progress
+    (another host); an empty or torn one once it is :data:`TORN_LOCK_GRACE_S` old."""
+    try:
+        if content is None:
+            content = lock.read_bytes()
+        mtime = lock.stat().st_mtime
+    except FileNotFoundError:
         return True
+    except OSError:
+        return False  # cannot tell: leave it alone
+    info = _lock_info(content)
+    if info is None:
+        return time.time() - mtime > TORN_LOCK_GRACE_S
     if info.get("host") == socket.gethostname():
         try:
-            os.kill(int(info["pid"]), 0)
-        except (ProcessLookupError, ValueError, KeyError):
+            pid = int(info["pid"])
+            os.kill(pid, 0)
+        except (ProcessLookupError, ValueError, KeyError, TypeError, OverflowError):
             return True
         except PermissionError:
-            return False
-        return False
+            pass  # alive, another user's
+        started = info.get("start")
+        now = _process_start(pid)
+        # The pid was reused by a process started after the lock's.
+        return started is not None and now is not None and str(started) != now
     newest = max(
         (p.stat().st_mtime for p in lock.parent.rglob("*") if p.is_file()),
-        default=lock.stat().st_mtime,
+        default=mtime,
     )
     return time.time() - newest > max_age_s
 
 
+def _create_lock(lock: Path, content: bytes) -> bool:
+    """Create ``lock`` with ``content`` complete, atomically; False if it exists."""
+    tmp = lock.with_name(f"{LOCK}.new-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, lock)
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: exclusive create, then write
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(content)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _my_lock() -> bytes:
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.time(),
+        "start": _process_start(os.getpid()),
+        "token": uuid.uuid4().hex,
+    }
+    return json.dumps(info).encode()
+
+
+_held: dict[Path, bytes] = {}  # lock path -> the content this process wrote
+
+
 def claim(cell: Cell) -> bool:
-    """Atomically create the cell's lock; False if another live worker holds it."""
+    """Atomically create the cell's lock; False if another live worker holds it.
+
+    A stale lock is taken over: moved aside under a unique name (only one worker can move a
+    given file), checked to be the stale one judged (else put back), then replaced by ours.
+    """
     cell.folder.mkdir(parents=True, exist_ok=True)
     lock = cell.folder / LOCK
-    if lock.is_file() and _stale(lock):
-        lock.unlink(missing_ok=True)
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}, fh)
-    return True
+    mine = _my_lock()
+    for _ in range(3):
+        if _create_lock(lock, mine):
+            _held[lock] = mine
+            return True
+        try:
+            content = lock.read_bytes()
+        except FileNotFoundError:
+            continue  # released meanwhile: try again
+        if not _stale(lock, content=content):
+            return False
+        aside = lock.with_name(f"{LOCK}.stale-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(lock, aside)
+        except FileNotFoundError:
+            continue  # another worker took it over first
+        try:
+            if aside.read_bytes() != content:
+                # A fresh lock replaced the stale one between our read and the move: restore.
+                with contextlib.suppress(FileExistsError):
+                    os.link(aside, lock)
+                return False
+        finally:
+            aside.unlink(missing_ok=True)
+        log.warning("%s: took over a stale lock (%s)", lock, content.decode(errors="replace"))
+    return False
 
 
 def release(cell: Cell) -> None:
-    (cell.folder / LOCK).unlink(missing_ok=True)
+    """Delete the cell's lock if this process holds it (never another worker's)."""
+    lock = cell.folder / LOCK
+    mine = _held.pop(lock, None)
+    try:
+        content = lock.read_bytes()
+    except OSError:
+        return
+    if mine is None or content == mine:
+        if mine is None:
+            info = _lock_info(content) or {}
+            if info.get("pid") != os.getpid() or info.get("host") != socket.gethostname():
+                return
+        lock.unlink(missing_ok=True)
 
 
 def run_cell(cell: Cell, *, progress: bool | None = None) -> str:
     """Train (or resume) one claimed cell; returns its new status."""
+    from ssconv.train.checkpoint import atomic_write_text
     from ssconv.train.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
     folder = cell.folder
     (folder / FAILED).unlink(missing_ok=True)
     trainer = None
     try:
-        trainer = Trainer(cell.config, folder, resume=True, progress=progress, ignore=(LOCK,))
+        trainer = Trainer(cell.config, folder, resume="auto", progress=progress, ignore=(LOCK,))
         trainer.run()
     except ValueError as exc:
         if "cannot be met" in str(exc) or "no conv layer" in str(exc):
             # The structure cannot reach this budget ("where shapes allow"): not a failure.
-            (folder / SKIPPED).write_text(json.dumps({"reason": str(exc)}, indent=2))
+            atomic_write_text(folder / SKIPPED, json.dumps({"reason": str(exc)}, indent=2))
             return "skipped"
         raise
     except NonFiniteLossError as exc:
-        (folder / FAILED).write_text(json.dumps({"reason": str(exc)}, indent=2))
+        write_failed(cell, str(exc))
         return "failed"
     if trainer is not None and trainer.stop_signal is not None:
         # A stop request that came after the last step (during the final evaluation): the
         # cell is done, and the sweep must still stop instead of starting the next cell.
         raise TrainingInterrupted(trainer.stop_signal, None)
     return "done"
+
+
+def write_failed(cell: Cell, reason: str) -> None:
+    """Record why a cell failed (atomically; best effort: the disk may be what failed)."""
+    from ssconv.train.checkpoint import atomic_write_text
+
+    try:
+        atomic_write_text(cell.folder / FAILED, json.dumps({"reason": reason}, indent=2))
+    except OSError as exc:
+        log.warning("could not write %s: %s", cell.folder / FAILED, exc)
 
 
 def print_cells(cells: list[Cell], out=None) -> None:
@@ -304,7 +474,7 @@ def progress(cells: list[Cell]) -> dict[str, Any]:
     running = 0
     for cell in cells:
         st = status[cell.index]
-        if st in ("done", "skipped", "failed"):
+        if st in ("done", "skipped", "failed", "changed"):
             continue
         running += st == "running"
         if left_s is None:
@@ -344,13 +514,15 @@ def print_progress(cells: list[Cell], out=None) -> dict[str, Any]:
         epochs = "" if done is None else f"{done}/{cell.config.epochs} epochs"
         print(f"{cell.index:4d}  {st:8s}  {epochs:12s}  {cell.label()}", file=out)
     counts = info["counts"]
-    left = sum(n for s, n in counts.items() if s not in ("done", "skipped", "failed", "running"))
+    left = sum(
+        n for s, n in counts.items() if s not in ("done", "skipped", "failed", "changed", "running")
+    )
     parts = [
         f"{counts.get('done', 0)} done",
         f"{counts.get('running', 0)} running",
         f"{left} left",
     ]
-    parts += [f"{counts[s]} {s}" for s in ("skipped", "failed") if counts.get(s)]
+    parts += [f"{counts[s]} {s}" for s in ("skipped", "failed", "changed") if counts.get(s)]
     if info["eta_s"] is None:
         eta = "ETA: unknown until a cell finishes"
     else:

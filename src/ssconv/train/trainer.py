@@ -13,12 +13,29 @@ A run writes a folder::
 
 Resuming restores the model (masks included), optimizer, scheduler, grad scaler, all RNG states
 and the position inside the epoch, so that an interrupted and resumed run ends with the same
-weights, bit for bit on CPU, as an uninterrupted one.
+weights, metrics rows and RNG state, bit for bit on CPU, as an uninterrupted one (also for models
+with Dropout: data loaders draw their seeds from generators of their own, never from the global
+RNG; see :mod:`ssconv.train.loader`).
+
+Fault tolerance:
+
+* Every file is written atomically or appended row by row (``metrics.jsonl``); a resume drops
+  the metrics rows the checkpoint does not cover (and a torn last line), so rows are never
+  duplicated or lost across kills.
+* Non-finite losses and gradients are caught before the optimizer step, and a checkpoint is
+  written only of finite weights (and after an epoch only if its validation loss is finite):
+  after :class:`NonFiniteLossError` the newest checkpoint is a good one.
+* A full disk, a permission error or a read-only file system raises :class:`OutputError`
+  naming the file and the errno (the CLI exits 2); the checkpoints already saved are intact.
+* A start that fails before ``config.yaml`` is written leaves nothing that blocks a rerun.
+* ``epochs`` may change on resume only where it does not change the learning-rate schedule of
+  the steps already trained (see :func:`schedule_changes`), unless explicitly allowed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -43,25 +60,37 @@ from torch.utils.data import DataLoader
 from ssconv.profile import profile
 from ssconv.train.checkpoint import (
     CheckpointError,
+    atomic_write_text,
     checkpoint_name,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    remove_temporaries,
     save_checkpoint,
+    with_filename,
 )
 from ssconv.train.config import RUNTIME_KEYS, ConfigError, TrainConfig, with_neutral_defaults
-from ssconv.train.loader import EpochBatchSampler, SeededDataset
+from ssconv.train.loader import (
+    EpochBatchSampler,
+    SeededDataset,
+    loader_generator,
+    worker_init,
+)
 from ssconv.train.methods import build_model
 
 __all__ = [
     "Trainer",
     "TrainResult",
     "RunFolderError",
+    "OutputError",
     "NonFiniteLossError",
     "TrainingInterrupted",
     "ResumeMismatchError",
     "evaluate_model",
     "load_trained_model",
+    "read_metrics",
+    "schedule_changes",
+    "SCHEDULE_KEYS",
     "train",
 ]
 
@@ -70,6 +99,118 @@ log = logging.getLogger(__name__)
 
 class RunFolderError(ValueError):
     """The output folder cannot be used (not empty without --resume / --overwrite)."""
+
+
+class OutputError(RunFolderError):
+    """Writing the run folder failed: disk full, permission denied, read-only file system."""
+
+
+#: errnos of a run folder that cannot be written (a user / environment error, not a bug).
+WRITE_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ENOSPC",
+        "EDQUOT",
+        "EFBIG",
+        "EACCES",
+        "EPERM",
+        "EROFS",
+        "ENOTDIR",
+        "EISDIR",
+        "ENAMETOOLONG",
+    )
+    if hasattr(errno, name)
+)
+_HINTS = {
+    "ENOSPC": "the disk is full: free some space",
+    "EDQUOT": "the disk quota is used up: free some space",
+    "EFBIG": "the file is too large for this file system",
+    "EACCES": "permission denied: make it writable or choose another --out",
+    "EPERM": "operation not permitted: make it writable or choose another --out",
+    "EROFS": "the file system is read-only: choose another --out",
+    "ENOTDIR": "a part of the path is a file, not a folder: choose another --out",
+    "EISDIR": "a folder is in the way of a file: choose another --out",
+    "ENAMETOOLONG": "the path is too long: choose a shorter --out",
+}
+
+
+def describe_os_error(exc: OSError, out: Path) -> str:
+    """A user-facing sentence for a failed write: the file, the errno name, what to do."""
+    name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    path = exc.filename or str(out)
+    text = f"cannot write {str(path)!r}: {name} ({exc.strerror}); {_HINTS.get(name, 'check it')}"
+    saved = list_checkpoints(out / "checkpoints")
+    if saved:
+        text += (
+            f"; the checkpoints already saved in {str(out / 'checkpoints')!r} are intact "
+            "(newest: " + saved[0].name + "): continue with --resume"
+        )
+    return text
+
+
+#: Keys that may differ on resume (RUNTIME_KEYS) but define the learning-rate schedule.
+SCHEDULE_KEYS = ("epochs",)
+
+
+def schedule_changes(saved: dict, cfg: TrainConfig, epochs_started: int) -> list[str]:
+    """Why resuming a run saved with config ``saved`` under ``cfg`` would not match an
+    uninterrupted run of ``cfg`` (empty if it would).
+
+    ``epochs_started``: epochs the checkpoint has begun (completed, plus one if it is
+    mid-epoch). ``epochs`` sets the horizon of the cosine schedule, so changing it changes the
+    learning rate of every step already trained; with a constant or multistep schedule
+    (milestones are absolute epochs) more epochs continue the run exactly, but not fewer than
+    it has already trained.
+    """
+    old, new = saved.get("epochs"), cfg.epochs
+    if old is None or old == new:
+        return []
+    if cfg.schedule == "cosine":
+        why = "epochs sets the horizon of the cosine learning-rate schedule, so the steps "
+        why += "already trained followed another schedule than the new value describes"
+    elif new < epochs_started:
+        why = f"the run has already trained into epoch {epochs_started}"
+    else:
+        return []
+    return [f"epochs: saved {old!r} vs now {new!r} ({why})"]
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The rows of a ``metrics.jsonl``, skipping a torn line (a kill during the append)."""
+    return [row for _, row in _metric_lines(Path(path))]
+
+
+def _metric_lines(path: Path) -> list[tuple[str, dict]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            log.warning("%s: skipping the torn line %d (a kill during its write)", path, number)
+            continue
+        if isinstance(row, dict):
+            rows.append((line, row))
+    return rows
+
+
+#: What a start that failed (or was killed) before writing config.yaml can leave in OUT.
+_LEFTOVER_FILES = frozenset({"train.log"})
+
+
+def _is_leftover(path: Path) -> bool:
+    name = path.name
+    return path.is_file() and (
+        name in _LEFTOVER_FILES or (name.startswith(".") and name.endswith(".tmp"))
+    )
+
+
+def _all_finite(tensors) -> bool:
+    flags = [torch.isfinite(t).all() for t in tensors]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 class ResumeMismatchError(ValueError):
@@ -150,8 +291,10 @@ def _lists_to_tuples(state):
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and state.get("cuda"):
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available():
+        for index in range(min(len(cuda), torch.cuda.device_count())):
+            torch.cuda.set_rng_state(cuda[index], index)
     npd = state["numpy"]
     np.random.set_state(
         (
@@ -191,24 +334,39 @@ def _topk_correct(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> list
 
 
 class Trainer:
-    """Runs one configuration into one output folder (``train()`` is the entry point)."""
+    """Runs one configuration into one output folder (``train()`` is the entry point).
+
+    Args:
+        resume: True: continue the run in ``out`` (refused when there is none: a missing or
+            empty folder); ``"auto"``: continue it if there is one, else start (sweeps).
+        overwrite: replace the run in ``out``.
+        allow_schedule_change: resume even where a changed ``epochs`` changes the
+            learning-rate schedule of the steps already trained (see :func:`schedule_changes`).
+        ignore: names of files in ``out`` that do not count as its content (a sweep's lock;
+            also ``NAME.*``).
+    """
 
     def __init__(
         self,
         cfg: TrainConfig,
         out: str | Path,
         *,
-        resume: bool = False,
+        resume: bool | str = False,
         overwrite: bool = False,
         progress: bool | None = None,
         callbacks: list[Callable[[Trainer], None]] | None = None,
         ignore: tuple[str, ...] = (),
+        allow_schedule_change: bool = False,
     ) -> None:
+        if resume not in (True, False, "auto"):
+            raise ValueError(f"resume: expected True, False or 'auto', got {resume!r}")
         self.cfg = cfg
         self.ignore = ignore  # file names in OUT that do not make it "non-empty" (sweep locks)
         self.out = Path(out)
         self.resume = resume
         self.overwrite = overwrite
+        self.allow_schedule_change = allow_schedule_change
+        self._started = False  # OUT holds a run (config.yaml written, or resumed)
         self.progress = progress
         self.callbacks = callbacks or []
         self.rank, self.world, self.local_rank = _distributed()
@@ -220,17 +378,41 @@ class Trainer:
         self._stop_signal: int | None = None
 
     # ---------------------------------------------------------------- folder
+    def _ignored(self, name: str) -> bool:
+        return any(name == i or name.startswith(i + ".") for i in self.ignore)
+
     def _prepare_folder(self) -> tuple[Path, dict] | None:
         """Check the run folder; return the newest valid checkpoint when resuming."""
         out = self.out
-        existing = [p for p in out.iterdir() if p.name not in self.ignore] if out.is_dir() else []
-        if existing and not self.resume:
+        if out.exists() and not out.is_dir():
+            raise RunFolderError(
+                f"--out {str(out)!r} is a file, not a folder; pass the path of a folder (a new "
+                "one, or an ssconv run folder with --resume / --overwrite)"
+            )
+        existing = [p for p in out.iterdir() if not self._ignored(p.name)] if out.is_dir() else []
+        if existing and all(_is_leftover(p) for p in existing):
+            # A start that failed or was killed before it wrote config.yaml: not a run.
+            log.info("%s: removing what a failed start left (%s)", out, [p.name for p in existing])
+            if self.is_main:
+                for p in existing:
+                    p.unlink(missing_ok=True)
+            existing = []
+        if not existing:
+            if self.resume is True:
+                what = "does not exist" if not out.exists() else "is empty"
+                raise RunFolderError(
+                    f"--resume: nothing to resume: --out {str(out)!r} {what}; drop --resume to "
+                    "start a new run there"
+                )
+            return None
+        is_run = (out / "config.yaml").is_file() or bool(list_checkpoints(out / "checkpoints"))
+        if not self.resume:
             if not self.overwrite:
                 raise RunFolderError(
                     f"--out {str(out)!r} is not empty; pass --resume to continue that run or "
                     f"--overwrite to replace it"
                 )
-            if not (out / "config.yaml").is_file():
+            if not is_run:
                 raise RunFolderError(
                     f"--overwrite refused: {str(out)!r} does not look like an ssconv run folder "
                     f"(no config.yaml); choose another --out"
@@ -238,20 +420,40 @@ class Trainer:
             if self.is_main:
                 for p in existing:
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
-        if self.resume and existing:
-            found = latest_checkpoint(out / "checkpoints")
-            if found is None:
-                broken = list_checkpoints(out / "checkpoints")
-                if broken:
-                    raise CheckpointError(
-                        f"--resume: no usable checkpoint in {str(out / 'checkpoints')!r} "
-                        f"(broken: {', '.join(p.name for p in broken)})"
-                    )
-                log.warning("--resume: no checkpoint in %s yet; starting from scratch", out)
-            return found
-        return None
+            return None
+        if not is_run:
+            raise RunFolderError(
+                f"--resume: {str(out)!r} holds no ssconv run (no config.yaml, no checkpoints); "
+                "drop --resume and choose an empty or new --out"
+            )
+        self._started = True
+        if self.is_main:
+            for leftover in remove_temporaries(out / "checkpoints") + remove_temporaries(out):
+                log.info("removed %s, the temporary file of a write that never finished", leftover)
+        found = latest_checkpoint(out / "checkpoints")
+        if found is None:
+            broken = list_checkpoints(out / "checkpoints")
+            if broken:
+                raise CheckpointError(
+                    f"--resume: no usable checkpoint in {str(out / 'checkpoints')!r} "
+                    f"(broken: {', '.join(p.name for p in broken)})"
+                )
+            saved = self._saved_config()
+            if saved is not None:
+                self._check_resume_config(saved, None)
+            log.warning("--resume: no checkpoint in %s yet; starting from scratch", out)
+        return found
 
-    def _check_resume_config(self, saved: dict) -> None:
+    def _saved_config(self) -> dict | None:
+        try:
+            saved = yaml.safe_load((self.out / "config.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            return None
+        return saved if isinstance(saved, dict) else None
+
+    def _check_resume_config(self, saved: dict, state: dict | None) -> None:
+        """Refuse to resume under other results-relevant settings; ``state``: the checkpoint
+        (None: nothing trained yet, so only the saved config.yaml is compared)."""
         saved = with_neutral_defaults(saved)
         mine = self.cfg.to_dict()
         diff = {
@@ -265,6 +467,20 @@ class Trainer:
                 f"--resume: the configuration differs from the run's ({lines}); resume with the "
                 f"same settings or start a new run in another --out"
             )
+        if state is None:
+            return
+        started = int(state["epoch"]) + (1 if state.get("step_in_epoch") else 0)
+        changes = schedule_changes(saved, self.cfg, started)
+        if not changes:
+            return
+        text = "; ".join(changes)
+        if not self.allow_schedule_change:
+            raise ResumeMismatchError(
+                f"--resume: {text}. Resume with the saved value (--epochs {saved['epochs']}), "
+                "start a new run in another --out, or pass --allow-schedule-change to continue "
+                "anyway (the run then follows neither schedule)"
+            )
+        log.warning("--resume with --allow-schedule-change: %s", text)
 
     # ------------------------------------------------------------------- run
     def run(self) -> TrainResult:
@@ -274,6 +490,10 @@ class Trainer:
             dist.init_process_group(backend)
         try:
             return self._run()
+        except OSError as exc:
+            if exc.errno in WRITE_ERRNOS:
+                raise OutputError(describe_os_error(exc, self.out)) from exc
+            raise
         finally:
             if self.world > 1 and dist.is_initialized():
                 dist.destroy_process_group()
@@ -288,7 +508,7 @@ class Trainer:
             if self.is_main:
                 try:
                     found = self._prepare_folder()
-                except (RunFolderError, CheckpointError) as exc:
+                except (RunFolderError, CheckpointError, ResumeMismatchError) as exc:
                     error = exc
             holder = [str(found[0]) if found else None, repr(error) if error else None]
             dist.broadcast_object_list(holder, src=0)
@@ -299,7 +519,8 @@ class Trainer:
             if not self.is_main and holder[0] is not None:
                 found = (Path(holder[0]), load_checkpoint(holder[0]))
         if found is not None:
-            self._check_resume_config(found[1]["config"])
+            self._check_resume_config(found[1]["config"], found[1])
+        created = not self.out.exists()
         self.out.mkdir(parents=True, exist_ok=True)
         # OUT/train.log receives what the "ssconv" loggers emit at the level the application
         # configured (the CLI sets INFO).
@@ -319,10 +540,30 @@ class Trainer:
                 return self._run_in_folder(found)
             finally:
                 self._restore_signal_handlers(previous)
+        except BaseException:
+            if handler is not None:
+                logger.removeHandler(handler)
+                handler.close()
+                handler = None
+            if self.is_main and not self._started:
+                self._clean_failed_start(created)
+            raise
         finally:
             if handler is not None:
                 logger.removeHandler(handler)
                 handler.close()
+
+    def _clean_failed_start(self, created: bool) -> None:
+        """Remove what a start that failed before config.yaml was written left, so that the
+        same command can simply be run again (the error itself went to the console)."""
+        for path in [self.out / name for name in _LEFTOVER_FILES] + [
+            p for p in self.out.glob(".*.tmp")
+        ]:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                self.out.rmdir()  # only if empty
 
     def _run_in_folder(self, found) -> TrainResult:
         from ssconv.data import build_dataset
@@ -430,10 +671,20 @@ class Trainer:
                 steps_per_epoch,
             )
             method_info = json.loads((self.out / "method.json").read_text())
+            if self.is_main and with_neutral_defaults(state["config"]) != cfg.to_dict():
+                # Runtime keys (workers, epochs where allowed, ...) changed: config.yaml says
+                # what the run now is.
+                atomic_write_text(
+                    self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+                )
         elif self.is_main:
-            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-            (self.out / "method.json").write_text(json.dumps(method_info, indent=2))
-            (self.out / "metrics.jsonl").write_text("")
+            # config.yaml first: from then on the folder is a run (resumable, or --overwrite).
+            atomic_write_text(
+                self.out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+            )
+            self._started = True
+            atomic_write_text(self.out / "method.json", json.dumps(method_info, indent=2))
+            atomic_write_text(self.out / "metrics.jsonl", "")
 
         train_model: nn.Module = model
         if self.world > 1:
@@ -479,6 +730,10 @@ class Trainer:
             batch_sampler=sampler,
             num_workers=cfg.workers,
             pin_memory=self.device.type == "cuda",
+            # Its own generator: a new iterator must not draw from the global RNG (restored on
+            # resume, used by Dropout), or a resumed run would not be bit-identical.
+            generator=loader_generator(cfg.seed, self.epoch, self.rank, 0x10ADE5),
+            worker_init_fn=worker_init() if cfg.workers else None,
         )
         model.train()
         sums = torch.zeros(4, dtype=torch.float64)  # loss * n, correct1, correct5, n
@@ -507,6 +762,20 @@ class Trainer:
                 )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            # A finite loss can still have inf / nan gradients; the update would make the
+            # weights non-finite. (With a grad scaler, AMP skips such steps by itself.)
+            if not self.scaler.is_enabled() and not _all_finite(
+                p.grad
+                for group in self.optimizer.param_groups
+                for p in group["params"]
+                if p.grad is not None
+            ):
+                raise NonFiniteLossError(
+                    f"the gradients became non-finite (nan or inf) at epoch {self.epoch + 1}, "
+                    f"step {self.step_in_epoch + 1} (loss {loss.item():.6g}); the update was "
+                    f"not applied and the last good checkpoint is kept in "
+                    f"{self.out / 'checkpoints'}; lower lr or disable amp"
+                )
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
@@ -551,6 +820,12 @@ class Trainer:
         if self.world > 1:
             dist.all_reduce(sums)
         val = self.evaluate(self.test_set)
+        if not math.isfinite(val["loss"]):
+            raise NonFiniteLossError(
+                f"the validation loss became {val['loss']} after epoch {self.epoch + 1}; no "
+                f"checkpoint of this epoch was written and the last good one is kept in "
+                f"{self.out / 'checkpoints'}; lower lr or disable amp"
+            )
         self.epoch += 1
         self.step_in_epoch = 0
         self._epoch_sums = None
@@ -631,31 +906,69 @@ class Trainer:
         self.best_acc = state["best_acc"]
         self._epoch_sums = state.get("epoch_sums")
         if self.is_main:
-            self._truncate_metrics(self.global_step)
+            self._truncate_metrics(self.epoch, self.global_step)
 
     def _save(self) -> Path | None:
+        # Never a checkpoint of a diverged model: it would rotate the good ones away.
+        finite = _all_finite(v for v in self.model.state_dict().values() if v.is_floating_point())
+        if self.world > 1:  # every process stops, or none
+            on = self.device if dist.get_backend() == "nccl" else "cpu"
+            flag = torch.tensor([0.0 if finite else 1.0], device=on)
+            dist.all_reduce(flag)
+            finite = flag.item() == 0
+        if not finite:
+            raise NonFiniteLossError(
+                f"the model's weights or buffers became non-finite (nan or inf) after step "
+                f"{self.global_step}; no checkpoint of it was written and the last good one is "
+                f"kept in {self.out / 'checkpoints'}; lower lr or disable amp"
+            )
         if not self.is_main:
             return None
+        self._sync_metrics()  # the rows this checkpoint covers are on disk before it
         name = checkpoint_name(self.epoch, self.global_step)
         return save_checkpoint(
             self.state_dict(), self.out / "checkpoints", name, keep=self.cfg.keep_checkpoints
         )
 
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop metric rows written after the checkpoint we resume from (no duplicates)."""
+    def _truncate_metrics(self, epoch: int, step: int) -> None:
+        """Keep exactly the metric rows the checkpoint we resume from covers: epoch rows of its
+        completed epochs, step rows up to its step (no duplicates, no torn line)."""
         path = self.out / "metrics.jsonl"
         if not path.is_file():
             return
-        rows = [line for line in path.read_text().splitlines() if line.strip()]
-        kept = [r for r in rows if json.loads(r).get("step", 0) <= step]
-        path.write_text("".join(r + "\n" for r in kept))
+        lines = path.read_text(errors="replace").splitlines()
+        kept = [
+            line
+            for line, row in _metric_lines(path)
+            if (row.get("epoch", 0) <= epoch if row.get("kind") == "epoch" else True)
+            and row.get("step", 0) <= step
+        ]
+        if kept != [line for line in lines if line.strip()]:
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    def _sync_metrics(self) -> None:
+        path = self.out / "metrics.jsonl"
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     # ------------------------------------------------------------- outputs
     def _log_row(self, row: dict, writer) -> None:
         if not self.is_main:
             return
-        with open(self.out / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        path = self.out / "metrics.jsonl"
+        try:
+            with open(path, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+        except OSError as exc:
+            raise with_filename(exc, path) from None
         if writer is not None:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key not in ("epoch", "step", "wall_time"):
@@ -688,15 +1001,11 @@ class Trainer:
     def _finish(self, wall: float, method_info: dict) -> dict[str, Any]:
         final: dict[str, Any] = {}
         if self.is_main:
-            rows = [
-                json.loads(r)
-                for r in (self.out / "metrics.jsonl").read_text().splitlines()
-                if r.strip()
-            ]
+            rows = read_metrics(self.out / "metrics.jsonl")
             epochs = [r for r in rows if r.get("kind") == "epoch"]
             prof = profile(self.model, (1, *self.info.input_size))
-            (self.out / "profile.txt").write_text(prof.table() + "\n")
-            (self.out / "profile.json").write_text(prof.to_json(indent=2))
+            atomic_write_text(self.out / "profile.txt", prof.table() + "\n")
+            atomic_write_text(self.out / "profile.json", prof.to_json(indent=2))
             latency = self._latency()
             final = {
                 "method": self.cfg.method,
@@ -724,7 +1033,7 @@ class Trainer:
                 "complete": self.epoch >= self.cfg.epochs,
                 "config_digest": self.cfg.digest(),
             }
-            (self.out / "final.json").write_text(json.dumps(final, indent=2))
+            atomic_write_text(self.out / "final.json", json.dumps(final, indent=2))
         return final
 
     @torch.inference_mode()
@@ -805,7 +1114,11 @@ def evaluate_model(
         drop_last=False,
     )
     loader = DataLoader(
-        dataset, batch_sampler=[[i for _, i in batch] for batch in sampler], num_workers=workers
+        dataset,
+        batch_sampler=[[i for _, i in batch] for batch in sampler],
+        num_workers=workers,
+        generator=loader_generator(0),  # leaves the global RNG alone (see ssconv.train.loader)
+        worker_init_fn=worker_init() if workers else None,
     )
     sums = torch.zeros(4, dtype=torch.float64)
     for x, y in loader:
