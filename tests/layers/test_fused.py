@@ -446,3 +446,19 @@ def test_auto_trains_on_stock_kernels_without_the_kernel(monkeypatch):
     layer.backend = "fused"
     with pytest.raises(RuntimeError, match="not available: .*no compiler"):
         layer(x)
+
+
+@needs_kernel
+def test_training_kernels_respect_the_thread_count():
+    # Two threads split the batch (and sum their weight-gradient partials): same results.
+    layer = SSConv2d(16, 16, 3, padding=1, groups=2, period=8)
+    x = torch.randn(5, 16, 9, 9)
+    grads = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        layer.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        layer(xi).square().sum().backward()
+        grads.append((xi.grad, layer.weight_spatial.grad.clone()))
+    _close(grads[0][0], grads[1][0], 1e-6)
+    _close(grads[0][1], grads[1][1], 1e-5)

@@ -1,8 +1,13 @@
-"""Optional fused CPU kernel for SSC layers (inference).
+"""Optional fused CPU kernels for SSC layers (inference and training).
 
-The kernel (``ssc_fused.cpp``) computes a block-structured sparse convolution in one pass over
+The kernels (``ssc_fused.cpp``) compute a block-structured sparse convolution in one pass over
 the input: every output pixel reads its K x K window once and accumulates the spatial and the
-1 x 1 weights of its filters together. It is compiled on first use with
+1 x 1 weights of its filters together. Two layouts: ``"channels"`` (NHWC; vector lanes are
+filters of one residue class, for wide layers in inference) and ``"pixels"`` (NCHW, stride 1;
+lanes are 8 pixels of a row and blocks hold 1-4 filters, so narrow classes execute no zeros;
+used for training). Training adds the weight gradient in the packed layout, and the input
+gradient of a stride-1 layer as the forward of the transposed, tap-flipped packing
+(:func:`fused_conv2d_train`, an autograd function over the custom ops). It is compiled on first use with
 :func:`torch.utils.cpp_extension.load` (needs a C++ compiler and ``ninja``; ``pip install
 ninja``) and cached by PyTorch (``TORCH_EXTENSIONS_DIR``). Where it cannot be built,
 :func:`available` is false and the layers use their stock-kernel paths; nothing else changes.

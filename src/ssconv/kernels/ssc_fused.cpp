@@ -471,49 +471,65 @@ static std::vector<int64_t> entry_offsets(const Packed<S>& pk, int64_t nblocks, 
   return off;
 }
 
-template <typename V, typename S, int R, int M>
-static void forward_block(const Image<S>& img, const Packed<S>& pk, const int64_t* eoff,
-                          int64_t b, int64_t ho, int64_t wo, S* y_img, int64_t y_chan) {
+// Output rows [oh, oh + RB) of block b: RB * R vectors of pixels times M filters accumulate
+// together (RB = 2 for narrow images, so that short rows still fill the FMA pipeline).
+template <typename V, typename S, int R, int M, int RB>
+static inline void forward_tile(const Image<S>& img, const Packed<S>& pk, const int64_t* eoff,
+                                int64_t b, int64_t e_beg, int64_t e_end, int64_t oh, int64_t ow0,
+                                int64_t wo, S* y_img, int64_t y_chan) {
   constexpr int W = sizeof(V) / sizeof(S);
   const int32_t* idx = pk.out_idx + b * M;
-  const int64_t e_beg = pk.seg_beg[pk.blk_seg[b]], e_end = pk.seg_beg[pk.blk_seg[b + 1]];
-  for (int64_t oh = 0; oh < ho; ++oh) {
-    for (int64_t ow0 = 0; ow0 < wo; ow0 += R * W) {
-      V acc[R][M];
-      for (int j = 0; j < M; ++j) {
-        V bj = V{} + pk.bias[b * M + j];
-        for (int r = 0; r < R; ++r) acc[r][j] = bj;
-      }
-      const S* base = img.buf.data() + oh * img.wp + ow0;
-      {
-        for (int64_t e = e_beg; e < e_end; ++e) {
-          const S* xr = base + eoff[e];
-          const S* w = pk.w + e * M;
-          V xv[R];
-          for (int r = 0; r < R; ++r) xv[r] = load_v<V>(xr + r * W);
-          for (int j = 0; j < M; ++j) {
-            const S wj = w[j];
-            for (int r = 0; r < R; ++r) acc[r][j] += wj * xv[r];
-          }
-        }
-      }
-      for (int j = 0; j < M; ++j) {
-        if (idx[j] < 0) continue;
-        S* dst = y_img + idx[j] * y_chan + oh * wo + ow0;
-        for (int r = 0; r < R; ++r) {
-          const int64_t n_ok = std::min<int64_t>(W, wo - ow0 - r * W);
-          if (n_ok <= 0) break;
-          if (n_ok == W) {
-            store_v<V>(dst + r * W, acc[r][j]);
-          } else {
-            S tmp[W];
-            store_v<V>(tmp, acc[r][j]);
-            std::memcpy(dst + r * W, tmp, n_ok * sizeof(S));
-          }
+  V acc[RB][R][M];
+  for (int j = 0; j < M; ++j) {
+    V bj = V{} + pk.bias[b * M + j];
+    for (int q = 0; q < RB; ++q)
+      for (int r = 0; r < R; ++r) acc[q][r][j] = bj;
+  }
+  const S* base = img.buf.data() + oh * img.wp + ow0;
+  for (int64_t e = e_beg; e < e_end; ++e) {
+    const S* xr = base + eoff[e];
+    const S* w = pk.w + e * M;
+    V xv[RB][R];
+    for (int q = 0; q < RB; ++q)
+      for (int r = 0; r < R; ++r) xv[q][r] = load_v<V>(xr + q * img.wp + r * W);
+    for (int j = 0; j < M; ++j) {
+      const S wj = w[j];
+      for (int q = 0; q < RB; ++q)
+        for (int r = 0; r < R; ++r) acc[q][r][j] += wj * xv[q][r];
+    }
+  }
+  for (int j = 0; j < M; ++j) {
+    if (idx[j] < 0) continue;
+    for (int q = 0; q < RB; ++q) {
+      S* dst = y_img + idx[j] * y_chan + (oh + q) * wo + ow0;
+      for (int r = 0; r < R; ++r) {
+        const int64_t n_ok = std::min<int64_t>(W, wo - ow0 - r * W);
+        if (n_ok <= 0) break;
+        if (n_ok == W) {
+          store_v<V>(dst + r * W, acc[q][r][j]);
+        } else {
+          S tmp[W];
+          store_v<V>(tmp, acc[q][r][j]);
+          std::memcpy(dst + r * W, tmp, n_ok * sizeof(S));
         }
       }
     }
   }
+}
+
+template <typename V, typename S, int R, int M>
+static void forward_block(const Image<S>& img, const Packed<S>& pk, const int64_t* eoff,
+                          int64_t b, int64_t ho, int64_t wo, S* y_img, int64_t y_chan) {
+  constexpr int W = sizeof(V) / sizeof(S);
+  constexpr int RB = R * M < 4 ? 2 : 1;
+  const int64_t e_beg = pk.seg_beg[pk.blk_seg[b]], e_end = pk.seg_beg[pk.blk_seg[b + 1]];
+  int64_t oh = 0;
+  for (; oh + RB <= ho; oh += RB)
+    for (int64_t ow0 = 0; ow0 < wo; ow0 += R * W)
+      forward_tile<V, S, R, M, RB>(img, pk, eoff, b, e_beg, e_end, oh, ow0, wo, y_img, y_chan);
+  for (; oh < ho; ++oh)
+    for (int64_t ow0 = 0; ow0 < wo; ow0 += R * W)
+      forward_tile<V, S, R, M, 1>(img, pk, eoff, b, e_beg, e_end, oh, ow0, wo, y_img, y_chan);
 }
 
 template <typename V, typename S, int R, int M>

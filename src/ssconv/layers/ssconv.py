@@ -19,13 +19,18 @@ Execution backends (same outputs and gradients):
 * ``"decomposed"``: the fast path. Permuting input channels by ``i' mod P`` and output channels
   by ``o' mod P`` turns the spatial pairs into a grouped K x K convolution with ``G * P`` groups;
   the point pairs are a grouped 1 x 1 convolution with ``G`` groups. Both are stock kernels.
-* ``"fused"``: inference only: one native kernel (:mod:`ssconv.kernels.fused`, compiled on first
-  use where a C++ compiler is present) reads each K x K window once and accumulates the spatial
-  and 1 x 1 weights together, float32 on CPU. Calls that need gradients, other devices or
-  dtypes, tracing and ``torch.compile`` run the ``"auto"`` choice of stock kernels instead.
-* ``"auto"`` (default): in inference on CPU (no gradients, float32) the fused kernel where it is
-  built and the layer is wide enough; otherwise the decomposed path where the layer is sparse
-  enough to gain from it, the dense one else (see :meth:`SSConv2d.resolved_backend`).
+* ``"fused"``: native CPU kernels (:mod:`ssconv.kernels.fused`, compiled on first use where a
+  C++ compiler is present). Inference: one kernel reads each K x K window once and accumulates
+  the spatial and 1 x 1 weights together (float32). Training (stride-1 layers): forward, input
+  gradient and weight gradient on kernels that execute only the pattern's weights, vectorised
+  over pixels so that narrow residue classes waste nothing (float32, and float64 for
+  gradcheck). Strided layers in training, other devices, tracing and ``torch.compile`` run the
+  ``"auto"`` choice of stock kernels instead.
+* ``"auto"`` (default): on CPU, gradient-needing float32 calls of stride-1 layers use the fused
+  training kernels where they are built (:meth:`SSConv2d.trains_fused`); inference (no
+  gradients, float32) uses the fused kernel where the layer is wide enough; otherwise the
+  decomposed path where the layer is sparse enough to gain from it, the dense one else (see
+  :meth:`SSConv2d.resolved_backend`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,124 @@
+"""Training throughput (images/s) of the models the trainer builds, side by side in one process.
+
+    python benchmarks/train_throughput.py [--model cifar_resnet20] [--dataset fashion_mnist]
+        [--densities 0.1 0.05] [--methods dense ssc magnitude dw_separable] [--batch 128]
+        [--threads 2] [--repeats 9] [--stock] [--channels-last] [--json out.json]
+
+Every model is built exactly as ``ssconv train`` builds it (``ssconv.train.methods``, the
+regime's init rule), and one SGD step (forward, backward, Nesterov momentum update) on a fixed
+random batch of the dataset's shape is timed, interleaved with the other models (medians and
+interquartile spread). ``--stock`` adds the SSC models with the fused training kernels switched
+off (``backend="decomposed"/"masked"`` as the stock ``auto`` rule picks them), so the kernels'
+own gain is measured in the same process. Speed is never asserted in tests; record the output
+in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+from torch import nn
+
+from ssconv import SSConv2d
+from ssconv.bench.timing import machine_info, measure
+from ssconv.data import dataset_info
+from ssconv.train.config import TrainConfig
+from ssconv.train.methods import build_model
+
+
+def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    model.train()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+class _Stock:
+    """Run a model's SSC layers on the stock choice of ``auto`` (no fused training kernels)."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = [m for m in model.modules() if isinstance(m, SSConv2d)]
+        self.choice = [m._stock_backend() for m in self.layers]
+
+    def wrap(self, fn):
+        def run() -> None:
+            saved = [m.backend for m in self.layers]
+            for m, b in zip(self.layers, self.choice):
+                m.backend = b
+            try:
+                fn()
+            finally:
+                for m, b in zip(self.layers, saved):
+                    m.backend = b
+
+        return run
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default="cifar_resnet20")
+    p.add_argument("--dataset", default="fashion_mnist", help="only its shape is used")
+    p.add_argument("--densities", type=float, nargs="+", default=[0.1, 0.05])
+    p.add_argument("--methods", nargs="+", default=["dense", "ssc", "magnitude", "dw_separable"])
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--stock", action="store_true", help="also time SSC on stock kernels")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = dataset_info(args.dataset)
+    c, h, w = info.input_size
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, c, h, w)
+    y = torch.randint(0, info.num_classes, (args.batch,))
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    x = x.contiguous(memory_format=fmt)
+    candidates = {}
+    for method in args.methods:
+        for density in [None] if method == "dense" else args.densities:
+            keys = dict(dataset=args.dataset, model=args.model, method=method, init_scale="dense")
+            if density is not None:
+                keys["density"] = density
+            model, _ = build_model(TrainConfig.from_dict(keys), info.num_classes, c, (c, h, w))
+            model.to(memory_format=fmt)
+            name = method if density is None else f"{method}@{density:g}"
+            candidates[name] = _step(model, x, y)
+            if args.stock and any(isinstance(m, SSConv2d) for m in model.modules()):
+                candidates[f"{name} (stock)"] = _Stock(model).wrap(_step(model, x, y))
+    stats = measure(candidates, repeats=args.repeats, warmup=2)
+    dense = stats["dense"].median if "dense" in stats else None
+    machine = machine_info("cpu")
+    print(
+        f"{args.model} on {args.dataset} shapes, batch {args.batch}, {machine['threads']} threads, "
+        f"{'channels_last' if args.channels_last else 'NCHW'}, {machine['processor']}, "
+        f"torch {machine['torch']}, {machine['date']}\n"
+    )
+    print("| model | ms / step | spread | images/s | vs dense |")
+    print("|---|---|---|---|---|")
+    rows = []
+    for name, s in stats.items():
+        ratio = dense / s.median if dense else float("nan")
+        print(
+            f"| {name} | {s.median * 1e3:.0f} | ±{s.spread * 50:.0f} % | "
+            f"{args.batch / s.median:.0f} | {ratio:.2f}x |"
+        )
+        rows.append({"name": name, **s.to_dict(), "images_per_s": args.batch / s.median})
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": machine, "args": vars(args), "rows": rows}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
