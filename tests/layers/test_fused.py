@@ -276,14 +276,28 @@ TRAIN_SHAPES = [
 def _train_pair(cfg, dtype=torch.float32):
     c_in, c_out, k, groups, period, pointwise, spatial, kw = cfg
     layer = SSConv2d(
-        c_in, c_out, k, groups=groups, period=period, pointwise=pointwise, spatial=spatial,
-        backend="fused", **kw,
+        c_in,
+        c_out,
+        k,
+        groups=groups,
+        period=period,
+        pointwise=pointwise,
+        spatial=spatial,
+        backend="fused",
+        **kw,
     ).to(dtype)
     with torch.no_grad():
         layer.bias.normal_()
     ref = SSConv2d(
-        c_in, c_out, k, groups=groups, period=period, pointwise=pointwise, spatial=spatial,
-        backend="masked", **kw,
+        c_in,
+        c_out,
+        k,
+        groups=groups,
+        period=period,
+        pointwise=pointwise,
+        spatial=spatial,
+        backend="masked",
+        **kw,
     ).to(dtype)
     ref.load_state_dict(layer.state_dict())
     return layer, ref

@@ -7,10 +7,12 @@ filters of one residue class, for wide layers in inference) and ``"pixels"`` (NC
 lanes are 8 pixels of a row and blocks hold 1-4 filters, so narrow classes execute no zeros;
 used for training). Training adds the weight gradient in the packed layout, and the input
 gradient of a stride-1 layer as the forward of the transposed, tap-flipped packing
-(:func:`fused_conv2d_train`, an autograd function over the custom ops). It is compiled on first use with
-:func:`torch.utils.cpp_extension.load` (needs a C++ compiler and ``ninja``; ``pip install
-ninja``) and cached by PyTorch (``TORCH_EXTENSIONS_DIR``). Where it cannot be built,
-:func:`available` is false and the layers use their stock-kernel paths; nothing else changes.
+(:func:`fused_conv2d_train`, an autograd function over the custom ops).
+
+The module is compiled on first use with :func:`torch.utils.cpp_extension.load` (needs a C++
+compiler and ``ninja``; ``pip install ninja``) and cached by PyTorch (``TORCH_EXTENSIONS_DIR``).
+Where it cannot be built, :func:`available` is false and the layers use their stock-kernel
+paths; nothing else changes.
 
 Set ``SSCONV_NO_FUSED=1`` to never build or use it.
 """
@@ -237,9 +239,7 @@ def executed_per_pixel(mask: Tensor, order: Tensor, vb: int) -> int:
     return int(union.sum()) * vb
 
 
-def _choose_vb(
-    full_mask: Tensor, order: Tensor, choices=VB_CHOICES, speed=None
-) -> tuple[int, int]:
+def _choose_vb(full_mask: Tensor, order: Tensor, choices=VB_CHOICES, speed=None) -> tuple[int, int]:
     """The block width with the lowest estimated time, and its executed MACs per pixel."""
     speed = _VB_SPEED if speed is None else speed
     executed = {v: executed_per_pixel(full_mask, order, v) for v in choices}
@@ -615,8 +615,19 @@ def _pix_op(
     if mod is None:
         raise RuntimeError(f"the fused SSC kernel is not available: {_error}")
     return mod.ssc_pix_forward(
-        x, w, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, bias, in_channels,
-        out_channels, *geometry, vb,
+        x,
+        w,
+        ch,
+        seg_tap,
+        seg_beg,
+        blk_seg,
+        out_idx,
+        blk_base,
+        bias,
+        in_channels,
+        out_channels,
+        *geometry,
+        vb,
     )
 
 
@@ -648,8 +659,18 @@ def _pix_wgrad_op(
     if mod is None:
         raise RuntimeError(f"the fused SSC kernel is not available: {_error}")
     return mod.ssc_pix_wgrad(
-        x, grad_out, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, in_channels,
-        out_channels, *geometry, vb,
+        x,
+        grad_out,
+        ch,
+        seg_tap,
+        seg_beg,
+        blk_seg,
+        out_idx,
+        blk_base,
+        in_channels,
+        out_channels,
+        *geometry,
+        vb,
     )
 
 
@@ -666,7 +687,9 @@ _WGRAD = {"channels": _wgrad_op, "pixels": _pix_wgrad_op}
 
 
 def transposed_geometry(
-    kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
     dilation: tuple[int, int],
 ) -> list[int] | None:
     """Geometry of the input gradient as a stride-1 convolution of the output gradient, or
@@ -703,8 +726,19 @@ class _FusedConvTrain(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, bias_l, wt, plan, plan_t, geometry, geometry_t):
         y = _FORWARD[plan.kernel](
-            x, w, plan.ch, plan.seg_tap, plan.seg_beg, plan.blk_seg, plan.out_idx,
-            plan.blk_base, bias_l, plan.in_channels, plan.out_channels, geometry, plan.vb,
+            x,
+            w,
+            plan.ch,
+            plan.seg_tap,
+            plan.seg_beg,
+            plan.blk_seg,
+            plan.out_idx,
+            plan.blk_base,
+            bias_l,
+            plan.in_channels,
+            plan.out_channels,
+            geometry,
+            plan.vb,
         )
         ctx.save_for_backward(x, wt)
         ctx.plans = (plan, plan_t)
@@ -721,15 +755,35 @@ class _FusedConvTrain(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             zero = wt.new_zeros(plan_t.out_idx.numel())
             gx = _FORWARD[plan_t.kernel](
-                gy, wt, plan_t.ch, plan_t.seg_tap, plan_t.seg_beg, plan_t.blk_seg,
-                plan_t.out_idx, plan_t.blk_base, zero, plan_t.in_channels,
-                plan_t.out_channels, geometry_t, plan_t.vb,
+                gy,
+                wt,
+                plan_t.ch,
+                plan_t.seg_tap,
+                plan_t.seg_beg,
+                plan_t.blk_seg,
+                plan_t.out_idx,
+                plan_t.blk_base,
+                zero,
+                plan_t.in_channels,
+                plan_t.out_channels,
+                geometry_t,
+                plan_t.vb,
             )
             gx = _like(gx, x)
         if ctx.needs_input_grad[1]:
             gw = _WGRAD[plan.kernel](
-                x, gy, plan.ch, plan.seg_tap, plan.seg_beg, plan.blk_seg, plan.out_idx,
-                plan.blk_base, plan.in_channels, plan.out_channels, geometry, plan.vb,
+                x,
+                gy,
+                plan.ch,
+                plan.seg_tap,
+                plan.seg_beg,
+                plan.blk_seg,
+                plan.out_idx,
+                plan.blk_base,
+                plan.in_channels,
+                plan.out_channels,
+                geometry,
+                plan.vb,
             )
         if ctx.needs_input_grad[2]:
             sums = gy.sum((0, 2, 3))
