@@ -3,8 +3,8 @@
 The static ``auto`` rule of :class:`~ssconv.SSConv2d` is deterministic and cheap but cannot
 know the machine. :func:`autotune` times every exact backend of every SSC layer on the layer's
 real input shape (forward, or forward + backward for training) and sets each layer's
-``backend`` to the fastest (for inference on CPU, the fused kernel is a candidate where it
-builds). The choice is explicit afterwards (saved nowhere, reproducible by
+``backend`` to the fastest (on CPU the fused kernels are a candidate where they build, for
+inference and for training). The choice is explicit afterwards (saved nowhere, reproducible by
 setting ``layer.backend``), so a resumed run does not change kernels silently; results are
 cached per layer signature inside the process, so identical layers are measured once.
 """
@@ -76,11 +76,7 @@ def autotune(
         for h in handles:
             h.remove()
         model.train(was_training)
-    if (
-        not training
-        and "fused" not in backends
-        and torch.device(example_input.device).type == "cpu"
-    ):
+    if "fused" not in backends and torch.device(example_input.device).type == "cpu":
         from ssconv.kernels import fused
 
         if fused.available():
