@@ -1,11 +1,14 @@
 """Per-layer SSC efficiency on the 3x3 layer shapes of CIFAR ResNet-32 and VGG-19 (batch 64).
 
     python benchmarks/layer_speed.py [--batch 64] [--repeats 11] [--device cpu]
-                                     [--nchw] [--json out.json]
+                                     [--nchw] [--train] [--json out.json]
 
 Prints a Markdown table (dense, masked, decomposed and split times side by side, measured
 interleaved in one process) and the median efficiency over the rows at density <= 0.35.
-Speed is never asserted in tests; record the output in docs/benchmarks.md.
+``--train`` times forward + backward instead (CPU): dense, SSC as ``auto`` trains it (the fused
+training kernels) and SSC on the stock backend choice, NCHW unless channels_last is asked for
+(``--channels-last``). Speed is never asserted in tests; record the output in
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from ssconv.bench.layers import (
     RESNET32_SHAPES,
     VGG19_SHAPES,
     format_markdown,
+    format_train_markdown,
     run_layer_bench,
+    run_layer_train_bench,
     summarize,
 )
 from ssconv.bench.timing import machine_info
@@ -33,11 +38,44 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--nchw", action="store_true", help="contiguous (NCHW) instead of channels_last")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--train", action="store_true", help="forward + backward (CPU)")
+    p.add_argument("--channels-last", action="store_true", help="with --train")
     p.add_argument("--json", default=None, help="also write the rows and summary here")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     info = machine_info(args.device)
+    if args.train:
+        rows = run_layer_train_bench(
+            RESNET32_SHAPES + VGG19_SHAPES,
+            batch=args.batch,
+            repeats=args.repeats,
+            channels_last=args.channels_last,
+            progress=lambda s: print(f"  measured {s.label()}", file=sys.stderr, flush=True),
+        )
+        summary = {
+            **summarize(rows),
+            "min_auto_eff": min(r["auto_eff"] for r in rows if r["density"] <= 0.35 + 1e-9),
+        }
+        fmt = "channels_last" if args.channels_last else "NCHW"
+        print(f"# layer training speed (forward + backward), batch {args.batch}, {fmt}, {info}\n")
+        print(format_train_markdown(rows))
+        print()
+        print(json.dumps(summary, indent=2))
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(
+                    {
+                        "machine": info,
+                        "batch": args.batch,
+                        "memory_format": fmt,
+                        "rows": rows,
+                        "summary": summary,
+                    },
+                    fh,
+                    indent=2,
+                )
+        return 0
     rows = run_layer_bench(
         RESNET32_SHAPES + VGG19_SHAPES,
         batch=args.batch,

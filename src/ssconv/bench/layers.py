@@ -28,7 +28,9 @@ __all__ = [
     "VGG19_SHAPES",
     "DEFAULT_SETTINGS",
     "run_layer_bench",
+    "run_layer_train_bench",
     "format_markdown",
+    "format_train_markdown",
 ]
 
 
@@ -180,9 +182,110 @@ def run_layer_bench(
     return rows
 
 
+def run_layer_train_bench(
+    shapes: list[LayerShape],
+    settings: list[tuple[int, int, bool, str]] = DEFAULT_SETTINGS,
+    *,
+    batch: int = 64,
+    repeats: int = 7,
+    channels_last: bool = False,
+    progress=None,
+) -> list[dict]:
+    """Forward + backward (input and weight gradients) on CPU: dense ``nn.Conv2d``, SSC as
+    ``auto`` runs it (the fused training kernels where :meth:`SSConv2d.trains_fused`), and SSC
+    on the stock choice; one row per (shape, setting), efficiencies as in inference."""
+    rows = []
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for shape in shapes:
+        x = torch.randn(batch, shape.in_channels, shape.size, shape.size)
+        x = x.contiguous(memory_format=fmt).requires_grad_(True)
+        dense = nn.Conv2d(shape.in_channels, shape.out_channels, 3, shape.stride, 1, bias=False)
+
+        def step(layer, backend=None, x=x):
+            def call():
+                if backend is not None:
+                    layer.backend = backend
+                y = layer(x)
+                y.backward(torch.ones_like(y))
+                x.grad = None
+                for p in layer.parameters():
+                    p.grad = None
+
+            return call
+
+        candidates = {"dense": step(dense)}
+        layers = {}
+        for g, p, pw, sp in settings:
+            try:
+                SSCPattern(shape.in_channels, shape.out_channels, 3, g, p, pw, sp)
+            except ValueError:
+                continue
+            layer = SSConv2d(
+                shape.in_channels,
+                shape.out_channels,
+                3,
+                shape.stride,
+                1,
+                groups=g,
+                bias=False,
+                period=p,
+                pointwise=pw,
+                spatial=sp,
+            )
+            layers[(g, p, pw, sp)] = layer
+            candidates[((g, p, pw, sp), "auto")] = step(layer, "auto")
+            candidates[((g, p, pw, sp), "stock")] = step(layer, layer._stock_backend())
+        stats = measure(candidates, repeats=repeats, warmup=2)
+        t_dense = stats["dense"].median
+        for key, layer in layers.items():
+            layer.backend = "auto"
+            ratio = 1.0 / layer.density
+            t_auto, t_stock = stats[(key, "auto")].median, stats[(key, "stock")].median
+            g, p, pw, sp = key
+            rows.append(
+                {
+                    "shape": shape.label(),
+                    "groups": g,
+                    "period": p,
+                    "pointwise": pw,
+                    "spatial": sp,
+                    "density": layer.density,
+                    "mac_ratio": ratio,
+                    "dense_ms": t_dense * 1e3,
+                    "auto_ms": t_auto * 1e3,
+                    "auto_kernels": "fused" if layer.trains_fused() else layer._stock_backend(),
+                    "stock_ms": t_stock * 1e3,
+                    "stock_backend": layer._stock_backend(),
+                    "auto_eff": (t_dense / t_auto) / ratio,
+                    "stock_eff": (t_dense / t_stock) / ratio,
+                    "auto_spread": stats[(key, "auto")].spread,
+                }
+            )
+        if progress is not None:
+            progress(shape)
+    return rows
+
+
+def format_train_markdown(rows: list[dict]) -> str:
+    head = (
+        "| layer | G | P | pw | spatial | density | dense ms | auto ms (kernels) | stock ms "
+        "(backend) | eff. auto | eff. stock |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(
+            f"| {r['shape']} | {r['groups']} | {r['period']} | {'y' if r['pointwise'] else 'n'} "
+            f"| {r['spatial']} | {r['density']:.3f} | {r['dense_ms']:.1f} | {r['auto_ms']:.1f} "
+            f"({r['auto_kernels']}) | {r['stock_ms']:.1f} ({r['stock_backend']}) "
+            f"| {r['auto_eff']:.2f} | {r['stock_eff']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def summarize(rows: list[dict], max_density: float = 0.35) -> dict:
     sel = [r for r in rows if r["density"] <= max_density + 1e-9]
     keys = [
+        "stock_eff",
         "masked_eff",
         "decomposed_eff",
         "split_eff",
