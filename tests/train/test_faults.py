@@ -84,7 +84,7 @@ class Run:
         self.out = out
         self.log = out.parent / f"{out.name}.log"
         argv = ["train", "--out", str(out), *TINY, "--workers", str(workers), *extra]
-        env = {TEST_DELAY_ENV: f"{DELAY}@{slow}"} if slow else {}
+        env = {"SSCONV_NO_FUSED": "1", **({TEST_DELAY_ENV: f"{DELAY}@{slow}"} if slow else {})}
         self.proc = FORK.Process(target=_child, args=(argv, env, str(self.log)))
         self.proc.start()
 
@@ -250,7 +250,7 @@ def test_data_loader_workers_die_with_a_killed_parent(tmp_path):
     argv = [sys.executable, "-m", "ssconv", "train", "--out", str(out), *TINY]
     argv += ["--workers", "2", "--set", "max_steps=null", "--epochs", "50"]
     argv += ["--dataset", "synthetic:3:16:16:4:4000:16"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SSCONV_NO_FUSED": "1"}  # dense: no kernel
     log = open(tmp_path / "run.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
