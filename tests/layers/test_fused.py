@@ -437,10 +437,16 @@ def test_pixel_plans_execute_no_zeros_for_one_filter_classes():
 def test_auto_trains_stride1_layers_on_the_fused_kernels():
     layer = SSConv2d(16, 16, 3, padding=1, period=4)
     assert layer.trains_fused()
-    x = torch.randn(2, 16, 6, 6, requires_grad=True)
+    x = torch.randn(2, 16, 7, 7, requires_grad=True)
     assert "FusedConvTrain" in type(layer(x).grad_fn).__name__
-    wide = SSConv2d(16, 16, 3, padding=1, period=4).double()  # auto, float64: stock kernels
-    assert "FusedConvTrain" not in type(wide(x.double()).grad_fn).__name__
+    # Rows too short for the pixel vectors: stock kernels, unless the layer is narrow enough.
+    assert layer.trains_fused(7) and not layer.trains_fused(6)
+    wide = SSConv2d(128, 128, 3, padding=1, period=4)
+    assert wide.trains_fused(16) and not wide.trains_fused(8)
+    assert "FusedConvTrain" not in type(wide(torch.randn(1, 128, 8, 8)).grad_fn).__name__
+    assert "FusedConvTrain" in type(wide(torch.randn(1, 128, 16, 16)).grad_fn).__name__
+    dbl = SSConv2d(16, 16, 3, padding=1, period=4).double()  # auto, float64: stock kernels
+    assert "FusedConvTrain" not in type(dbl(x.double()).grad_fn).__name__
     assert not SSConv2d(16, 16, 3, stride=2, padding=1, period=4).trains_fused()
     assert not SSConv2d(16, 16, 3, padding=1, period=4, backend="decomposed").trains_fused()
     assert not SSConv2d(16, 16, 1, period=None).trains_fused()  # no spatial part: one GEMM

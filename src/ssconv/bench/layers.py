@@ -253,7 +253,9 @@ def run_layer_train_bench(
                     "mac_ratio": ratio,
                     "dense_ms": t_dense * 1e3,
                     "auto_ms": t_auto * 1e3,
-                    "auto_kernels": "fused" if layer.trains_fused() else layer._stock_backend(),
+                    "auto_kernels": (
+                        "fused" if layer.trains_fused(shape.size) else layer._stock_backend()
+                    ),
                     "stock_ms": t_stock * 1e3,
                     "stock_backend": layer._stock_backend(),
                     "auto_eff": (t_dense / t_auto) / ratio,

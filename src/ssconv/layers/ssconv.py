@@ -96,6 +96,17 @@ AUTO_FUSED_MAX_WASTE = 2.0
 # 18 % faster in two in-process comparisons (1.03x -> 1.22x and 1.06x -> 1.32x over dense at
 # density 0.10). Training keeps the rule above (its measurements covered forward + backward).
 AUTO_DEPTHWISE_INFERENCE_MIN_CHANNELS = 32
+# In training on CPU, "auto" runs stride-1 layers on the fused (pixel-vectorised) kernels where
+# their output rows are at least AUTO_FUSED_TRAIN_MIN_WIDTH pixels wide, or at least
+# AUTO_FUSED_TRAIN_NARROW_MIN_WIDTH for layers of at most AUTO_FUSED_TRAIN_NARROW channels
+# (benchmarks/layer_speed.py --train, docs/benchmarks.md: all 30 stride-1 rows at 32 and 16
+# pixels of ResNet-32 and VGG-19 were faster fused, 1.09-2.92x over the stock choice; at 8
+# pixels the 64-channel layers were in 4 of 6 settings, the wider ones in 2 of 12; at 4 and 2
+# pixels vectors are half empty and the stock choice was 2.1-6.7x faster). The rule picks the
+# faster of the two in all but 4 of the 54 stride-1 rows (those 4 within 25 %).
+AUTO_FUSED_TRAIN_MIN_WIDTH = 16
+AUTO_FUSED_TRAIN_NARROW_MIN_WIDTH = 7
+AUTO_FUSED_TRAIN_NARROW = 64
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -547,19 +558,29 @@ class SSConv2d(nn.Module):
         )
         return fused.fused_conv2d(x, packed, self.kernel_size, self.stride, padding, self.dilation)
 
-    def trains_fused(self) -> bool:
-        """Whether gradient-needing float32 CPU calls run on the fused training kernels.
+    def trains_fused(self, input_width: int | None = None) -> bool:
+        """Whether gradient-needing float32 CPU calls (on inputs ``input_width`` pixels wide)
+        run on the fused training kernels.
 
         They do for ``backend="fused"``, and for ``"auto"`` on CPU where the kernel is built,
-        for every stride-1 layer with a spatial part (padding at most ``dilation * (k - 1)``);
-        strided layers, other devices and dtypes, tracing and ``torch.compile`` use the stock
-        choice of :meth:`resolved_backend`. Builds the kernel if it is not built yet.
+        for stride-1 layers with a spatial part (padding at most ``dilation * (k - 1)``) whose
+        output rows are wide enough for the pixel-vectorised kernels (the AUTO_FUSED_TRAIN_*
+        rule; ``input_width=None`` skips that check). Strided layers, other devices and dtypes,
+        tracing and ``torch.compile`` use the stock choice of :meth:`resolved_backend`. Builds
+        the kernel if it is not built yet.
         """
         padding = (0, 0) if self.padding_mode != "zeros" else self.padding
         if self._backend == "fused":
             wanted = True
         elif self._backend == "auto":
             wanted = self._has_spatial and self._param_device().type == "cpu"
+            if wanted and input_width is not None:
+                kw, pw, dw = self.kernel_size[1], padding[1], self.dilation[1]
+                out_width = input_width + 2 * pw - dw * (kw - 1)
+                narrow = min(self.in_channels, self.out_channels) <= AUTO_FUSED_TRAIN_NARROW
+                wanted = out_width >= AUTO_FUSED_TRAIN_MIN_WIDTH or (
+                    narrow and out_width >= AUTO_FUSED_TRAIN_NARROW_MIN_WIDTH
+                )
         else:
             return False
         geometry = fused.transposed_geometry(self.kernel_size, self.stride, padding, self.dilation)
@@ -574,7 +595,7 @@ class SSConv2d(nn.Module):
             return False
         if self._backend == "auto" and x.dtype != torch.float32:
             return False
-        return fused.can_train(x, list(self.parameters())) and self.trains_fused()
+        return fused.can_train(x, list(self.parameters())) and self.trains_fused(x.shape[-1])
 
     def _train_plans(self) -> tuple[fused.Plan, fused.Plan]:
         """The kernels' block layouts of the forward and of the input gradient (fixed by the
