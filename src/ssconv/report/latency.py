@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ssconv.bench.timing import measure
+from ssconv.bench.timing import machine_info, measure
 
 __all__ = ["measure_run_latency"]
 
@@ -24,7 +24,12 @@ __all__ = ["measure_run_latency"]
 def measure_run_latency(
     folder: str | Path, *, batch: int = 64, repeats: int = 15, device: str = "cpu"
 ) -> float:
-    """Median latency (ms) of one inference batch; written into ``folder/final.json``."""
+    """Median latency (ms) of one inference batch; written into ``folder/final.json``.
+
+    The quartiles of the timed repeats (``latency_p25_ms``, ``latency_p75_ms``) and the machine
+    (``latency_machine``: processor, threads, device, versions) are stored with it, so that
+    plots can show the spread and say where it was measured.
+    """
     from ssconv.export import freeze
     from ssconv.pruning import remove_masks
     from ssconv.train.trainer import load_trained_model
@@ -39,6 +44,7 @@ def measure_run_latency(
         x = x.contiguous(memory_format=torch.channels_last)
     stats = measure({"m": lambda: model(x)}, repeats=repeats, warmup=3, device=device)
     latency = stats["m"].median * 1e3
+    machine = machine_info(device)
     final_path = folder / "final.json"
     final = json.loads(final_path.read_text())
     final.update(
@@ -48,6 +54,10 @@ def measure_run_latency(
             "latency_threads": torch.get_num_threads(),
             "latency_device": device,
             "latency_spread": stats["m"].spread,
+            "latency_p25_ms": stats["m"].p25 * 1e3,
+            "latency_p75_ms": stats["m"].p75 * 1e3,
+            "latency_repeats": stats["m"].runs,
+            "latency_machine": machine,
             "latency_source": "ssconv report --measure-latency (frozen model, one process)",
         }
     )
