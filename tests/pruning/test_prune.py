@@ -196,3 +196,22 @@ def test_global_rng_used_only_by_random_methods_without_seed():
         prune(model, "random", density=0.3)
         masks.append(get_masks(model))
     assert all(torch.equal(masks[0][n], masks[1][n]) for n in masks[0])
+
+
+@pytest.mark.parametrize("method, passes", [("synflow", 3), ("grasp", 2)])
+def test_progress_bar_for_slow_methods_only(method, passes, capsys):
+    masks = []
+    for progress in (False, True):
+        torch.manual_seed(0)
+        model = ToyBNNet()
+        _prune(model, method, density=0.5, iterations=3, progress=progress)
+        masks.append(get_masks(model))
+        err = capsys.readouterr().err
+        if progress:
+            assert f"{method} scoring" in err and f"0/{passes}" in err  # the bar, its total
+        else:
+            assert err == ""
+    assert masks[0].keys() == masks[1].keys()
+    assert all(torch.equal(masks[0][n], masks[1][n]) for n in masks[0])  # nothing else changes
+    _prune(ToyBNNet(), "magnitude", density=0.5, progress=True)
+    assert "scoring" not in capsys.readouterr().err

@@ -56,12 +56,15 @@ class ScoreInputs:
         input_size: ``(C, H, W)`` of one input, or ``None`` when unknown.
         loss_fn: ``loss_fn(outputs, targets)``, a mean over the batch (cross-entropy).
         generator: CPU random generator for random scores.
+        step: called after each of the :meth:`Pruner.passes` passes of one ``scores`` call
+            (progress reporting; a no-op by default).
     """
 
     batches: Sequence[tuple[Tensor, Tensor]] = ()
     input_size: tuple[int, ...] | None = None
     loss_fn: LossFn = F.cross_entropy
     generator: torch.Generator = field(default_factory=torch.Generator)
+    step: Callable[[], None] = field(default=lambda: None)
 
 
 class Pruner:
@@ -86,6 +89,11 @@ class Pruner:
     def scoring_model(self, model: nn.Module) -> nn.Module:
         """The model to score: ``model`` itself (read only) or a prepared copy."""
         return model
+
+    def passes(self, inputs: ScoreInputs) -> int:
+        """How many times one :meth:`scores` call calls ``inputs.step()`` (progress; a pruner
+        that never calls it counts as one pass, completed when ``scores`` returns)."""
+        return 1
 
     def scores(
         self, model: nn.Module, layers: Mapping[str, nn.Module], inputs: ScoreInputs
@@ -239,6 +247,9 @@ class GraSPPruner(Pruner):
     def scoring_model(self, model: nn.Module) -> nn.Module:
         return _train_copy(model)
 
+    def passes(self, inputs: ScoreInputs) -> int:
+        return 2 * max(1, len(inputs.batches))
+
     def scores(
         self, model: nn.Module, layers: Mapping[str, nn.Module], inputs: ScoreInputs
     ) -> dict[str, Tensor]:
@@ -250,15 +261,16 @@ class GraSPPruner(Pruner):
             loss = inputs.loss_fn(model(x) / t, y)
             for acc, g in zip(g_stop, _grad(loss, weights)):
                 acc.add_(g)
+            inputs.step()
         hg = [torch.zeros_like(w) for w in weights]
         for x, y in inputs.batches:
             loss = inputs.loss_fn(model(x) / t, y)
             grads = _grad(loss, weights, create_graph=True)
             z = sum((gs * g).sum() for gs, g in zip(g_stop, grads))
-            if not z.requires_grad:  # the loss does not depend on the weights at second order
-                continue
-            for acc, h in zip(hg, _grad(z, weights)):
-                acc.add_(h)
+            if z.requires_grad:  # else: the loss does not depend on the weights at second order
+                for acc, h in zip(hg, _grad(z, weights)):
+                    acc.add_(h)
+            inputs.step()
         return {n: (w * h).detach() for n, w, h in zip(layers, weights, hg)}
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from ssconv.models.budget import LayerSpec
 from ssconv.models.convert import KEEP_RULES, select_layers
@@ -310,6 +311,14 @@ def _check_input_size(input_size: Sequence[int] | None) -> tuple[int, ...] | Non
     return size
 
 
+def _bar_disabled(progress: bool | None, slow: bool) -> bool | None:
+    """tqdm's ``disable``: a bar only for methods that take a while (iterative or data-driven;
+    the others finish at once), and by default only on a terminal (tqdm's ``None``)."""
+    if progress is False or not slow:
+        return True
+    return None if progress is None else False
+
+
 def prune(
     model: nn.Module,
     method: str | Pruner,
@@ -329,6 +338,7 @@ def prune(
     batches: int = 1,
     batch_size: int = 64,
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+    progress: bool | None = None,
 ) -> PruneReport:
     """Prune ``model`` **in place** at initialization to exactly a parameter budget.
 
@@ -364,6 +374,9 @@ def prune(
         batches: batches scored by data-driven methods.
         batch_size: size of each synthetic batch.
         loss_fn: ``loss_fn(outputs, targets)`` of data-driven methods (cross-entropy).
+        progress: a progress bar on stderr while ``synflow`` (every round) or a data-driven
+            method (every pass over a batch) scores; ``None`` (default): only when stderr is
+            a terminal.
 
     Returns:
         A :class:`PruneReport`; ``report.model`` is ``model``.
@@ -488,22 +501,35 @@ def prune(
     work_layers = {n: work.get_submodule(n) for n in names}
     masks: dict[str, Tensor] = {}
     density_prunable = num_keep / prunable_total
-    for r in range(1, rounds + 1):
-        count = (
-            num_keep
-            if r == rounds
-            else max(num_keep, math.floor(prunable_total * density_prunable ** (r / rounds)))
-        )
-        scores = pruner.scores(work, work_layers, inputs)
-        if masks:
-            # Pruned weights stay pruned: they rank below every weight still in the network.
-            scores = {n: scores[n].masked_fill(~masks[n], float("-inf")) for n in names}
-        masks = scores_to_masks({n: scores[n] for n in names}, budget(count))
-        if r < rounds:
-            with torch.no_grad():
-                for n in names:
-                    work_layers[n].weight.mul_(masks[n].to(work_layers[n].weight.dtype))
-        log.debug("%s round %d/%d: kept %d weights", pruner.name, r, rounds, count)
+    passes = max(1, int(pruner.passes(inputs)))
+    bar = tqdm(
+        total=rounds * passes,
+        desc=f"{pruner.name} scoring",
+        unit="pass",
+        leave=False,
+        disable=_bar_disabled(progress, slow=pruner.iterative or pruner.data_driven),
+    )
+    inputs.step = lambda: bar.update(1)
+    try:
+        for r in range(1, rounds + 1):
+            count = (
+                num_keep
+                if r == rounds
+                else max(num_keep, math.floor(prunable_total * density_prunable ** (r / rounds)))
+            )
+            scores = pruner.scores(work, work_layers, inputs)
+            bar.update(r * passes - bar.n)  # a pruner that does not call inputs.step()
+            if masks:
+                # Pruned weights stay pruned: they rank below every weight still in the network.
+                scores = {n: scores[n].masked_fill(~masks[n], float("-inf")) for n in names}
+            masks = scores_to_masks({n: scores[n] for n in names}, budget(count))
+            if r < rounds:
+                with torch.no_grad():
+                    for n in names:
+                        work_layers[n].weight.mul_(masks[n].to(work_layers[n].weight.dtype))
+            log.debug("%s round %d/%d: kept %d weights", pruner.name, r, rounds, count)
+    finally:
+        bar.close()
     del work, work_layers
 
     apply_masks(model, masks)
