@@ -177,3 +177,13 @@ def test_freezing_a_frozen_model_is_a_no_op_and_exports(tmp_path):
     assert torch.allclose(twice(x), model(x), atol=1e-4)
     report = export_onnx(once, tmp_path / "m.onnx", (3, 32, 32))
     assert report.max_abs_diff is not None and report.max_abs_diff < 1e-4
+
+
+def test_onnx_export_does_not_repeat_the_constant_folding_warnings(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    model = ssconv.convert(ssconv.create_model("cifar_resnet20"), density=0.1).model
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_onnx(model, tmp_path / "m.onnx", (3, 32, 32), dynamo=False)
+    assert not [w for w in caught if "Constant folding" in str(w.message)]

@@ -586,6 +586,11 @@ def export_onnx(
         # Stock operators only in the graph: the fused kernel is not an ONNX operator.
         with warnings.catch_warnings(), fused.disabled():
             warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter's notice
+            # The TorchScript-based exporter warns (three times per model) that it cannot fold a
+            # Slice whose step is not 1: the Slice just stays in the graph, checked below.
+            warnings.filterwarnings(
+                "ignore", message="Constant folding - Only steps=1", category=UserWarning
+            )
             torch.onnx.export(frozen, (x,), str(path), verbose=False, **kwargs)
         reference = frozen(x)
     report = ExportReport(path, f"onnx opset {opset}")

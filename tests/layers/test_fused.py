@@ -482,3 +482,55 @@ def test_training_kernels_respect_the_thread_count():
         grads.append((xi.grad, layer.weight_spatial.grad.clone()))
     _close(grads[0][0], grads[1][0], 1e-6)
     _close(grads[0][1], grads[1][1], 1e-5)
+
+
+def test_build_notice_only_when_ninja_has_work(tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+
+    if shutil.which("ninja") is None:
+        pytest.skip("ninja not installed")
+    (tmp_path / "build.ninja").write_text(
+        "rule copy\n  command = cp $in $out\nbuild out.txt: copy in.txt\n"
+    )
+    (tmp_path / "in.txt").write_text("x")
+    assert fused._ninja_has_work(str(tmp_path))
+    subprocess.run(["ninja", "-C", str(tmp_path)], check=True, capture_output=True)
+    assert not fused._ninja_has_work(str(tmp_path))
+    assert fused._ninja_has_work(str(tmp_path / "missing"))  # unsure: say so
+
+    calls = []
+
+    class FakeCppExtension:
+        @staticmethod
+        def _run_ninja_build(build_directory, verbose, error_prefix):
+            calls.append(build_directory)
+
+    fake = FakeCppExtension()
+    import io
+
+    for up_to_date, expected in ((True, ""), (False, fused._BUILD_NOTICE)):
+        monkeypatch.setattr(fused, "_ninja_has_work", lambda d, u=up_to_date: not u)
+        err = io.StringIO()
+        monkeypatch.setattr(fused.sys, "stderr", err)
+        with fused._build_notice(fake):
+            fake._run_ninja_build("dir", False, "prefix")
+        assert err.getvalue().strip() == expected
+    assert calls == ["dir", "dir"] and "run_ninja_build" in fake._run_ninja_build.__qualname__
+
+
+def test_cpp_extension_import_drops_only_the_cuda_home_warning():
+    import logging
+
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    quiet = fused._DropCudaHomeWarning()
+
+    def record(msg):
+        return logging.LogRecord(logger.name, logging.WARNING, __file__, 1, msg, ("/x",), None)
+
+    assert not quiet.filter(record("No CUDA runtime is found, using CUDA_HOME='%s'"))
+    assert quiet.filter(record("something else: %s"))
+    fused._import_cpp_extension()
+    assert quiet not in logger.filters and not any(
+        isinstance(f, fused._DropCudaHomeWarning) for f in logger.filters
+    )

@@ -86,6 +86,73 @@ def _ninja_on_path() -> None:
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
 
 
+class _DropCudaHomeWarning(logging.Filter):
+    """Drops torch's "No CUDA runtime is found, using CUDA_HOME=..." warning, which importing
+    ``torch.utils.cpp_extension`` logs on every CPU-only machine with a CUDA toolkit; the fused
+    kernel is a CPU build and never uses CUDA_HOME."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+def _import_cpp_extension():
+    """``torch.utils.cpp_extension``, imported without its CUDA_HOME warning."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    quiet = _DropCudaHomeWarning()
+    logger.addFilter(quiet)
+    try:
+        import torch.utils.cpp_extension as cpp_extension
+    finally:
+        logger.removeFilter(quiet)
+    return cpp_extension
+
+
+_BUILD_NOTICE = (
+    "ssconv: building the fused SSC kernel (once per machine and torch version, about a "
+    "minute; SSCONV_NO_FUSED=1 skips it)"
+)
+
+
+def _ninja_has_work(build_directory: str) -> bool:
+    """Whether ``ninja`` would compile anything in ``build_directory`` (a dry run; True when
+    the dry run itself fails, so that a real build is never silent)."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(
+            ["ninja", "-n", "-C", str(build_directory)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return True
+    return proc.returncode != 0 or "no work to do" not in proc.stdout
+
+
+@contextmanager
+def _build_notice(cpp_extension):
+    """Print :data:`_BUILD_NOTICE` only when ninja is about to compile: wraps the private
+    ``_run_ninja_build`` of ``cpp_extension`` (it runs after ``build.ninja`` is written, so the
+    dry run sees the current build rules); prints it up front where that hook is missing."""
+    original = getattr(cpp_extension, "_run_ninja_build", None)
+    if original is None:
+        print(_BUILD_NOTICE, file=sys.stderr, flush=True)
+        yield
+        return
+
+    def run_ninja_build(build_directory, *args, **kwargs):
+        if _ninja_has_work(build_directory):
+            print(_BUILD_NOTICE, file=sys.stderr, flush=True)
+        return original(build_directory, *args, **kwargs)
+
+    cpp_extension._run_ninja_build = run_ninja_build
+    try:
+        yield
+    finally:
+        cpp_extension._run_ninja_build = original
+
+
 def _load():
     global _module, _error, _tried
     with _lock:
@@ -96,21 +163,14 @@ def _load():
             _error = "disabled by SSCONV_NO_FUSED"
             return None
         try:
-            from torch.utils.cpp_extension import load
-
+            cpp_extension = _import_cpp_extension()
             _ninja_on_path()
             # One build per CPU capability and torch version (the build links against torch).
             cap = torch.backends.cpu.get_cpu_capability().lower()
             tag = re.sub(r"\W", "_", torch.__version__.split("+")[0])
-            print(
-                "ssconv: loading the fused SSC kernel (compiled once per machine, about a "
-                "minute the first time; SSCONV_NO_FUSED=1 skips it)",
-                file=sys.stderr,
-                flush=True,
-            )
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _build_notice(cpp_extension):
                 warnings.simplefilter("ignore")
-                _module = load(
+                _module = cpp_extension.load(
                     name=f"ssconv_fused_{cap}_torch{tag}",
                     sources=[str(_SOURCE)],
                     extra_cflags=_flags(),
