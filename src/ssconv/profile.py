@@ -165,8 +165,10 @@ class ProfileResult:
         rule = "  ".join("-" * w for w in widths)
         lines = [fmt(headers), rule, *(fmt(r) for r in rows[:-1]), rule, fmt(rows[-1])]
         lines.append(
-            f"all parameters (biases and norms included): {self.total_params:,}; "
-            f"input {tuple(self.input_size)}; executed MACs measured with FlopCounterMode"
+            f"nonzero conv+linear weights (the params column): {self.weight_params:,}; stored "
+            f"parameter elements (every tensor as stored: masked zeros, biases and norms "
+            f"included): {self.total_params:,}; input {tuple(self.input_size)}; executed MACs "
+            f"measured with FlopCounterMode"
         )
         return "\n".join(lines)
 

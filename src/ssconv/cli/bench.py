@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from ssconv.cli.common import CLIError, density_arg, emit_json
+from ssconv.cli.common import (
+    CLIError,
+    add_threads_arg,
+    apply_threads,
+    check_model,
+    check_output_file,
+    density_arg,
+    emit_json,
+    positive_int,
+)
 
 
 def register(sub) -> None:
@@ -19,13 +29,27 @@ def register(sub) -> None:
         "deployable form (masks baked, BatchNorm folded, SSC kernels precomputed).",
     )
     p.add_argument("model", help="model name (see `ssconv models`)")
-    p.add_argument("--density", type=density_arg, default=0.1)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None)
-    p.add_argument("--in-channels", type=int, default=3)
-    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument(
+        "--density",
+        type=density_arg,
+        default=0.1,
+        help="model density of the SSC, pruned and depthwise-separable variants",
+    )
+    p.add_argument("--batch", type=positive_int, default=64, help="images per timed batch")
+    p.add_argument(
+        "--input-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="image size (default: the model's own, e.g. 32 32)",
+    )
+    p.add_argument("--in-channels", type=int, default=3, help="image channels (1 = grey)")
+    p.add_argument(
+        "--num-classes", type=int, default=None, help="classifier outputs (default: the model's)"
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    add_threads_arg(p)
     p.add_argument("--train", action="store_true", help="also time one training step")
     p.add_argument(
         "--onnx", action="store_true", help="also time the ONNX export with onnxruntime (CPU)"
@@ -39,9 +63,17 @@ def register(sub) -> None:
         help="autotune each SSC layer's backend on this machine first",
     )
     p.add_argument("--nchw", action="store_true", help="NCHW instead of channels_last")
-    p.add_argument("--repeats", type=int, default=11)
     p.add_argument(
-        "--variants", nargs="+", default=None, help="subset of: dense ssc pruned dw_separable"
+        "--repeats",
+        type=positive_int,
+        default=11,
+        help="timed repeats per variant, interleaved; the median is reported",
+    )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        help="subset of: dense ssc pruned dw_separable (default: all four)",
     )
     p.add_argument(
         "--keep",
@@ -50,10 +82,12 @@ def register(sub) -> None:
         metavar="RULE",
         help="default rules keeping layers dense, for every variant (stem pointwise "
         "depthwise classifier; e.g. --keep stem depthwise classifier converts 1x1 "
-        "convs, needed for ResNet-50)",
+        "convs, needed for ResNet-50) (default: ssconv.convert's rules)",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("-o", "--output", default=None, help="also write the JSON here")
+    p.add_argument(
+        "-o", "--output", default=None, help="also write the JSON to this .json file (default: no)"
+    )
     p.set_defaults(func=run)
 
 
@@ -67,16 +101,13 @@ def run(args: argparse.Namespace) -> int:
         default_input_size,
         format_bench,
     )
-    from ssconv.models import model_info
 
-    try:
-        model_info(args.model)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
+    check_model(args.model)
+    if args.output:
+        check_output_file(args.output, "-o/--output", (".json",))
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CLIError(f"--device {args.device}: CUDA is not available on this machine")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     size = default_input_size(args.model, args.in_channels)
     if args.input_size:
         size = (args.in_channels, *args.input_size)
@@ -114,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
     )
     result.update(model=args.model, target_density=args.density)
     if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         with open(args.output, "w") as fh:
             json.dump(result, fh, indent=2)
     if args.json:

@@ -5,11 +5,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+
+import torch
 
 from ssconv.models import convert, create_model, model_info
 from ssconv.models.budget import AUTO
 
-__all__ = ["CLIError", "add_model_args", "add_ssc_args", "build_model", "period_arg", "emit_json"]
+__all__ = [
+    "CLIError",
+    "add_model_args",
+    "add_ssc_args",
+    "add_threads_arg",
+    "apply_threads",
+    "build_model",
+    "check_model",
+    "check_output_dir",
+    "check_output_file",
+    "emit_json",
+    "period_arg",
+]
 
 
 class CLIError(Exception):
@@ -43,9 +58,85 @@ def density_arg(value: str) -> float:
     return d
 
 
+def positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+def check_model(name: str, flag: str = "MODEL") -> None:
+    """A :class:`CLIError` naming ``flag`` and close names unless ``name`` is registered."""
+    try:
+        model_info(name)
+    except ValueError as exc:
+        raise CLIError(f"{flag} {name!r}: {exc}") from None
+
+
+def _first_file_above(path: Path) -> Path | None:
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def check_output_dir(path: str | Path, flag: str) -> Path:
+    """``path`` as a folder to write into, or a :class:`CLIError` naming ``flag``: it must be
+    a folder or not exist yet, with no plain file in its way."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise CLIError(
+            f"{flag} {str(path)!r} is a file, not a folder; pass the path of a folder (it is "
+            f"created if missing)"
+        )
+    blocker = _first_file_above(out)
+    if blocker is not None:
+        raise CLIError(f"{flag} {str(path)!r}: {str(blocker)!r} is a file, not a folder")
+    return out
+
+
+def check_output_file(path: str | Path, flag: str, suffixes: tuple[str, ...]) -> Path:
+    """``path`` as a file to write, or a :class:`CLIError` naming ``flag``: not a folder, no
+    plain file among its parents, and one of ``suffixes`` (lower case, with the dot)."""
+    out = Path(path)
+    if out.is_dir():
+        raise CLIError(f"{flag} {str(path)!r} is a folder; pass a file name, e.g. {out / 'x'}")
+    blocker = _first_file_above(out)
+    if blocker is not None:
+        raise CLIError(f"{flag} {str(path)!r}: {str(blocker)!r} is a file, not a folder")
+    if out.suffix.lower() not in suffixes:
+        got = f"suffix {out.suffix!r}" if out.suffix else "no suffix"
+        raise CLIError(f"{flag} {str(path)!r} has {got}; use one of {', '.join(suffixes)}")
+    return out
+
+
+def add_threads_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads of PyTorch (torch.set_num_threads) (default: PyTorch's own choice, "
+        f"{torch.get_num_threads()} in this process: $OMP_NUM_THREADS if set, else one per "
+        "CPU core)",
+    )
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model name (see `ssconv models`)")
-    parser.add_argument("--num-classes", type=int, default=None, help="classifier outputs")
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="classifier outputs (default: the model's, e.g. 10)",
+    )
     parser.add_argument("--in-channels", type=int, default=3, help="image channels (1 = grey)")
     parser.add_argument(
         "--input-size",
@@ -63,26 +154,30 @@ def add_ssc_args(parser: argparse.ArgumentParser) -> None:
         "--density",
         type=density_arg,
         default=None,
-        help="target model density; the solver picks per-layer settings",
+        help="target model density; the solver picks per-layer settings (default: none: "
+        "the model stays dense unless another SSC option is given)",
     )
-    g.add_argument("--groups", type=int, default=None, help="SSC groups (fixed)")
+    g.add_argument(
+        "--groups", type=int, default=None, help="SSC groups, fixed (default: the solver's choice)"
+    )
     g.add_argument(
         "--period",
         type=period_arg,
         default=None,
-        help="SSC period P (int, 'none' = no spatial kernel, 'auto')",
+        help="SSC period P (int, 'none' = no spatial kernel, 'auto') (default: the solver's "
+        "choice)",
     )
     g.add_argument(
         "--pointwise",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="1x1 weights on the non-spatial pairs",
+        help="1x1 weights on the non-spatial pairs (default: the solver's choice)",
     )
     g.add_argument(
         "--spatial",
         choices=["full", "checkerboard"],
         default=None,
-        help="taps of the spatial kernels",
+        help="taps of the spatial kernels (default: the solver's choice)",
     )
     g.add_argument(
         "--distribution",
@@ -95,14 +190,15 @@ def add_ssc_args(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="PATTERN",
-        help="keep convs whose name matches PATTERN dense (repeatable)",
+        help="keep convs whose name matches PATTERN dense (repeatable) (default: only the "
+        "default rules: stem and classifier stay dense)",
     )
     g.add_argument(
         "--include",
         action="append",
         default=[],
         metavar="PATTERN",
-        help="convert convs matching PATTERN even if a default rule keeps them",
+        help="convert convs matching PATTERN even if a default rule keeps them (default: none)",
     )
 
 
@@ -115,10 +211,8 @@ def ssc_requested(args: argparse.Namespace) -> bool:
 
 def build_model(args: argparse.Namespace):
     """(model, input_size (C, H, W), conversion report or None) from the parsed options."""
-    try:
-        info = model_info(args.model)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
+    check_model(args.model)
+    info = model_info(args.model)
     model = create_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels)
     hw = tuple(args.input_size) if args.input_size else info.input_size[1:]
     input_size = (args.in_channels, *hw)

@@ -13,9 +13,8 @@ import argparse
 import json
 import shutil
 import time
-from pathlib import Path
 
-from ssconv.cli.common import CLIError, density_arg
+from ssconv.cli.common import CLIError, check_model, check_output_dir, density_arg, positive_int
 from ssconv.profile import format_count
 
 METHODS = ("dense", "ssc", "dw_separable", "snip")
@@ -32,22 +31,27 @@ def register(sub) -> None:
         "accuracy, parameters, MACs and time per epoch side by side. Takes a few minutes on a "
         "laptop CPU.",
     )
-    p.add_argument("--out", default="runs/demo", help="folder for the three runs")
-    p.add_argument("--model", default="cifar_resnet20")
-    p.add_argument("--density", type=density_arg, default=0.1)
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", default="runs/demo", help="folder for the runs, one per method")
+    p.add_argument("--model", default="cifar_resnet20", help="model (see `ssconv models`)")
+    p.add_argument(
+        "--density", type=density_arg, default=0.1, help="model density of every sparse method"
+    )
+    p.add_argument("--epochs", type=positive_int, default=4, help="training epochs")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="training batch size")
     p.add_argument(
         "--methods",
         nargs="+",
         default=list(METHODS),
         help="methods to compare (any training method: dense, ssc, dw_separable, snip, ...)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of every run")
     p.add_argument(
-        "--max-steps", type=int, default=None, help="cap optimizer steps per epoch (a quick look)"
+        "--max-steps",
+        type=positive_int,
+        default=None,
+        help="cap optimizer steps per epoch, for a quick look (default: no cap: full epochs)",
     )
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     p.add_argument("--fresh", action="store_true", help="retrain even if results exist")
     p.add_argument(
         "--progress",
@@ -63,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from ssconv.train.config import ConfigError, TrainConfig
     from ssconv.train.trainer import Trainer
 
-    out = Path(args.out)
+    out = check_output_dir(args.out, "--out")
+    check_model(args.model, "--model")
     results = {}
     for method in args.methods:
         try:

@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from ssconv.cli.common import CLIError, emit_json
+from ssconv.cli.common import CLIError, add_threads_arg, apply_threads, emit_json, positive_int
 
 
 def register(sub) -> None:
@@ -17,13 +17,18 @@ def register(sub) -> None:
         "evaluate it on its dataset's test split (or --dataset), print accuracy and the "
         "per-layer params / MACs table.",
     )
-    p.add_argument("path", metavar="RUN_OR_CHECKPOINT")
+    p.add_argument(
+        "path",
+        metavar="RUN_OR_CHECKPOINT",
+        help="a run folder (its newest valid checkpoint is used) or a checkpoint file",
+    )
     p.add_argument("--dataset", default=None, help="dataset name (default: the run's)")
     p.add_argument("--data-root", default=None, help="dataset folder (default: the run's)")
-    p.add_argument("--split", choices=["test", "train"], default="test")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--split", choices=["test", "train"], default="test", help="split evaluated")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    add_threads_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
@@ -46,7 +51,13 @@ def run(args: argparse.Namespace) -> int:
         )
     except (CheckpointError, ConfigError, DatasetError) as exc:
         raise CLIError(str(exc)) from None
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        raise CLIError(f"--device {args.device!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {args.device}: CUDA is not available on this machine")
+    apply_threads(args)
     model.to(device)
     metrics = evaluate_model(
         model,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ssconv.cli.common import CLIError
+from ssconv.cli.common import CLIError, check_model, check_output_file, density_arg
+
+SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth")}
 
 
 def register(sub) -> None:
@@ -18,22 +20,37 @@ def register(sub) -> None:
         "Reshape/Transpose, ...) and are checked against onnxruntime.",
     )
     p.add_argument("source", help="run folder, checkpoint file, or model name (untrained)")
-    p.add_argument("-o", "--output", required=True, help="output file (.onnx or .pt)")
+    p.add_argument(
+        "-o", "--output", required=True, help="output file: .onnx, or .pt / .pth (required)"
+    )
     p.add_argument(
         "--format",
         choices=["onnx", "torchscript"],
         default=None,
-        help="default: from the output suffix",
+        help="(default: from the output suffix: .onnx -> onnx, .pt / .pth -> torchscript)",
     )
     p.add_argument(
         "--density",
-        type=float,
+        type=density_arg,
         default=None,
-        help="with a model name: convert to SSC at this density first",
+        help="with a model name: convert to SSC at this density first (default: none: "
+        "export the dense model)",
     )
-    p.add_argument("--in-channels", type=int, default=3)
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None)
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument(
+        "--in-channels",
+        type=int,
+        default=3,
+        help="with a model name: image channels (1 = grey); a run keeps its own",
+    )
+    p.add_argument(
+        "--input-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="example input size traced (default: the run's or the model's, e.g. 32 32)",
+    )
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
     p.set_defaults(func=run)
 
 
@@ -44,6 +61,15 @@ def run(args: argparse.Namespace) -> int:
     from ssconv.train.checkpoint import CheckpointError
     from ssconv.train.trainer import load_trained_model
 
+    out = Path(args.output)
+    fmt = args.format
+    if fmt is None:
+        fmt = next((f for f, sfx in SUFFIXES.items() if out.suffix.lower() in sfx), None)
+        if fmt is None:
+            check_output_file(
+                args.output, "-o/--output", SUFFIXES["onnx"] + SUFFIXES["torchscript"]
+            )
+    check_output_file(args.output, "-o/--output", SUFFIXES[fmt])
     source = Path(args.source)
     if source.exists():
         try:
@@ -52,12 +78,8 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(str(exc)) from None
         size = tuple(state["data_info"]["input_size"])
     else:
-        try:
-            info = model_info(args.source)
-        except ValueError as exc:
-            raise CLIError(
-                f"{args.source!r} is neither a run / checkpoint path nor a model: {exc}"
-            ) from None
+        check_model(args.source, "SOURCE (neither a run / checkpoint path nor a model)")
+        info = model_info(args.source)
         model = create_model(args.source, in_channels=args.in_channels)
         if args.density is not None:
             model = convert(model, density=args.density, warn_coverage=False).model
@@ -66,7 +88,6 @@ def run(args: argparse.Namespace) -> int:
         size = (size[0], *args.input_size)
     remove_masks(model)
     model.eval()
-    fmt = args.format or ("torchscript" if args.output.endswith((".pt", ".pth")) else "onnx")
     if fmt == "onnx":
         try:
             import onnx  # noqa: F401

@@ -34,6 +34,31 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to an option's help unless the help already states its default;
+    flags that are off by default and options whose default is "not given" (None) say in their
+    own words what happens without them."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower()
+            or not action.option_strings
+            or any(default is v for v in (None, False, argparse.SUPPRESS))
+        ):
+            return text
+        if default == []:  # a repeatable option given no times
+            return text + " (default: none)"
+        return text + " (default: %(default)s)"
+
+
+class _SubcommandParser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ssconv",
@@ -42,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ssconv {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubcommandParser)
     sub.required = True
     for name in SUBCOMMANDS:
         importlib.import_module(f"ssconv.cli.{name}").register(sub)

@@ -7,8 +7,17 @@ import difflib
 
 from torch import nn
 
-from ssconv.cli.common import CLIError, add_model_args, add_ssc_args, build_model
+from ssconv.cli.common import (
+    CLIError,
+    add_model_args,
+    add_ssc_args,
+    build_model,
+    check_model,
+    check_output_file,
+)
 from ssconv.report.pattern_plot import plot_pattern
+
+SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg")  # formats matplotlib always writes
 
 
 def register(sub) -> None:
@@ -20,8 +29,10 @@ def register(sub) -> None:
     )
     add_model_args(p)
     add_ssc_args(p)
-    p.add_argument("--layer", required=True, help="layer name, as in `ssconv summary`")
-    p.add_argument("-o", "--output", required=True, help="image file (.png, .svg, .pdf)")
+    p.add_argument("--layer", required=True, help="layer name, as in `ssconv summary` (required)")
+    p.add_argument(
+        "-o", "--output", required=True, help=f"image file ({', '.join(SUFFIXES)}) (required)"
+    )
     p.add_argument(
         "--max-channels",
         type=int,
@@ -32,6 +43,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_model(args.model)
+    check_output_file(args.output, "-o/--output", SUFFIXES)
     model, _, _ = build_model(args)
     convs = {
         n: m

@@ -43,12 +43,15 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument("--method", required=True, choices=PRUNING_METHODS, help="pruning method")
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--density", type=density_arg, help="target model density")
+    target.add_argument(
+        "--density", type=density_arg, help="target model density (required: this or --num-params)"
+    )
     target.add_argument(
         "--num-params",
         type=_positive_int,
         default=None,
-        help="target number of nonzero conv+linear weights (kept layers included)",
+        help="target number of nonzero conv+linear weights, kept layers included (required: "
+        "this or --density)",
     )
     p.add_argument(
         "--match-ssc",
@@ -91,15 +94,26 @@ def register(sub) -> None:
     p.add_argument(
         "--dataset",
         default=None,
-        help="dataset whose training batches snip / grasp score (names as in `ssconv train`); "
-        "without it they score a synthetic random batch",
+        help="dataset whose training batches snip / grasp score (names as in `ssconv train`) "
+        "(default: none: they score a synthetic random batch)",
     )
-    p.add_argument("--data-root", default=None, help="where the dataset lives")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="where the dataset lives (default: $SSCONV_DATA, else ./data)",
+    )
     p.add_argument("--batches", type=_positive_int, default=1, help="batches scored")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="size of each batch")
     p.add_argument("--iterations", type=_positive_int, default=100, help="synflow rounds")
     p.add_argument("--seed", type=int, default=0, help="seed of the model init and scores")
     p.add_argument("--device", default="cpu", help="where to score: cpu, cuda, cuda:N")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar while synflow / grasp / snip score (default: only when stderr is a "
+        "terminal)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=run)
 
@@ -190,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
                 iterations=args.iterations,
                 batches=args.batches,
                 batch_size=args.batch_size,
+                progress=args.progress,
                 **rules,
             )
         except ValueError as exc:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ssconv.cli.common import CLIError
+from ssconv.cli.common import CLIError, check_output_dir, positive_int
 
 
 def register(sub) -> None:
@@ -30,7 +30,12 @@ def register(sub) -> None:
         "model, one run after the other) and store it in their final.json",
     )
     p.add_argument("--remeasure", action="store_true", help="with --measure-latency: all runs")
-    p.add_argument("--latency-batch", type=int, default=64)
+    p.add_argument(
+        "--latency-batch",
+        type=positive_int,
+        default=64,
+        help="batch size of --measure-latency",
+    )
     p.set_defaults(func=run)
 
 
@@ -38,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from ssconv.report.plots import plot_all
     from ssconv.report.results import csv_table, find_runs, group_runs, markdown_table
 
+    if args.out:
+        check_output_dir(args.out, "-o/--out")
     try:
         runs = find_runs(args.runs)
     except FileNotFoundError as exc:

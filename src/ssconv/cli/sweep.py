@@ -24,7 +24,9 @@ def register(sub) -> None:
         "(the running cell saved a checkpoint; run again to resume).",
     )
     p.add_argument("sweep_file", help="YAML or TOML file with out, base and grid")
-    p.add_argument("--out", default=None, help="override the file's output folder")
+    p.add_argument(
+        "--out", default=None, help="override the file's output folder (default: the file's out)"
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -45,13 +47,21 @@ def register(sub) -> None:
         type=int,
         action="append",
         default=None,
-        help="run only this cell index (repeatable)",
+        help="run only this cell index (repeatable) (default: every cell)",
     )
     p.add_argument(
-        "--shard", default=None, metavar="K/N", help="run only cells with index %% N == K"
+        "--shard",
+        default=None,
+        metavar="K/N",
+        help="run only cells with index %% N == K (default: no split)",
     )
     p.add_argument("--next", action="store_true", help="claim and run one pending cell")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: only when stderr is a terminal)",
+    )
     p.set_defaults(func=run)
 
 

@@ -8,14 +8,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 
 import yaml
 
-from ssconv.cli.common import CLIError, density_arg, period_arg
+from ssconv.cli.common import (
+    CLIError,
+    add_threads_arg,
+    apply_threads,
+    check_model,
+    check_output_dir,
+    density_arg,
+    period_arg,
+)
 from ssconv.train.config import (
     METHODS,
     ConfigError,
+    TrainConfig,
     field_help,
     load_config,
     with_neutral_defaults,
@@ -51,6 +61,26 @@ _FLAGS = {
 _BOOL_FLAGS = ("download", "amp", "channels_last", "compile", "nesterov", "match_budget")
 
 
+def _config_help() -> dict[str, str]:
+    """Each config key's help with its default (the flags themselves default to "not given",
+    so that --config and the saved config of --resume apply)."""
+    helps = field_help()
+    for f in dataclasses.fields(TrainConfig):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            continue
+        if "default" in helps[f.name].lower():
+            continue
+        shown = "none" if default is None else ("on" if default is True else "off")
+        if not isinstance(default, bool) and default is not None:
+            shown = str(default)
+        helps[f.name] = f"{helps[f.name]} (default: {shown}, or the --config file's value)"
+    return helps
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "train",
@@ -64,9 +94,13 @@ def register(sub) -> None:
         "a good one); 130 / 143 stopped by SIGINT / SIGTERM after saving a checkpoint "
         "(continue with --resume); 1 unexpected error.",
     )
-    helps = field_help()
-    p.add_argument("--config", help="YAML (.yaml/.yml) or TOML (.toml) file of config keys")
-    p.add_argument("--out", required=True, help="run folder")
+    helps = _config_help()
+    p.add_argument(
+        "--config",
+        help="YAML (.yaml/.yml) or TOML (.toml) file of config keys (default: none: the "
+        "defaults below, then the flags)",
+    )
+    p.add_argument("--out", required=True, help="run folder (required)")
     p.add_argument(
         "--resume",
         action="store_true",
@@ -111,6 +145,7 @@ def register(sub) -> None:
         help="progress bar (default: only when stderr is a terminal)",
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    add_threads_arg(p)
     p.set_defaults(func=run)
 
 
@@ -181,13 +216,16 @@ def run(args: argparse.Namespace) -> int:
         TrainingInterrupted,
     )
 
+    check_output_dir(args.out, "--out")
     try:
         cfg = _resolve(args)
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
+    check_model(cfg.model, "--model" if args.model is not None else "model (from the config)")
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
+    apply_threads(args)
     try:
         with console_logging():
             result = Trainer(
