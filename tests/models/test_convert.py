@@ -98,9 +98,10 @@ def test_copy_weights_keeps_outputs_of_dense_pattern():
 def test_convert_torchvision_models(builder):
     model = getattr(torchvision.models, builder)(weights=None, num_classes=10)
     if builder == "mobilenet_v2":
-        # Its 3x3 convs are depthwise and the rest 1x1: the default rules keep them all.
+        # Its 3x3 convs are depthwise and the rest 1x1: the default rules keep them all, and
+        # only the 1x1 fallback converts it.
         with pytest.raises(ValueError, match="no conv layer to convert"):
-            convert(model, density=0.2)
+            convert(model, density=0.2, pointwise_fallback=False)
         keep = ("stem", "depthwise", "classifier")  # convert the 1x1 convs
     else:
         keep = ("stem", "pointwise", "depthwise", "classifier")

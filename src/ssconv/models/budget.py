@@ -181,7 +181,7 @@ def _infeasible(target: float, fixed: int, total: int) -> str:
     return (
         f"density={target} cannot be met: the layers kept dense (stem, classifier, skipped) "
         f"alone hold {fixed} of {total} weights ({fixed / total:.4f}); raise density or convert "
-        f"those layers too (include=...)"
+        f"some of them (ssconv.convert's include= names layers, keep= drops a rule)"
     )
 
 
@@ -193,6 +193,7 @@ def solve_budget(
     distribution: str = "uniform",
     fill: bool = True,
     constraints: dict | None = None,
+    layer_constraints: dict[str, dict] | None = None,
 ) -> tuple[list[SSCPattern], list[float]]:
     """Choose one SSC pattern per layer for a model-level target density.
 
@@ -203,18 +204,22 @@ def solve_budget(
         distribution: ``"uniform"`` or ``"erk"`` layer-wise target densities.
         fill: spend the budget left over by the discrete per-layer choices (greedy).
         constraints: settings held fixed (``groups``, ``period``, ``pointwise``, ``spatial``).
+        layer_constraints: per layer name, settings held fixed on top of ``constraints``
+            (e.g. ``{"period": None}`` for the 1 x 1 layers :func:`ssconv.convert` adds).
 
     Returns:
         ``(patterns, layer_targets)``.
     """
     constraints = constraints or {}
+    layer_constraints = layer_constraints or {}
 
     def solve(pointwise_only: bool):
         def options(layer: LayerSpec) -> list[SSCPattern]:
-            cands = candidate_patterns(layer, pointwise_only=pointwise_only, **constraints)
+            fixed = {**constraints, **layer_constraints.get(layer.name, {})}
+            cands = candidate_patterns(layer, pointwise_only=pointwise_only, **fixed)
             cands = _dedupe(sorted(cands, key=_rank_key))
             if not cands:
-                raise ValueError(f"no SSC pattern fits layer {layer.name!r} with {constraints}")
+                raise ValueError(f"no SSC pattern fits layer {layer.name!r} with {fixed}")
             return cands
 
         return choose_per_layer(

@@ -12,11 +12,13 @@ import copy
 import fnmatch
 import json
 import logging
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from ssconv.layers.factory import ConvFactory
 from ssconv.layers.pattern import SSCPattern
@@ -32,6 +34,7 @@ __all__ = [
     "replace_convs",
     "replace_module",
     "select_layers",
+    "SamePadSSConv2d",
     "DEFAULT_CLASSIFIER_PATTERNS",
     "KEEP_RULES",
 ]
@@ -49,6 +52,44 @@ DEFAULT_CLASSIFIER_PATTERNS = (
 #: Default rules that keep a conv dense (see :func:`convert`).
 KEEP_RULES = ("stem", "pointwise", "depthwise", "classifier")
 _DEFAULT_SETTINGS = {"groups": 1, "period": 4, "pointwise": True, "spatial": "full"}
+_POINTWISE_REASON = "1x1 pointwise"
+_FALLBACK_REASON = "converted (1x1 fallback)"
+
+
+def _same_pad(x: Tensor, kernel_size, stride, dilation) -> Tensor:
+    """TensorFlow 'SAME' padding computed from the input size (as timm's ``pad_same``)."""
+    ih, iw = x.shape[-2:]
+    pads = [
+        max((math.ceil(i / s) - 1) * s + (k - 1) * d + 1 - i, 0)
+        for i, k, s, d in zip((ih, iw), kernel_size, stride, dilation)
+    ]
+    ph, pw = pads
+    if ph or pw:
+        x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+    return x
+
+
+class SamePadSSConv2d(SSConv2d):
+    """:class:`SSConv2d` with TensorFlow 'SAME' padding computed from each input's size.
+
+    What :func:`convert` turns timm's ``Conv2dSame`` into: the input is zero-padded as timm's
+    ``pad_same`` does (the extra row / column at the bottom / right), then convolved with no
+    padding, so outputs keep the original layer's shape and alignment at any input size.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(_same_pad(x, self.kernel_size, self.stride, self.dilation))
+
+
+def _is_same_pad_conv(conv: nn.Module) -> bool:
+    # timm.layers.Conv2dSame: an nn.Conv2d built with padding 0 whose forward pads the input
+    # dynamically (pad_same) before F.conv2d.
+    return type(conv).__name__ == "Conv2dSame" and tuple(conv.padding) == (0, 0)
+
+
+def _custom_forward(conv: nn.Conv2d) -> bool:
+    cls = type(conv)
+    return cls.forward is not nn.Conv2d.forward or cls._conv_forward is not nn.Conv2d._conv_forward
 
 
 @dataclass
@@ -98,6 +139,12 @@ class ConversionReport:
     weight_params: int
     dense_weight_params: int
     coverage: list[CoverageIssue] = field(default_factory=list)
+    #: 1 x 1 layers converted because the others could not carry the budget (see ``convert``).
+    pointwise_fallback: list[str] = field(default_factory=list)
+    #: False when ``convert(..., linear_in_budget=False)`` left the nn.Linear layers out.
+    linear_in_budget: bool = True
+    budget_weight_params: int | None = None  # the budget's terms (``None``: the model's)
+    budget_dense_weight_params: int | None = None
 
     @property
     def density(self) -> float:
@@ -105,11 +152,20 @@ class ConversionReport:
         return self.weight_params / self.dense_weight_params if self.dense_weight_params else 1.0
 
     @property
+    def budget_density(self) -> float:
+        """The density the target was set on: :attr:`density`, or with
+        ``linear_in_budget=False`` the density of the conv layers (nn.Linear left out)."""
+        if self.budget_dense_weight_params is None:
+            return self.density
+        nonzero = self.budget_weight_params or 0
+        return nonzero / self.budget_dense_weight_params if self.budget_dense_weight_params else 1.0
+
+    @property
     def converted(self) -> list[LayerDecision]:
         return [d for d in self.layers if d.converted]
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "target_density": self.target_density,
             "density": self.density,
             "distribution": self.distribution,
@@ -118,6 +174,12 @@ class ConversionReport:
             "layers": [d.to_dict() for d in self.layers],
             "coverage": [asdict(c) for c in self.coverage],
         }
+        if self.pointwise_fallback:
+            out["pointwise_fallback"] = list(self.pointwise_fallback)
+        if not self.linear_in_budget:
+            out["linear_in_budget"] = False
+            out["budget_density"] = self.budget_density
+        return out
 
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), **kwargs)
@@ -134,7 +196,11 @@ class ConversionReport:
                 [
                     d.name,
                     shape,
-                    "ssc" if d.converted else f"kept ({d.reason})",
+                    (
+                        ("ssc (1x1 fallback)" if d.reason == _FALLBACK_REASON else "ssc")
+                        if d.converted
+                        else f"kept ({d.reason})"
+                    ),
                     d.settings,
                     "" if d.target_density is None else f"{d.target_density:.4f}",
                     f"{d.density:.4f}",
@@ -145,10 +211,23 @@ class ConversionReport:
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
         lines.insert(1, "  ".join("-" * w for w in widths))
         target = "" if self.target_density is None else f"target {self.target_density:.4f}, "
+        if not self.linear_in_budget:
+            lines.append(
+                f"conv density ({target}achieved; nn.Linear layers left out of the budget): "
+                f"{self.budget_density:.4f} = {self.budget_weight_params:,} / "
+                f"{self.budget_dense_weight_params:,} conv weights"
+            )
+            target = ""
         lines.append(
             f"model density ({target}achieved): {self.density:.4f} = "
             f"{self.weight_params:,} / {self.dense_weight_params:,} conv+linear weights"
         )
+        if self.pointwise_fallback:
+            lines.append(
+                f"1x1 fallback: the layers the keep rules leave cannot carry the budget, so "
+                f"{len(self.pointwise_fallback)} 1x1 convs were converted too (period=None; "
+                f"pass pointwise_fallback=False to keep them dense)"
+            )
         lines += [f"coverage: {c.message}" for c in self.coverage]
         return "\n".join(lines)
 
@@ -201,6 +280,8 @@ def convert(
     skip: Sequence[str] = (),
     include: Sequence[str] = (),
     keep: Sequence[str] = KEEP_RULES,
+    pointwise_fallback: bool = True,
+    linear_in_budget: bool = True,
     inplace: bool = False,
     copy_weights: bool = False,
     backend: str = "auto",
@@ -209,6 +290,11 @@ def convert(
     init_scale: str = DEFAULT_INIT_SCALE,
 ) -> ConversionReport:
     """Replace the ``nn.Conv2d`` layers of ``model`` by :class:`SSConv2d`.
+
+    Subclasses of ``nn.Conv2d`` are converted when their forward is the standard one; timm's
+    ``Conv2dSame`` (padding computed from the input size) becomes a :class:`SamePadSSConv2d`
+    that pads the same way; other subclasses with their own forward are kept and the report
+    says why. ``nn.Linear`` layers are never converted.
 
     Args:
         model: any ``nn.Module``.
@@ -226,9 +312,22 @@ def convert(
             sees the image), ``"pointwise"`` (1 x 1 convs), ``"depthwise"`` (one input channel
             per group) and ``"classifier"`` (convs named like a classifier head). Pass
             ``keep=("stem", "depthwise", "classifier")`` to convert 1 x 1 convs too.
+        pointwise_fallback: with ``density``, when the convs the rules leave to convert cannot
+            carry the budget (or there are none, as in MobileNet / EfficientNet / RegNet /
+            ShuffleNet, whose 3 x 3 convs are depthwise or hold few weights), convert the
+            1 x 1 convs the ``"pointwise"`` rule keeps too, as grouped pointwise SSC
+            (``period=None``), and list them in :attr:`ConversionReport.pointwise_fallback`.
+            Budgets the other layers carry are solved exactly as without it.
+        linear_in_budget: count the (dense, never converted) ``nn.Linear`` layers in the
+            budget (default, the model density of the paper). ``False`` sets ``density`` on
+            the conv layers only, for networks whose classifier holds most weights
+            (MobileNetV3-Small: 64 %); the report then gives both the conv density
+            (:attr:`ConversionReport.budget_density`) and the model density.
         inplace: modify ``model`` itself instead of a deep copy.
         copy_weights: start each SSC layer from the dense weights on its pattern (otherwise
-            the layers are freshly initialized, as for training from scratch).
+            the layers are freshly initialized, as for training from scratch). Use it to
+            convert a pretrained model; :func:`load_dense_state_dict` does the same for a
+            dense state_dict loaded after conversion.
         backend: execution backend of the new layers.
         fill: let the solver spend the budget left over by discrete choices.
         warn_coverage: emit a warning when a converted layer leaves channels uncovered.
@@ -245,7 +344,7 @@ def convert(
         raise ValueError(f"density must be a number in (0, 1], got {density!r}")
     if not inplace:
         model = copy.deepcopy(model)
-    convs = select_layers(model, skip=skip, include=include, keep=keep)
+    convs = select_layers(model, skip=skip, include=include, keep=keep, same_padding=True)
     decisions: dict[str, LayerDecision] = {}
     todo: list[tuple[str, nn.Conv2d]] = []
     for name, conv, reason in convs:
@@ -266,29 +365,60 @@ def convert(
     }
     patterns: dict[str, SSCPattern] = {}
     targets: dict[str, float] = {}
-    if density is not None and not todo:
-        kept = sorted({d.reason for d in decisions.values()})
-        raise ValueError(
-            f"density={density}: no conv layer to convert (kept: {', '.join(kept) or 'none'}); "
-            f"pass include=[...] name patterns to convert layers the default rules keep"
-        )
+    fallback: list[str] = []
+    linear_ids = {id(m) for _, m, _ in counted_layers(model) if isinstance(m, nn.Linear)}
     if density is not None:
-        specs = [
-            LayerSpec(n, c.in_channels, c.out_channels, tuple(c.kernel_size), c.groups)
-            for n, c in todo
-        ]
-        todo_ids = {id(c) for _, c in todo}
-        fixed = sum(n for _, m, (n, _) in counted_layers(model) if id(m) not in todo_ids)
-        chosen, layer_targets = solve_budget(
-            specs,
-            float(density),
-            fixed_params=fixed,
-            distribution=distribution,
-            fill=fill,
-            constraints=explicit,
-        )
-        for (name, _), pattern, t in zip(todo, chosen, layer_targets):
+        pointwise_convs = [(n, c) for n, c, r in convs if r == _POINTWISE_REASON]
+        attempts = [(todo, {})]
+        if pointwise_fallback and pointwise_convs:
+            extra = {n for n, _ in pointwise_convs}
+            with_pw = [(n, c) for n, c, r in convs if r is None or n in extra]
+            attempts.append((with_pw, {n: {"period": None} for n in extra}))
+        solved = None
+        error: ValueError | None = None
+        for layers, layer_constraints in attempts:
+            if not layers:
+                continue
+            try:
+                solved = _solve(
+                    model,
+                    layers,
+                    float(density),
+                    linear_ids=set() if linear_in_budget else linear_ids,
+                    distribution=distribution,
+                    fill=fill,
+                    constraints=explicit,
+                    layer_constraints=layer_constraints,
+                )
+            except ValueError as exc:
+                if "cannot be met" not in str(exc):
+                    raise
+                error = exc
+                continue
+            todo = layers
+            fallback = list(layer_constraints)
+            break
+        if solved is None:
+            raise ValueError(
+                _budget_hint(
+                    model,
+                    decisions,
+                    float(density),
+                    error,
+                    keep=keep,
+                    linear_in_budget=linear_in_budget,
+                    tried_fallback=len(attempts) > 1,
+                )
+            )
+        for (name, _), pattern, t in zip(todo, *solved):
             patterns[name], targets[name] = pattern, t
+        if fallback:
+            log.warning(
+                "density=%s: the convs the keep rules leave cannot carry the budget; converting "
+                "%d 1x1 convs too (period=None; pointwise_fallback=False keeps them dense)",
+                density,
+                len(fallback),
+            )
     else:
         settings = {**_DEFAULT_SETTINGS, **explicit}
         for name, conv in todo:
@@ -305,11 +435,13 @@ def convert(
             except ValueError as exc:
                 decisions[name].reason = f"pattern does not fit: {exc}"
 
+    fallback_set = set(fallback)
     for name, conv in todo:
         pattern = patterns.get(name)
         if pattern is None:
             continue
-        layer = SSConv2d.from_conv2d(
+        cls = SamePadSSConv2d if _is_same_pad_conv(conv) else SSConv2d
+        layer = cls.from_conv2d(
             conv,
             period=pattern.period,
             pointwise=pattern.pointwise,
@@ -321,7 +453,8 @@ def convert(
         )
         replace_module(model, name, layer)
         d = decisions[name]
-        d.converted, d.reason = True, "converted"
+        d.converted = True
+        d.reason = _FALLBACK_REASON if name in fallback_set else "converted"
         d.settings = pattern.describe()
         d.target_density = targets.get(name)
 
@@ -332,6 +465,12 @@ def convert(
         d.density = d.params / d.dense_params
 
     weight, dense = model_weight_counts(model)
+    budget_weight = budget_dense = None
+    if not linear_in_budget:
+        budget_weight, budget_dense = weight, dense
+        for _, m, (n, d) in counted_layers(model):
+            if isinstance(m, nn.Linear):
+                budget_weight, budget_dense = budget_weight - n, budget_dense - d
     issues = [
         issue
         for name in decisions
@@ -348,11 +487,97 @@ def convert(
         weight_params=weight,
         dense_weight_params=dense,
         coverage=issues,
+        pointwise_fallback=fallback,
+        linear_in_budget=linear_in_budget,
+        budget_weight_params=budget_weight,
+        budget_dense_weight_params=budget_dense,
     )
     log.info(
         "converted %d of %d convs, density %.4f", len(report.converted), len(convs), report.density
     )
     return report
+
+
+def _solve(
+    model: nn.Module,
+    layers: list[tuple[str, nn.Conv2d]],
+    density: float,
+    *,
+    linear_ids: set[int],
+    **kwargs,
+) -> tuple[list[SSCPattern], list[float]]:
+    specs = [
+        LayerSpec(n, c.in_channels, c.out_channels, tuple(c.kernel_size), c.groups)
+        for n, c in layers
+    ]
+    todo_ids = {id(c) for _, c in layers}
+    fixed = sum(
+        n
+        for _, m, (n, _) in counted_layers(model)
+        if id(m) not in todo_ids and id(m) not in linear_ids
+    )
+    return solve_budget(specs, density, fixed_params=fixed, **kwargs)
+
+
+def _budget_hint(
+    model: nn.Module,
+    decisions: dict[str, LayerDecision],
+    density: float,
+    error: ValueError | None,
+    *,
+    keep: Sequence[str],
+    linear_in_budget: bool,
+    tried_fallback: bool,
+) -> str:
+    """The error of an unmet budget: what stays dense, its share, and the exact fix."""
+    if error is None:
+        kept = sorted({d.reason for d in decisions.values()})
+        head = (
+            f"density={density}: no conv layer to convert "
+            f"(kept: {', '.join(kept) or 'no nn.Conv2d in the model'})"
+        )
+    else:
+        head = str(error).split("; raise density")[0]
+    counts = {name: c for name, _, c in counted_layers(model)}
+    linear = [n for n, m, _ in counted_layers(model) if isinstance(m, nn.Linear)]
+    total = sum(d for n, (_, d) in counts.items() if linear_in_budget or n not in linear)
+
+    def share(names: list[str]) -> float:
+        return sum(counts[n][1] for n in names) / max(total, 1)
+
+    groups: dict[str, list[str]] = {}
+    for d in decisions.values():
+        if not d.reason or (tried_fallback and d.reason == _POINTWISE_REASON):
+            continue  # in the last attempt
+        groups.setdefault(d.reason.split(" (")[0], []).append(d.name)
+    rules = {
+        "stem": "stem",
+        "depthwise": "depthwise",
+        "classifier": "classifier",
+        _POINTWISE_REASON: "pointwise",
+    }
+    parts = []
+    if linear and linear_in_budget:
+        shown = ", ".join(linear[:3]) + (", ..." if len(linear) > 3 else "")
+        parts.append(
+            f"{len(linear)} nn.Linear layer(s) ({shown}) hold {share(linear):.4f}: convert never "
+            f"converts nn.Linear; pass linear_in_budget=False to set density on the conv layers "
+            f"only"
+        )
+    for reason, names in sorted(groups.items(), key=lambda kv: -share(kv[1])):
+        what = f"{len(names)} conv(s) kept as {reason!r} hold {share(names):.4f}"
+        if reason in rules and rules[reason] in keep and len(names) > 3:
+            fix = f"pass keep={tuple(k for k in keep if k != rules[reason])!r} to convert them"
+        elif reason in rules:
+            fix = f"pass include={names!r} to convert them"
+        elif reason.startswith("skip pattern"):
+            fix = "drop that pattern from skip= to convert them"
+        else:
+            fix = "SSC cannot convert them"
+        parts.append(f"{what}: {fix}")
+    tried = " (1x1 convs included: the pointwise fallback was tried)" if tried_fallback else ""
+    listing = "; ".join(parts) if parts else "none"
+    return f"{head}{tried}. Dense in the budget: {listing}. Or raise density"
 
 
 def select_layers(
@@ -361,16 +586,30 @@ def select_layers(
     skip: Sequence[str] = (),
     include: Sequence[str] = (),
     keep: Sequence[str] = KEEP_RULES,
+    same_padding: bool = False,
 ) -> list[tuple[str, nn.Conv2d, str | None]]:
     """Every ``nn.Conv2d`` of ``model`` with the reason it is kept dense (``None``: convert it).
 
     The one place that applies the skip rules, shared by :func:`convert` and the pruning
     baselines so that both touch the same layers at the same budget. See :func:`convert` for
-    ``skip``, ``include`` and ``keep``.
+    ``skip``, ``include`` and ``keep``. Subclasses of ``nn.Conv2d`` are listed too; those
+    with their own ``forward`` are kept (reason ``"custom forward"``), except timm's
+    ``Conv2dSame`` when ``same_padding`` is set (the caller can keep its dynamic padding, as
+    :func:`convert` does with :class:`SamePadSSConv2d`).
     """
-    convs = [(n, m) for n, m in model.named_modules() if type(m) is nn.Conv2d]
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     stem = convs[0][0] if convs else None
-    return [(n, m, _skip_reason(n, m, stem, skip, include, keep)) for n, m in convs]
+    out = []
+    for n, m in convs:
+        reason = _skip_reason(n, m, stem, skip, include, keep)
+        if reason is None and _custom_forward(m) and not (same_padding and _is_same_pad_conv(m)):
+            reason = (
+                f"custom forward ({type(m).__name__} overrides nn.Conv2d.forward"
+                + ("; its padding is computed from the input size" if _is_same_pad_conv(m) else "")
+                + ")"
+            )
+        out.append((n, m, reason))
+    return out
 
 
 def _skip_reason(
