@@ -7,8 +7,9 @@ structured sparsity pattern chosen before training.
 
 from ssconv.layers import SSCFactory, SSConv2d, SSCPattern
 from ssconv.layers.tuning import autotune
-from ssconv.models import convert, create_model, list_models
+from ssconv.models import convert, create_model, list_models, load_dense_state_dict
 from ssconv.profile import ProfileResult, profile
+from ssconv.runs import load_run
 
 __version__ = "0.1.0"
 
@@ -22,5 +23,7 @@ __all__ = [
     "convert",
     "create_model",
     "list_models",
+    "load_dense_state_dict",
+    "load_run",
     "profile",
 ]

@@ -2,7 +2,13 @@
 
 from ssconv.models import cifar_resnet, imagenet, vgg  # noqa: F401  (register the models)
 from ssconv.models.budget import candidate_patterns, erk_densities, solve_budget
-from ssconv.models.convert import ConversionReport, LayerDecision, convert, replace_convs
+from ssconv.models.convert import (
+    ConversionReport,
+    LayerDecision,
+    convert,
+    load_dense_state_dict,
+    replace_convs,
+)
 from ssconv.models.coverage import CoverageIssue, check_coverage, model_coverage
 from ssconv.models.registry import create_model, list_models, model_info, register_model
 
@@ -16,6 +22,7 @@ __all__ = [
     "create_model",
     "erk_densities",
     "list_models",
+    "load_dense_state_dict",
     "model_coverage",
     "model_info",
     "register_model",

@@ -14,15 +14,16 @@ import json
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssconv.layers.factory import ConvFactory
 from ssconv.layers.pattern import SSCPattern
-from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, SSConv2d
+from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, SSConv2d, _regroup
 from ssconv.models.budget import AUTO, LayerSpec, solve_budget
 from ssconv.models.coverage import CoverageIssue, check_coverage
 from ssconv.profile import counted_layers, model_weight_counts, weight_counts
@@ -34,6 +35,8 @@ __all__ = [
     "replace_convs",
     "replace_module",
     "select_layers",
+    "load_dense_state_dict",
+    "LoadResult",
     "SamePadSSConv2d",
     "DEFAULT_CLASSIFIER_PATTERNS",
     "KEEP_RULES",
@@ -641,3 +644,68 @@ def _skip_reason(
     if "classifier" in keep and _matches(name, DEFAULT_CLASSIFIER_PATTERNS) is not None:
         return "classifier"
     return None
+
+
+class LoadResult(NamedTuple):
+    """What :func:`load_dense_state_dict` could not match (empty with ``strict=True``)."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+def load_dense_state_dict(
+    model: nn.Module, state_dict: Mapping[str, Tensor], *, strict: bool = True
+) -> LoadResult:
+    """Load the state_dict of the dense model into its conversion ``model``.
+
+    For each :class:`SSConv2d` of ``model`` the dense ``<name>.weight`` (shape ``(C_out,
+    C_in / groups, kh, kw)`` of the original ``nn.Conv2d``) is restricted to the SSC pattern
+    and copied into ``weight_spatial`` / ``weight_point`` (the taps off the pattern are
+    dropped), as ``convert(..., copy_weights=True)`` does; every other key (biases,
+    normalization statistics, dense layers) is loaded as :meth:`nn.Module.load_state_dict`
+    loads it. Use it to start SSC from pretrained dense weights converted beforehand.
+
+    With ``strict=True`` (default) keys of ``state_dict`` that match nothing in ``model``, and
+    keys of ``model`` that ``state_dict`` lacks, raise :class:`KeyError` naming them before
+    anything is loaded; with ``strict=False`` they are returned.
+    """
+    ssc = {name: m for name, m in model.named_modules() if isinstance(m, SSConv2d)}
+    own = model.state_dict()
+    ssc_keys = {
+        f"{name}.{key}" if name else key
+        for name, m in ssc.items()
+        for key in m.state_dict()
+        if key != "bias"
+    }
+    dense_keys = {f"{name}.weight" if name else "weight": name for name in ssc}
+    missing = sorted(k for k in dense_keys if k not in state_dict)
+    missing += sorted(k for k in own if k not in ssc_keys and k not in state_dict)
+    unexpected = sorted(k for k in state_dict if k not in own and k not in dense_keys)
+    if strict and (missing or unexpected):
+        parts = []
+        if unexpected:
+            parts.append(f"unexpected keys (in state_dict, not in model): {unexpected}")
+        if missing:
+            parts.append(f"missing keys (in model, not in state_dict): {missing}")
+        raise KeyError(
+            "load_dense_state_dict: " + "; ".join(parts) + ". Pass the state_dict of the "
+            "dense model that was converted (same architecture and names), or strict=False "
+            "to load the keys that match"
+        )
+    for key, name in dense_keys.items():
+        if key not in state_dict:
+            continue
+        layer = ssc[name]
+        weight = state_dict[key]
+        expected = (layer.out_channels, layer.in_channels // layer.dense_groups, *layer.kernel_size)
+        if tuple(weight.shape) != expected:
+            raise ValueError(
+                f"load_dense_state_dict: {key!r} has shape {tuple(weight.shape)}, the dense conv "
+                f"behind this SSC layer has {expected}"
+            )
+        param = layer.weight_spatial if layer.weight_spatial is not None else layer.weight_point
+        weight = weight.to(param)
+        layer.load_dense_weight(_regroup(weight, layer.dense_groups, layer.groups))
+    rest = {k: v for k, v in state_dict.items() if k not in dense_keys and k in own}
+    model.load_state_dict(rest, strict=False)
+    return LoadResult(missing, unexpected)
