@@ -124,7 +124,15 @@ def test_report_errors(tmp_path, capsys):
     assert "no finished runs" in capsys.readouterr().err
 
 
-def test_report_measures_latency_into_run_folders(tmp_path, capsys):
+def test_report_measures_latency_into_run_folders(tmp_path, capsys, monkeypatch):
+    import ssconv.report.plots
+
+    plotted = []
+    monkeypatch.setattr(
+        ssconv.report.plots,
+        "plot_all",
+        lambda groups, out: plotted.extend(r.final for g in groups for r in g.runs) or [],
+    )
     BASE["latency_batch"] = 0
     try:
         path = write_sweep(tmp_path, {"method": ["ssc", "magnitude", "dw_separable"]})
@@ -139,7 +147,6 @@ def test_report_measures_latency_into_run_folders(tmp_path, capsys):
                 "--measure-latency",
                 "--latency-batch",
                 "4",
-                "--no-plots",
                 "-o",
                 str(tmp_path / "rep"),
             ]
@@ -150,6 +157,8 @@ def test_report_measures_latency_into_run_folders(tmp_path, capsys):
         final = json.loads((cell.folder / "final.json").read_text())
         assert final["latency_ms"] > 0 and final["latency_batch"] == 4
     assert "latency" in capsys.readouterr().err
+    # The plots of the same call see the spread and the machine just measured.
+    assert plotted and all("latency_p25_ms" in f and "latency_machine" in f for f in plotted)
 
 
 def test_variants_cross_the_grid_label_runs_and_report_apart(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         todo = [r for r in runs if args.remeasure or r.final.get("latency_ms") is None]
         for i, r in enumerate(todo, 1):
             ms = measure_run_latency(r.folder, batch=args.latency_batch)
-            r.final["latency_ms"] = ms
+            # final.json now also holds the spread and the machine, which the plot shows.
+            r.final.update(json.loads((Path(r.folder) / "final.json").read_text()))
             print(f"latency {i}/{len(todo)}: {ms:.1f} ms  {r.folder}", file=sys.stderr, flush=True)
     groups = group_runs(runs)
     table = markdown_table(groups)
