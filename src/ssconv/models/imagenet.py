@@ -8,7 +8,6 @@ rebuilds each ``nn.Conv2d`` with the same geometry.
 
 from __future__ import annotations
 
-import torchvision
 from torch import nn
 
 from ssconv.layers.factory import ConvFactory, dense_conv
@@ -23,6 +22,8 @@ def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
 
 
 def _build(tv_name: str, num_classes: int, in_channels: int, conv_layer: ConvFactory, **kwargs):
+    import torchvision  # here, not at import time: it adds seconds to `import ssconv`
+
     model = getattr(torchvision.models, tv_name)(weights=None, num_classes=num_classes, **kwargs)
     if in_channels != 3:
         name, stem = _first_conv(model)

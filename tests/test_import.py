@@ -1,0 +1,15 @@
+"""`import ssconv` stays light: torchvision is imported only where a torchvision model or
+dataset is built."""
+
+import subprocess
+import sys
+
+
+def test_import_ssconv_does_not_import_torchvision():
+    code = (
+        "import sys, ssconv; "
+        "assert 'torchvision' not in sys.modules, 'import ssconv imported torchvision'; "
+        "ssconv.create_model('resnet18', num_classes=10); "
+        "assert 'torchvision' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
