@@ -472,7 +472,8 @@ static std::vector<int64_t> entry_offsets(const Packed<S>& pk, int64_t nblocks, 
 }
 
 // Output rows [oh, oh + RB) of block b: RB * R vectors of pixels times M filters accumulate
-// together (RB = 2 for narrow images, so that short rows still fill the FMA pipeline).
+// together (RB = 2 where R * M <= 4, so that short rows and one-filter blocks still keep 8
+// independent accumulators in flight).
 template <typename V, typename S, int R, int M, int RB>
 static inline void forward_tile(const Image<S>& img, const Packed<S>& pk, const int64_t* eoff,
                                 int64_t b, int64_t e_beg, int64_t e_end, int64_t oh, int64_t ow0,
@@ -521,7 +522,7 @@ template <typename V, typename S, int R, int M>
 static void forward_block(const Image<S>& img, const Packed<S>& pk, const int64_t* eoff,
                           int64_t b, int64_t ho, int64_t wo, S* y_img, int64_t y_chan) {
   constexpr int W = sizeof(V) / sizeof(S);
-  constexpr int RB = R * M < 4 ? 2 : 1;
+  constexpr int RB = R * M <= 4 ? 2 : 1;  // at least 8 accumulators where the rows allow it
   const int64_t e_beg = pk.seg_beg[pk.blk_seg[b]], e_end = pk.seg_beg[pk.blk_seg[b + 1]];
   int64_t oh = 0;
   for (; oh + RB <= ho; oh += RB)
@@ -594,7 +595,7 @@ template <typename V, typename S, int M>
 static void wgrad_run(const torch::Tensor& x, const torch::Tensor& gy, torch::Tensor& gw,
                       const Packed<S>& pk, int64_t nblocks, const Geometry& g) {
   constexpr int W = sizeof(V) / sizeof(S);
-  constexpr int NE = M == 4 ? 2 : 4;
+  constexpr int NE = 8 / M;  // 8 accumulators: enough independent FMAs to fill the pipeline
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t cout = gy.size(1), ho = gy.size(2), wo = gy.size(3);
   const int64_t wop = (wo + W - 1) / W * W;
