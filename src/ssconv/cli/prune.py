@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from ssconv.cli.common import CLIError, add_model_args, density_arg, emit_json
+from ssconv.cli.common import CLIError, add_model_args, density_arg, emit_json, positive_int
 from ssconv.models import convert, create_model, model_info
 from ssconv.profile import format_count, profile
 from ssconv.pruning import DISTRIBUTIONS, PRUNING_METHODS, SCOPES, prune
@@ -18,16 +18,6 @@ _DENSE_NOTE = (
     "a masked model executes dense MACs: its pruned weights are multiplied as zeros, so "
     "unstructured pruning saves no compute here (SSC layers execute close to their effective MACs)"
 )
-
-
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
-    return n
 
 
 def register(sub) -> None:
@@ -48,7 +38,7 @@ def register(sub) -> None:
     )
     target.add_argument(
         "--num-params",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="target number of nonzero conv+linear weights, kept layers included (required: "
         "this or --density)",
@@ -102,9 +92,9 @@ def register(sub) -> None:
         default=None,
         help="where the dataset lives (default: $SSCONV_DATA, else ./data)",
     )
-    p.add_argument("--batches", type=_positive_int, default=1, help="batches scored")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="size of each batch")
-    p.add_argument("--iterations", type=_positive_int, default=100, help="synflow rounds")
+    p.add_argument("--batches", type=positive_int, default=1, help="batches scored")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="size of each batch")
+    p.add_argument("--iterations", type=positive_int, default=100, help="synflow rounds")
     p.add_argument("--seed", type=int, default=0, help="seed of the model init and scores")
     p.add_argument("--device", default="cpu", help="where to score: cpu, cuda, cuda:N")
     p.add_argument(

@@ -44,6 +44,7 @@ __all__ = [
     "list_checkpoints",
     "checkpoint_name",
     "atomic_write_text",
+    "fsync_path",
     "with_filename",
     "remove_temporaries",
     "TEST_DELAY_ENV",
@@ -160,7 +161,7 @@ def _write_atomic(final: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(final.parent)
+    fsync_path(final.parent)
 
 
 def with_filename(exc: OSError, path: Path) -> OSError:
@@ -221,9 +222,10 @@ def _test_delay(name: str) -> float:
         return 0.0
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or folder by path (best effort: errors are ignored)."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:

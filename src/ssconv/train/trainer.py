@@ -62,6 +62,7 @@ from ssconv.train.checkpoint import (
     CheckpointError,
     atomic_write_text,
     checkpoint_name,
+    fsync_path,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -947,17 +948,7 @@ class Trainer:
             atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def _sync_metrics(self) -> None:
-        path = self.out / "metrics.jsonl"
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        fsync_path(self.out / "metrics.jsonl")
 
     # ------------------------------------------------------------- outputs
     def _log_row(self, row: dict, writer) -> None:
