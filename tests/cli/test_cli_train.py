@@ -164,7 +164,9 @@ def _cli(*args) -> list[str]:
     return [sys.executable, "-m", "ssconv", *args]
 
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores: no oversubscription
+# Two processes on two cores: no oversubscription. No fused kernel: a first build (a minute or
+# more) inside a subprocess would race these tests' timeouts; tests/layers covers the kernels.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SSCONV_NO_FUSED": "1"}
 
 
 def test_unexpected_error_exits_1_with_traceback(capsys, tmp_path, monkeypatch):
