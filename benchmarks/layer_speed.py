@@ -31,6 +31,18 @@ from ssconv.bench.layers import (
 from ssconv.bench.timing import machine_info
 
 
+def _emit(title, table, rows, summary, info, args, fmt) -> None:
+    """Print the table and summary; with --json, also write them with the machine."""
+    print(f"# {title}\n")
+    print(table)
+    print()
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        record = {"machine": info, "batch": args.batch, "memory_format": fmt}
+        with open(args.json, "w") as fh:
+            json.dump({**record, "rows": rows, "summary": summary}, fh, indent=2)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--batch", type=int, default=64)
@@ -58,23 +70,8 @@ def main(argv=None) -> int:
             "min_auto_eff": min(r["auto_eff"] for r in rows if r["density"] <= 0.35 + 1e-9),
         }
         fmt = "channels_last" if args.channels_last else "NCHW"
-        print(f"# layer training speed (forward + backward), batch {args.batch}, {fmt}, {info}\n")
-        print(format_train_markdown(rows))
-        print()
-        print(json.dumps(summary, indent=2))
-        if args.json:
-            with open(args.json, "w") as fh:
-                json.dump(
-                    {
-                        "machine": info,
-                        "batch": args.batch,
-                        "memory_format": fmt,
-                        "rows": rows,
-                        "summary": summary,
-                    },
-                    fh,
-                    indent=2,
-                )
+        title = f"layer training speed (forward + backward), batch {args.batch}, {fmt}, {info}"
+        _emit(title, format_train_markdown(rows), rows, summary, info, args, fmt)
         return 0
     rows = run_layer_bench(
         RESNET32_SHAPES + VGG19_SHAPES,
@@ -86,23 +83,8 @@ def main(argv=None) -> int:
     )
     summary = summarize(rows)
     fmt = "NCHW" if args.nchw else "channels_last"
-    print(f"# layer speed, batch {args.batch}, {fmt}, {info}\n")
-    print(format_markdown(rows))
-    print()
-    print(json.dumps(summary, indent=2))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(
-                {
-                    "machine": info,
-                    "batch": args.batch,
-                    "memory_format": fmt,
-                    "rows": rows,
-                    "summary": summary,
-                },
-                fh,
-                indent=2,
-            )
+    title = f"layer speed, batch {args.batch}, {fmt}, {info}"
+    _emit(title, format_markdown(rows), rows, summary, info, args, fmt)
     return 0
 
 
