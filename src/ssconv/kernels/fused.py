@@ -513,6 +513,14 @@ def pack(
     )
 
 
+def _built():
+    """The built kernel module; raises (saying why) where it cannot be built."""
+    mod = _load()
+    if mod is None:
+        raise RuntimeError(f"the fused SSC kernel is not available: {_error}")
+    return mod
+
+
 def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
@@ -535,10 +543,7 @@ def _fused_op(
     geometry: list[int],
     vb: int,
 ) -> Tensor:
-    mod = _load()
-    if mod is None:
-        raise RuntimeError(f"the fused SSC kernel is not available: {_error}")
-    return mod.ssc_fused_forward(
+    return _built().ssc_fused_forward(
         x,
         w,
         ch,
@@ -624,10 +629,7 @@ def _wgrad_op(
     geometry: list[int],
     vb: int,
 ) -> Tensor:
-    mod = _load()
-    if mod is None:
-        raise RuntimeError(f"the fused SSC kernel is not available: {_error}")
-    return mod.ssc_fused_wgrad(
+    return _built().ssc_fused_wgrad(
         x,
         grad_out,
         ch,
@@ -671,10 +673,7 @@ def _pix_op(
     geometry: list[int],
     vb: int,
 ) -> Tensor:
-    mod = _load()
-    if mod is None:
-        raise RuntimeError(f"the fused SSC kernel is not available: {_error}")
-    return mod.ssc_pix_forward(
+    return _built().ssc_pix_forward(
         x,
         w,
         ch,
@@ -715,10 +714,7 @@ def _pix_wgrad_op(
     geometry: list[int],
     vb: int,
 ) -> Tensor:
-    mod = _load()
-    if mod is None:
-        raise RuntimeError(f"the fused SSC kernel is not available: {_error}")
-    return mod.ssc_pix_wgrad(
+    return _built().ssc_pix_wgrad(
         x,
         grad_out,
         ch,
