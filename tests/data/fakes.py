@@ -126,3 +126,23 @@ def make_image_tree(folder: Path, classes: list[str], per_class: int, size=(40, 
         for k in range(per_class):
             jpeg(folder / c / f"{c}_{k}.JPEG", size, 30 * k)
     return folder
+
+
+def png(path: Path, size: tuple[int, int], seed: int, mode: str = "RGB") -> Path:
+    """A PNG of random pixels (incompressible: a cut copy of it is truly truncated)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
+    Image.fromarray(pixels(1, shape, seed)[0]).save(path, "PNG")  # 2-D: L, else RGB
+    return path
+
+
+def add_bad_images(folder: Path) -> tuple[Path, Path]:
+    """A garbage file named ``fake.png`` and a PNG cut in half, in ``folder``."""
+    fake = folder / "fake.png"
+    fake.parent.mkdir(parents=True, exist_ok=True)
+    fake.write_bytes(b"this is not an image\n" * 8)
+    data = png(folder / "whole.png", (24, 24), 5).read_bytes()
+    (folder / "whole.png").unlink()
+    cut = folder / "cut.png"
+    cut.write_bytes(data[: len(data) // 2])
+    return fake, cut

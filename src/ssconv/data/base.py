@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 __all__ = [
@@ -29,6 +29,18 @@ class DatasetError(ValueError):
 
     The message names the dataset name, file or folder at fault and says what to do about it.
     """
+
+    def __init__(self, *args: object) -> None:
+        # Raised in a DataLoader worker, it is raised again in the main process with the
+        # worker's traceback as its message ("Caught DatasetError in DataLoader worker ...");
+        # keep the original message (the traceback stays in ``worker_traceback``).
+        text = args[0] if len(args) == 1 else None
+        if isinstance(text, str) and text.startswith("Caught ") and "\nOriginal Traceback" in text:
+            head, sep, message = text.rpartition(f"{type(self).__name__}: ")
+            if sep:
+                self.worker_traceback = text
+                args = (message.strip(),)
+        super().__init__(*args)
 
 
 @dataclass(frozen=True)
@@ -64,11 +76,32 @@ def default_root() -> Path:
     return Path(os.environ.get("SSCONV_DATA") or "data").expanduser()
 
 
-def pil_loader(path: str | Path) -> Image.Image:
-    """Open an image file as RGB (grey and CMYK JPEGs exist in ImageNet and Tiny-ImageNet)."""
-    with open(path, "rb") as f:
-        img = Image.open(f)
-        return img.convert("RGB")
+def pil_loader(path: str | Path, mode: str = "RGB") -> Image.Image:
+    """Open an image file as RGB (grey and CMYK JPEGs exist in ImageNet and Tiny-ImageNet), or
+    as ``mode`` (``"L"`` for grey models).
+
+    Raises:
+        DatasetError: the file cannot be read or decoded (missing, not an image, truncated);
+            the message names it, where Pillow's own errors do not.
+    """
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert(mode)
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, ... by format
+        raise DatasetError(f"{path}: cannot read this image: {image_error(e)}") from e
+
+
+def image_error(exc: BaseException) -> str:
+    """A short reason for an image that Pillow failed to open or decode."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image file (Pillow recognizes no image format in it)"
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    text = str(exc) or type(exc).__name__
+    if "truncated" in text or isinstance(exc, EOFError):
+        return f"truncated or incomplete ({text})"
+    return f"corrupt or unsupported ({type(exc).__name__}: {text})"
 
 
 class TensorImageDataset(Dataset):

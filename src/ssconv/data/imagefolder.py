@@ -3,30 +3,43 @@ arXiv:1409.0575) and any ``ImageFolder`` tree (``folder:PATH``).
 
 None of them can be downloaded automatically; when one is missing or laid out differently, the
 error names the folder and shows the layout it expects.
+
+A ``folder:PATH`` tree is verified before it is used (:mod:`ssconv.data.verify`): every image
+is decoded once (then cached), unreadable files are listed by path, or left out with
+``skip_bad_images=True``; a folder of grey images gives one-channel tensors. An image that fails
+to decode later anyway raises :class:`DatasetError` naming it (all three datasets).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from ssconv.data.base import DatasetError, DatasetInfo, ImageListDataset
+from ssconv.data.base import DatasetError, DatasetInfo, ImageListDataset, pil_loader
 from ssconv.data.registry import register_dataset
 from ssconv.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    Augment,
     imagenet_transform,
     small_image_transform,
 )
+from ssconv.data.verify import ImageCheck, is_grey, verify_images
 
 __all__ = ["IMAGENET_INFO", "TINY_IMAGENET_INFO", "TINY_IMAGENET_URL"]
 
+logger = logging.getLogger(__name__)
+
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+#: ImageNet's statistics averaged over the channels, for folders of grey images.
+GREY_MEAN = (0.449,)
+GREY_STD = (0.226,)
 
 # Tiny-ImageNet is a subset of ImageNet and is normalized with ImageNet's statistics.
 TINY_IMAGENET_INFO = DatasetInfo(
@@ -96,9 +109,10 @@ def _same_classes(a: list[str], b: list[str], da: Path, db: Path, what: str) -> 
         )
 
 
-def _image_folder(folder: Path, transform, what: str) -> ImageFolder:
+def _image_folder(folder: Path, transform, what: str, mode: str = "RGB") -> ImageFolder:
+    loader = functools.partial(pil_loader, mode=mode)  # errors name the file
     try:
-        return ImageFolder(str(folder), transform=transform)
+        return ImageFolder(str(folder), transform=transform, loader=loader)
     except FileNotFoundError as e:  # a class folder without images
         raise DatasetError(f"{what}: {folder}: {e}") from e
 
@@ -199,7 +213,7 @@ def build_tiny_imagenet(
     root: Path,
     train: bool,
     download: bool,
-    augment: bool,
+    augment: bool | Augment,
     size: int | None,
     normalize: bool,
 ) -> tuple[ImageListDataset, DatasetInfo]:
@@ -255,7 +269,7 @@ def build_imagenet(
     root: Path,
     train: bool,
     download: bool,
-    augment: bool,
+    augment: bool | Augment,
     size: int | None,
     normalize: bool,
 ) -> tuple[ImageFolder, DatasetInfo]:
@@ -293,8 +307,13 @@ _FOLDER_LAYOUT = (
 )
 
 
-def _folder_dirs(path: Path, *, warn: bool) -> tuple[Path, Path]:
-    """The training and test folders of ``folder:PATH``."""
+#: Unreadable files listed by name in an error; the rest are counted.
+_LISTED = 8
+
+
+def _folder_dirs(path: Path) -> tuple[Path, Path]:
+    """The training and test folders of ``folder:PATH`` (the same folder when it has no
+    separate splits)."""
     if not path.is_dir():
         raise DatasetError(f"folder: {path} not found; {_FOLDER_LAYOUT}")
     train = path / "train"
@@ -304,19 +323,12 @@ def _folder_dirs(path: Path, *, warn: bool) -> tuple[Path, Path]:
     if test is not None:
         raise DatasetError(f"folder: {path} has {test.name}/ but no train/; {_FOLDER_LAYOUT}")
     both = train if train.is_dir() else path
-    if warn:
-        warnings.warn(
-            f"folder:{path} has no separate train/ and val/ folders; the training and test "
-            f"splits are both {both}, so test accuracy is not measured on held-out images",
-            UserWarning,
-            stacklevel=4,
-        )
     return both, both
 
 
 def _folder_info(arg: str | None, size: int | None) -> DatasetInfo:
     path = Path(arg or "").expanduser()
-    train_dir, _ = _folder_dirs(path, warn=False)
+    train_dir, _ = _folder_dirs(path)
     classes = _class_folders(train_dir, f"folder:{arg}", _FOLDER_LAYOUT)
     size = size or 32
     return DatasetInfo(
@@ -330,13 +342,54 @@ def _folder_info(arg: str | None, size: int | None) -> DatasetInfo:
     )
 
 
+def _bad_files_error(what: str, bad: list[ImageCheck], total: int) -> DatasetError:
+    lines = [f"  {c.path}: {c.error}" for c in bad[:_LISTED]]
+    if len(bad) > _LISTED:
+        lines.append(f"  ... and {len(bad) - _LISTED} more")
+    return DatasetError(
+        f"{what}: {len(bad)} of {total} image files cannot be read:\n"
+        + "\n".join(lines)
+        + "\nremove or replace them, or leave them out with skip_bad_images=True "
+        "(`ssconv train --skip-bad-images`)"
+    )
+
+
+def _skip_bad(ds: ImageFolder, checks: list[ImageCheck], what: str, folder: Path, quiet: bool):
+    """Drop the unreadable files from ``ds`` and say how many."""
+    bad = {c.path for c in checks if not c.ok}
+    if not bad:
+        return
+    total = len(ds.samples)
+    ds.samples = [s for s in ds.samples if s[0] not in bad]
+    ds.imgs = ds.samples
+    ds.targets = [t for _, t in ds.samples]
+    names = ", ".join(os.path.relpath(p, folder) for p in sorted(bad)[:_LISTED])
+    more = f" and {len(bad) - _LISTED} more" if len(bad) > _LISTED else ""
+    empty = sorted(set(ds.classes) - {ds.classes[t] for t in ds.targets})
+    log = logger.info if quiet else logger.warning
+    log(
+        "%s: skipped %d unreadable image file(s) of %d in %s (skip_bad_images): %s%s%s",
+        what,
+        len(bad),
+        total,
+        folder,
+        names,
+        more,
+        f"; no image left in class(es) {empty}" if empty else "",
+    )
+    if not ds.samples:
+        raise DatasetError(f"{what}: no readable image in {folder}")
+
+
 @register_dataset(
     "folder",
     info=_folder_info,
     arg="PATH",
     arg_required=True,
+    options=("in_channels", "skip_bad_images"),
     usage="any ImageFolder tree: PATH/{train,val}/<class>/<image> or PATH/<class>/<image>; "
-    "images resized to --size (default 32)",
+    "images verified once before use, resized to --size (default 32); grey folders give "
+    "1 channel",
 )
 def build_folder(
     arg: str | None,
@@ -344,35 +397,70 @@ def build_folder(
     root: Path,
     train: bool,
     download: bool,
-    augment: bool,
+    augment: bool | Augment,
     size: int | None,
     normalize: bool,
+    in_channels: int | None = None,
+    skip_bad_images: bool = False,
 ) -> tuple[ImageFolder, DatasetInfo]:
+    """Both splits are verified together (one error lists every unreadable file); the channels
+    are 1 when every image of both is grey, unless ``in_channels`` says."""
     what = f"folder:{arg}"
     path = Path(arg or "").expanduser()
-    train_dir, test_dir = _folder_dirs(path, warn=True)
+    if in_channels not in (None, 1, 3):
+        raise DatasetError(f"in_channels: expected 1 (grey) or 3 (colour), got {in_channels!r}")
+    train_dir, test_dir = _folder_dirs(path)
+    shared = test_dir == train_dir
+    if shared and not train:
+        logger.warning(
+            "%s has no separate train/ and val/ (or test/) folders: the test split is the "
+            "training images of %s, so test accuracy is not measured on held-out images",
+            what,
+            train_dir,
+        )
     folder = train_dir if train else test_dir
     classes = _class_folders(folder, what, _FOLDER_LAYOUT)
-    if test_dir != train_dir:
-        other = _class_folders(test_dir if train else train_dir, what, _FOLDER_LAYOUT)
-        pair = (classes, other) if train else (other, classes)
-        _same_classes(*pair, train_dir, test_dir, what)
+    other = None
+    if not shared:
+        other_dir = test_dir if train else train_dir
+        pair = (classes, _class_folders(other_dir, what, _FOLDER_LAYOUT))
+        _same_classes(*(pair if train else pair[::-1]), train_dir, test_dir, what)
+        other = _image_folder(other_dir, None, what)
+    ds = _image_folder(folder, None, what)
+    paths = [p for p, _ in ds.samples]
+    checks = verify_images(
+        paths + ([p for p, _ in other.samples] if other is not None else []),
+        folder=path,
+        what=what,
+    )
+    bad = [c for c in checks if not c.ok]
+    if bad and not skip_bad_images:
+        raise _bad_files_error(what, bad, len(checks))
+    if in_channels is None:
+        in_channels = 1 if is_grey(checks) else 3
+    _skip_bad(ds, checks[: len(paths)], what, folder, quiet=shared and not train)
+    grey = in_channels == 1
+    mean, std = (GREY_MEAN, GREY_STD) if grey else (IMAGENET_MEAN, IMAGENET_STD)
+    ds.loader = functools.partial(pil_loader, mode="L" if grey else "RGB")
     size = size or 32
-    transform = small_image_transform(
+    ds.transform = small_image_transform(
         native=size,
         size=size,
         padding=max(1, size // 8),
         augment=augment,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        mean=mean,
+        std=std,
         normalize=normalize,
         resize=True,
     )
-    ds = _image_folder(folder, transform, what)
     info = _folder_info(arg, size)
     return ds, replace(
         info,
+        input_size=(in_channels, size, size),
+        mean=mean,
+        std=std,
         train_size=len(ds) if train else None,
         test_size=None if train else len(ds),
         source=str(folder),
+        description=info.description + (", grey (1 channel)" if grey else ""),
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from ssconv.data.base import DatasetError, DatasetInfo, default_root
+from ssconv.data.transforms import Augment
 
 __all__ = ["build_dataset", "dataset_info", "list_datasets", "register_dataset"]
 
@@ -33,9 +34,11 @@ class _Entry:
     arg: str | None  # the argument's metavar, e.g. "PATH"; None: takes none
     arg_required: bool
     usage: str
+    options: frozenset[str]  # the optional keywords the builder takes (in_channels, ...)
 
 
 _DATASETS: dict[str, _Entry] = {}
+_OPTIONS = frozenset({"in_channels", "skip_bad_images"})
 
 # Spellings people type, mapped to the registered names.
 _ALIASES = {
@@ -57,6 +60,7 @@ def register_dataset(
     arg: str | None = None,
     arg_required: bool = False,
     usage: str = "",
+    options: tuple[str, ...] = (),
 ) -> Callable[[Builder], Builder]:
     """Register ``fn(arg, *, root, train, download, augment, size, normalize)``.
 
@@ -66,12 +70,17 @@ def register_dataset(
         arg: metavar of the ``:ARG`` suffix the name accepts, or None.
         arg_required: whether the suffix must be given.
         usage: one line shown by :func:`list_datasets` users and in errors.
+        options: the keywords of :func:`build_dataset` the builder also takes, of
+            ``in_channels`` and ``skip_bad_images``; the others are not passed to it.
     """
+    unknown = set(options) - _OPTIONS
+    if unknown:
+        raise ValueError(f"unknown dataset options {sorted(unknown)}; known: {sorted(_OPTIONS)}")
 
     def decorate(fn: Builder) -> Builder:
         if name in _DATASETS:
             raise ValueError(f"dataset {name!r} is already registered")
-        _DATASETS[name] = _Entry(fn, info, arg, arg_required, usage)
+        _DATASETS[name] = _Entry(fn, info, arg, arg_required, usage, frozenset(options))
         return fn
 
     return decorate
@@ -138,9 +147,11 @@ def build_dataset(
     root: str | Path | None = None,
     train: bool,
     download: bool = False,
-    augment: bool | None = None,
+    augment: bool | Augment | None = None,
     size: int | None = None,
     normalize: bool = True,
+    in_channels: int | None = None,
+    skip_bad_images: bool = False,
 ) -> tuple[Dataset, DatasetInfo]:
     """Build the training or test split of a dataset with its standard preprocessing.
 
@@ -152,9 +163,15 @@ def build_dataset(
             Not used by ``embedded``, ``synthetic`` and ``folder:PATH``.
         train: the training split (else the test split; Tiny-ImageNet and ImageNet: val).
         download: fetch the data into ``root`` if missing (CIFAR, Fashion-MNIST only).
-        augment: random crop + flip (default: on for the training split).
+        augment: random crop + flip (default: on for the training split); an
+            :class:`~ssconv.data.transforms.Augment` turns the flip off or sets the padding.
         size: image side; the images are resized when it differs from the dataset's own.
         normalize: end with ``Normalize(info.mean, info.std)``; off gives tensors in [0, 1].
+        in_channels: image channels, 1 (grey) or 3; ``folder:PATH`` converts its images to
+            them (default: 1 when every image is grey, else 3); the other datasets have fixed
+            channels and refuse a different number.
+        skip_bad_images: ``folder:PATH`` leaves out the files that cannot be decoded (logged
+            with their count) instead of refusing the folder; the other datasets ignore it.
 
     Returns:
         ``(dataset, info)``: items are ``(image tensor (C, H, W), int label)``.
@@ -166,15 +183,27 @@ def build_dataset(
     _check_size(size)
     key, entry, arg = _parse(name)
     root_path = Path(root).expanduser() if root is not None else default_root()
+    if augment is None:
+        augment = bool(train)
+    elif not isinstance(augment, Augment):
+        augment = bool(augment)
+    given = {"in_channels": in_channels, "skip_bad_images": bool(skip_bad_images)}
     dataset, info = entry.build(
         arg,
         root=root_path,
         train=bool(train),
         download=bool(download),
-        augment=bool(train) if augment is None else bool(augment),
+        augment=augment,
         size=size,
         normalize=bool(normalize),
+        **{k: v for k, v in given.items() if k in entry.options},
     )
+    if in_channels is not None and info.in_channels != in_channels:
+        raise DatasetError(
+            f"in_channels: {info.name} has {info.in_channels}-channel images, not "
+            f"{in_channels}; only folder:PATH datasets convert their images (leave "
+            "in_channels unset)"
+        )
     logger.info(
         "dataset %s (%s split, %d images, %d classes) from %s",
         info.name,
