@@ -134,7 +134,17 @@ def test_keys_added_later_keep_old_runs_identity():
     and resumes: the key's neutral value reproduces the earlier code."""
     from ssconv.train.config import NEUTRAL, with_neutral_defaults
 
-    assert NEUTRAL == {"ssc_shuffle": False, "init_scale": "as_built"}
+    assert NEUTRAL == {
+        "ssc_shuffle": False,
+        "init_scale": "as_built",
+        "in_channels": None,
+        "skip_bad_images": False,
+        "hflip": None,
+        "crop_padding": None,
+    }
+    # The data keys' defaults are their neutral values: a default run keeps its old digest.
+    for key in ("in_channels", "skip_bad_images", "hflip", "crop_padding"):
+        assert getattr(TrainConfig(), key) == NEUTRAL[key]
     new = TrainConfig.from_dict({"method": "ssc", "init_scale": "as_built"})
     saved = {k: v for k, v in new.to_dict().items() if k not in NEUTRAL}
     old = TrainConfig.from_dict(with_neutral_defaults(saved))

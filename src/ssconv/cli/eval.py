@@ -43,11 +43,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         model, cfg, state = load_trained_model(args.path)
         dataset_name = args.dataset or cfg.dataset
+        # The images as the model was trained on them: its size and channels.
         dataset, info = build_dataset(
             dataset_name,
             root=args.data_root or cfg.data_root,
             train=args.split == "train",
             augment=False,
+            size=cfg.image_size,
+            in_channels=state["data_info"]["input_size"][0],
+            skip_bad_images=cfg.skip_bad_images,
         )
     except (CheckpointError, ConfigError, DatasetError) as exc:
         raise CLIError(str(exc)) from None

@@ -39,6 +39,8 @@ _FLAGS = {
     "dataset": str,
     "data_root": str,
     "image_size": int,
+    "in_channels": int,
+    "crop_padding": int,
     "method": str,
     "density": density_arg,
     "distribution": str,
@@ -58,7 +60,16 @@ _FLAGS = {
     "log_every": int,
     "checkpoint_steps": int,
 }
-_BOOL_FLAGS = ("download", "amp", "channels_last", "compile", "nesterov", "match_budget")
+_BOOL_FLAGS = (
+    "download",
+    "skip_bad_images",
+    "hflip",
+    "amp",
+    "channels_last",
+    "compile",
+    "nesterov",
+    "match_budget",
+)
 
 
 def _config_help() -> dict[str, str]:
@@ -118,6 +129,8 @@ def register(sub) -> None:
         kwargs = {"type": conv, "default": None, "help": helps[key]}
         if key == "method":
             kwargs["choices"] = METHODS
+        if key == "in_channels":
+            kwargs["choices"] = (1, 3)
         p.add_argument("--" + key.replace("_", "-"), dest=key, **kwargs)
     p.add_argument(
         "--period", dest="ssc_period", type=period_arg, default=None, help=helps["ssc_period"]

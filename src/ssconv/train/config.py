@@ -73,6 +73,41 @@ class TrainConfig:
     image_size: int | None = _f(
         None, "resize images to this size (default: the dataset's)", kind=int, lo=8, nullable=True
     )
+    in_channels: int | None = _f(
+        None,
+        "image channels of the model's input: 1 (grey) or 3; folder:PATH converts its images to "
+        "them (default: the dataset's; folder:PATH: 1 when every image is grey, else 3)",
+        kind=int,
+        choices=(1, 3),
+        nullable=True,
+        neutral=None,
+    )
+    skip_bad_images: bool = _f(
+        False,
+        "folder:PATH: train without the image files that cannot be decoded (their count is "
+        "logged) instead of stopping with their list (default: off)",
+        kind=bool,
+        neutral=False,
+    )
+    hflip: bool | None = _f(
+        None,
+        "random horizontal flip of the training images (default: the dataset's recipe: on, "
+        "except synthetic; turn it off for digits, text or symbols)",
+        kind=bool,
+        nullable=True,
+        neutral=None,
+    )
+    crop_padding: int | None = _f(
+        None,
+        "padding in pixels of the random training crop at the image size, 0: no random crop "
+        "(default: the dataset's: CIFAR 4 at 32 px, Fashion-MNIST 2 at 28 px, Tiny-ImageNet 4 "
+        "at 64 px, each scaled with image_size; folder:PATH size/8; not for imagenet, which "
+        "uses RandomResizedCrop)",
+        kind=int,
+        lo=0,
+        nullable=True,
+        neutral=None,
+    )
     method: str = _f(
         "ssc",
         "dense; ssc or an SSC preset (ssc_ungrouped, ssc_shuffled, ssc_hetconv, ssc_groupwise, "

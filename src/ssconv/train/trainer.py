@@ -568,6 +568,7 @@ class Trainer:
 
     def _run_in_folder(self, found) -> TrainResult:
         from ssconv.data import build_dataset
+        from ssconv.data.transforms import Augment
 
         cfg = self.cfg
         device = _resolve_device(cfg.device, self.local_rank)
@@ -579,8 +580,18 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         root = cfg.data_root
+        # folder:PATH data is verified here, before anything is trained (an unreadable image
+        # stops the start, or is left out with skip_bad_images); the test split gets the
+        # training split's channels.
         train_set, info = build_dataset(
-            cfg.dataset, root=root, train=True, download=cfg.download, size=cfg.image_size
+            cfg.dataset,
+            root=root,
+            train=True,
+            download=cfg.download,
+            augment=Augment(hflip=cfg.hflip, crop_padding=cfg.crop_padding),
+            size=cfg.image_size,
+            in_channels=cfg.in_channels,
+            skip_bad_images=cfg.skip_bad_images,
         )
         test_set, _ = build_dataset(
             cfg.dataset,
@@ -589,6 +600,8 @@ class Trainer:
             download=cfg.download,
             augment=False,
             size=cfg.image_size,
+            in_channels=info.in_channels,
+            skip_bad_images=cfg.skip_bad_images,
         )
         if cfg.train_subset is not None and cfg.train_subset < len(train_set):
             g = torch.Generator().manual_seed(cfg.seed)
