@@ -26,8 +26,10 @@ from ssconv.data.registry import (
     register_dataset,
 )
 from ssconv.data.synthetic import SyntheticDataset
+from ssconv.data.transforms import Augment
 
 __all__ = [
+    "Augment",
     "DatasetError",
     "DatasetInfo",
     "ImageListDataset",
