@@ -43,16 +43,19 @@ def test_bad_files_of_both_splits_are_listed_by_path(tmp_path):
     fake, cut = add_bad_images(tmp_path / "train" / "cat")
     bad_val = tmp_path / "val" / "dog" / "notes.jpg"
     bad_val.write_text("not a picture")
+    empty = tmp_path / "val" / "dog" / "empty.jpg"
+    empty.write_bytes(b"")
     with pytest.raises(DatasetError) as e:
         build_dataset(name, train=True)
     msg = str(e.value)
-    # 6 + 2 train and 2 + 1 val files; every bad one named with its reason, in one error.
-    assert "3 of 11 image files cannot be read" in msg
+    # 6 + 2 train and 2 + 2 val files; every bad one named with its reason, in one error.
+    assert "4 of 12 image files cannot be read" in msg
+    assert f"{empty}: empty file (0 bytes)" in msg
     assert f"{fake}: not an image file" in msg
     assert f"{cut}: truncated or incomplete" in msg
     assert f"{bad_val}: not an image file" in msg
     assert "skip_bad_images=True" in msg and "--skip-bad-images" in msg
-    with pytest.raises(DatasetError, match="3 of 11"):  # the test split refuses it too
+    with pytest.raises(DatasetError, match="4 of 12"):  # the test split refuses it too
         build_dataset(name, train=False)
 
 

@@ -43,7 +43,9 @@ PROGRESS_FROM = 1000
 
 # Verdicts of this process, so that a second split of the same folder (or a folder whose cache
 # cannot be written) is not decoded twice: (absolute path, size, mtime_ns) -> (mode, error).
+# Bounded (a few tens of MB), as a sweep process trains many runs on the same data.
 _MEMO: dict[tuple[str, int, int], tuple[str | None, str | None]] = {}
+_MEMO_MAX = 100_000
 _MEMO_LOCK = threading.Lock()
 
 
@@ -156,6 +158,9 @@ def verify_images(
         except OSError as e:
             verdicts[rel] = (None, image_error(e))
             continue
+        if st.st_size == 0:
+            verdicts[rel] = (None, "empty file (0 bytes)")
+            continue
         stats[rel] = (absolute, st.st_size, st.st_mtime_ns)
         entry = cached.get(rel)
         if (
@@ -190,6 +195,8 @@ def verify_images(
                 for rel, verdict in zip(todo, pool.map(_decode, [stats[r][0] for r in todo])):
                     verdicts[rel] = verdict
                     with _MEMO_LOCK:
+                        if len(_MEMO) >= _MEMO_MAX:
+                            _MEMO.clear()
                         _MEMO[stats[rel]] = verdict
                     if bar is not None:
                         bar.update()
