@@ -20,6 +20,7 @@ from pathlib import Path
 
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.vision import StandardTransform
 
 from ssconv.data.base import DatasetError, DatasetInfo, ImageListDataset, pil_loader
 from ssconv.data.registry import register_dataset
@@ -453,6 +454,7 @@ def build_folder(
         normalize=normalize,
         resize=True,
     )
+    ds.transforms = StandardTransform(ds.transform)  # what ImageFolder(transform=) also sets
     info = _folder_info(arg, size)
     return ds, replace(
         info,
