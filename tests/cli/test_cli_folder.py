@@ -144,3 +144,25 @@ def test_a_file_broken_after_verification_exits_2_naming_it(capsys, tmp_path):
     code, _, err = train(capsys, tmp_path / "run", *data, *DENSE, "--max-steps", "100")
     assert code == 2
     assert f"{path}: cannot read this image" in err and "Traceback" not in err
+
+
+def test_a_grey_folder_run_from_before_in_channels_resumes_with_3_channels(capsys, tmp_path):
+    import torch
+
+    data = _folder(tmp_path / "data", mode="L")
+    run = tmp_path / "run"
+    extra = [*DENSE, "--schedule", "constant"]
+    assert train(capsys, run, *data, *extra, "--in-channels", "3")[0] == 0
+    # What a run made before the new keys looks like: none of them saved.
+    new_keys = ("in_channels", "skip_bad_images", "hflip", "crop_padding")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(
+        yaml.safe_dump({k: config[k] for k in config if k not in new_keys})
+    )
+    for path in (run / "checkpoints").iterdir():
+        state = torch.load(path, weights_only=False)
+        state["config"] = {k: v for k, v in state["config"].items() if k not in new_keys}
+        torch.save(state, path)
+    code, out, err = train(capsys, run, *data, *extra, "--resume", "--epochs", "2")
+    assert code == 0, err
+    assert _first_conv_in_channels(run) == 3

@@ -582,7 +582,11 @@ class Trainer:
         root = cfg.data_root
         # folder:PATH data is verified here, before anything is trained (an unreadable image
         # stops the start, or is left out with skip_bad_images); the test split gets the
-        # training split's channels.
+        # training split's channels. A resumed run keeps the channels it was trained with
+        # (a grey folder's run from before in_channels existed has 3).
+        in_channels = cfg.in_channels
+        if in_channels is None and found is not None and "data_info" in found[1]:
+            in_channels = found[1]["data_info"]["input_size"][0]
         train_set, info = build_dataset(
             cfg.dataset,
             root=root,
@@ -590,7 +594,7 @@ class Trainer:
             download=cfg.download,
             augment=Augment(hflip=cfg.hflip, crop_padding=cfg.crop_padding),
             size=cfg.image_size,
-            in_channels=cfg.in_channels,
+            in_channels=in_channels,
             skip_bad_images=cfg.skip_bad_images,
         )
         test_set, _ = build_dataset(
