@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssconv.kernels import fused
-from ssconv.layers.ssconv import SSConv2d, centre_input
+from ssconv.layers.ssconv import SSConv2d, centre_input, gather_channels
 from ssconv.models.convert import replace_module
 
 __all__ = [
@@ -67,6 +67,10 @@ class SSConv2dInference(nn.Module):
         self._p, self._a, self._m = layer._p, layer._a, layer._m
         self._has_spatial, self._has_point = layer._has_spatial, layer._has_point
         self._identity_perm, self._pad_rows = layer._identity_perm, layer._pad_rows
+        # A shuffled layer gathers its input channels first (one Gather when exported; the
+        # fused kernel reads through the permutation instead).
+        self.shuffle = layer.shuffle
+        self.register_buffer("in_index", layer.in_index.detach().clone(), persistent=False)
         with torch.no_grad():
             bias = None if layer.bias is None else layer.bias.detach().clone()
             self.register_buffer("bias", bias)
@@ -99,6 +103,7 @@ class SSConv2dInference(nn.Module):
         """Channel-order tags (input, output) of residue mode, or None when not applicable."""
         if (
             self.mode != "decomposed"
+            or self.shuffle
             or not self._has_spatial
             or self._identity_perm
             or self._pad_rows
@@ -134,6 +139,8 @@ class SSConv2dInference(nn.Module):
             return fused.fused_conv2d(
                 x, self._fused_packed(), self.kernel_size, self.stride, padding, self.dilation
             )
+        if self.shuffle:
+            x = gather_channels(x, self.in_index)
         if self.residue:
             return self._forward_residue(x, padding)
         if self.mode == "dense":
@@ -171,7 +178,8 @@ class SSConv2dInference(nn.Module):
 
     @torch.no_grad()
     def dense_weight(self) -> Tensor:
-        """The equivalent dense weight ``(C_out, C_in/G, kh, kw)`` in the layer's channel order."""
+        """The equivalent dense weight ``(C_out, C_in/G, kh, kw)`` in the layer's channel order
+        (over its logical inputs: a shuffled layer reads input channel ``in_index[q]``)."""
         if self.mode == "dense":
             return self.weight
         g, p = self.groups, self._p
@@ -208,7 +216,13 @@ class SSConv2dInference(nn.Module):
         return fused.cached_pack(
             self,
             (self.residue, *fused.weights_key([*self._weights(), self.bias])),
-            lambda: fused.pack(self.dense_weight(), self.dense_mask(), self.bias, self.groups),
+            lambda: fused.pack(
+                self.dense_weight(),
+                self.dense_mask(),
+                self.bias,
+                self.groups,
+                in_order=self.in_index.cpu() if self.shuffle else None,
+            ),
         )
 
     def _weights(self) -> list[Tensor]:
@@ -230,6 +244,8 @@ class SSConv2dInference(nn.Module):
 
     def extra_repr(self) -> str:
         order = ", residue order" if self.residue else ""
+        if self.shuffle:
+            order += ", shuffle"
         if self.fused:
             order += ", fused CPU kernel"
         return (

@@ -23,10 +23,16 @@ def test_dense_resnet18_state_dict_into_its_conversion(tmp_path):
     assert load_dense_state_dict(model, state) == ([], [])
     layers = {n: m for n, m in model.named_modules() if isinstance(m, SSConv2d)}
     assert len(layers) == len(report.converted) > 0
+    assert any(m.shuffle for m in layers.values())  # convert's default
     for name, layer in layers.items():
-        w = _regroup(state[f"{name}.weight"], layer.dense_groups, layer.groups)
-        ssc = layer.to_dense()
+        # The dense conv's weight and the SSC layer's, both over the input channels as they
+        # come (the shuffle folded in; ungrouped when shuffled).
+        w = state[f"{name}.weight"]
+        if not layer.shuffle:
+            w = _regroup(w, layer.dense_groups, layer.groups)
+        ssc = layer.to_conv2d().weight.detach()
         on = ssc != 0
+        assert torch.equal(on, layer.full_mask() if layer.shuffle else layer.to_dense() != 0)
         assert torch.equal(ssc[on], w[on])  # the SSC weights are the dense ones on the pattern
         assert on.sum() == layer.num_params  # (random weights: no zero on the pattern)
         ref = SSConv2d.from_conv2d(
@@ -36,8 +42,9 @@ def test_dense_resnet18_state_dict_into_its_conversion(tmp_path):
             spatial=layer.spatial,
             groups=layer.groups,
             copy_weights=True,
+            shuffle=layer.shuffle,
         )
-        assert torch.equal(ref.to_dense(), ssc)  # as convert(copy_weights=True)
+        assert torch.equal(ref.to_dense(), layer.to_dense())  # as convert(copy_weights=True)
     own = model.state_dict()
     for key in ("conv1.weight", "bn1.running_mean", "fc.weight", "layer1.0.bn2.bias"):
         assert torch.equal(own[key], state[key])  # kept layers and other keys load as usual

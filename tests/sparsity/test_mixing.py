@@ -28,28 +28,45 @@ def test_shuffled_layer_equals_conv_with_permuted_input_columns():
     assert grad[:4].abs().sum() > 0 and grad[4:].abs().sum() > 0
 
 
-def test_config_ssc_shuffle_keeps_the_budget():
-    base = {"method": "ssc", "density": 0.1, "model_kwargs": {"width": 8}}
-    plain, _ = build_model(TrainConfig.from_dict(base), 10, 3, (3, 16, 16))
-    mixed, info = build_model(
-        TrainConfig.from_dict({**base, "ssc_shuffle": True}), 10, 3, (3, 16, 16)
+def test_mixing_keeps_the_budget():
+    base = {"density": 0.1, "model_kwargs": {"width": 8}}
+    plain, info = build_model(
+        TrainConfig.from_dict({**base, "method": "ssc_unshuffled"}), 10, 3, (3, 16, 16)
     )
-    assert info["shuffled_layers"]
+    mixed, info_m = build_model(
+        TrainConfig.from_dict({**base, "method": "ssc"}), 10, 3, (3, 16, 16)
+    )
+    assert not info["shuffle"] and info_m["shuffle"]
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(plain) == count(mixed)
 
 
-def test_ssc_shuffled_preset_is_ssc_plus_shuffle():
+def test_ssc_shuffled_preset_is_the_default_ssc():
     base = {"density": 0.1, "model_kwargs": {"width": 8}, "seed": 0}
     torch.manual_seed(0)
-    a, info_a = build_model(
+    a, _ = build_model(
         TrainConfig.from_dict({**base, "method": "ssc_shuffled"}), 10, 3, (3, 16, 16)
     )
     torch.manual_seed(0)
-    b, info_b = build_model(
-        TrainConfig.from_dict({**base, "method": "ssc", "ssc_shuffle": True}), 10, 3, (3, 16, 16)
-    )
-    assert info_a["shuffled_layers"] == info_b["shuffled_layers"] != []
+    b, _ = build_model(TrainConfig.from_dict({**base, "method": "ssc"}), 10, 3, (3, 16, 16))
     x = torch.randn(2, 3, 16, 16)
     a.eval(), b.eval()
     torch.testing.assert_close(a(x), b(x))
+
+
+def test_folded_shuffle_equals_the_explicit_module_model():
+    """The default model computes what the first form of the study (a ChannelShuffle module
+    before each unshuffled layer) computes with the same weights."""
+    base = {"density": 0.1, "model_kwargs": {"width": 8}, "seed": 0}
+    torch.manual_seed(0)
+    folded, _ = build_model(TrainConfig.from_dict({**base, "method": "ssc"}), 10, 3, (3, 16, 16))
+    torch.manual_seed(0)
+    explicit, _ = build_model(
+        TrainConfig.from_dict({**base, "method": "ssc_unshuffled"}), 10, 3, (3, 16, 16)
+    )
+    names = shuffle_groups(explicit)
+    assert names == [n for n, m in folded.named_modules() if isinstance(m, SSConv2d) and m.shuffle]
+    folded.load_state_dict(explicit.state_dict())  # the old keys <name>.1.* load
+    x = torch.randn(2, 3, 16, 16)
+    folded.eval(), explicit.eval()
+    torch.testing.assert_close(folded(x), explicit(x))

@@ -145,7 +145,8 @@ def test_keys_added_later_keep_old_runs_identity():
     # The data keys' defaults are their neutral values: a default run keeps its old digest.
     for key in ("in_channels", "skip_bad_images", "hflip", "crop_padding"):
         assert getattr(TrainConfig(), key) == NEUTRAL[key]
-    new = TrainConfig.from_dict({"method": "ssc", "init_scale": "as_built"})
+    # (ssc_shuffle: false, not the default null, which since 2026-12-02 means "mix" for ssc.)
+    new = TrainConfig.from_dict({"method": "ssc", "init_scale": "as_built", "ssc_shuffle": False})
     saved = {k: v for k, v in new.to_dict().items() if k not in NEUTRAL}
     old = TrainConfig.from_dict(with_neutral_defaults(saved))
     assert old.init_scale == "as_built" and old.digest() == new.digest()

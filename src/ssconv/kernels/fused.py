@@ -367,18 +367,28 @@ def output_order(mask: Tensor) -> Tensor:
     return torch.argsort(key)
 
 
-def _index_layout(mask: Tensor, groups: int, transpose: bool) -> tuple[Tensor, Tensor]:
+def _index_layout(
+    mask: Tensor, groups: int, transpose: bool, in_order: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Full mask ``(C_out, C_in, taps)`` and, for each of its positions, the flat index of that
     weight in the grouped weight ``(C_out, C_in/G, kh, kw)`` (``numel``, a zero, off the mask).
 
-    ``transpose=True`` gives the layout of the input gradient of a stride-1 layer, a
-    convolution of the output gradient: inputs and outputs swapped and the taps flipped.
+    ``in_order[q]``: the input channel that the weight's logical input ``q`` reads (a layer's
+    channel shuffle; None: the identity). ``transpose=True`` gives the layout of the input
+    gradient of a stride-1 layer, a convolution of the output gradient: inputs and outputs
+    swapped and the taps flipped.
     """
     numel = mask.numel()
     fm = full_weight(mask.float(), groups).bool()
     ids = torch.arange(1, numel + 1, dtype=torch.long).view(mask.shape)
     fidx = full_weight(ids, groups) - 1
     fidx = torch.where(fm, fidx, torch.full((), numel, dtype=torch.long))
+    if in_order is not None:
+        order = in_order.cpu().long()
+        if sorted(order.tolist()) != list(range(fm.shape[1])):
+            raise ValueError(f"in_order must be a permutation of range({fm.shape[1]})")
+        fm = torch.zeros_like(fm).index_copy(1, order, fm)
+        fidx = torch.full_like(fidx, numel).index_copy(1, order, fidx)
     if transpose:
         fm = fm.transpose(0, 1).flip(-1)
         fidx = fidx.transpose(0, 1).flip(-1)
@@ -416,16 +426,19 @@ def make_plan(
     vb: int | None = None,
     transpose: bool = False,
     kernel: str = "channels",
+    in_order: Tensor | None = None,
 ) -> Plan:
     """The block layout of a structural ``mask`` ``(C_out, C_in/G, kh, kw)`` (see
-    ``ssc_fused.cpp``); ``transpose=True``: the layout of the stride-1 input gradient.
+    ``ssc_fused.cpp``); ``transpose=True``: the layout of the stride-1 input gradient;
+    ``in_order``: the input channel each logical input reads (a channel shuffle folded into
+    the packed channel indices; None: the identity).
 
     ``kernel="channels"`` (NHWC; vector lanes are a block's VB filters) or ``"pixels"``
     (NCHW, stride 1; lanes are 8 pixels of a row and a block holds VB <= 4 filters, for
     residue classes too narrow for the first). ``vb=None`` picks the block width with the
     lowest estimated time: executed MACs over the tile's measured relative throughput.
     """
-    fm, fidx = _index_layout(mask.cpu().bool(), groups, transpose)
+    fm, fidx = _index_layout(mask.cpu().bool(), groups, transpose, in_order)
     c_out = fm.shape[0]
     order = output_order(fm)
     if kernel not in KERNELS:
@@ -488,14 +501,16 @@ def pack(
     bias: Tensor | None,
     groups: int,
     vb: int | None = None,
+    in_order: Tensor | None = None,
 ) -> PackedWeight:
-    """Pack a dense-equivalent weight ``(C_out, C_in/G, kh, kw)`` and its structural ``mask``.
+    """Pack a dense-equivalent weight ``(C_out, C_in/G, kh, kw)`` and its structural ``mask``
+    (``in_order``: the input channel each logical input reads, see :func:`make_plan`).
 
     ``vb=None`` picks the block width (lanes) with the lowest estimated time: executed MACs
     over the tile's measured relative throughput.
     """
     weight = weight.detach().float().cpu()
-    plan = make_plan(mask, groups, vb)
+    plan = make_plan(mask, groups, vb, in_order=in_order)
     bias_l = lane_values(None if bias is None else bias.detach().float().cpu(), plan, weight)
     return PackedWeight(
         w=gather(weight, plan).contiguous(),

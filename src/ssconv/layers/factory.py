@@ -66,6 +66,9 @@ class SSCFactory:
     convert_pointwise: bool = False
     #: Initialization scale of the SSC layers (``SSConv2d(init_scale=...)``).
     init_scale: str = DEFAULT_INIT_SCALE
+    #: Channel shuffle of layers with several groups (``SSConv2d(shuffle=...)``), not for
+    #: convs that are grouped themselves; the default, as in :func:`ssconv.convert`.
+    shuffle: bool = True
 
     def __call__(self, in_channels: int, out_channels: int, kernel_size, **kwargs) -> nn.Module:
         k = kernel_size if isinstance(kernel_size, tuple) else (kernel_size, kernel_size)
@@ -98,5 +101,6 @@ class SSCFactory:
             spatial=self.spatial,
             backend=self.backend,
             init_scale=self.init_scale,
+            shuffle=self.shuffle and conv_groups == 1,
             **kwargs,
         )

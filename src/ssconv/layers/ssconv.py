@@ -129,6 +129,14 @@ class SSConv2d(nn.Module):
     * ``pointwise``: the other in-group pairs get a 1 x 1 weight (``True``) or nothing.
     * ``spatial``: ``"full"`` K x K kernels or ``"checkerboard"`` kernels.
 
+    * ``shuffle``: with ``groups > 1``, the layer reads its input in ShuffleNet's shuffled
+      channel order: group ``h`` reads input channels ``h, h + G, h + 2G, ...`` (one from each
+      block of ``C_in / G``), so that stacked grouped layers do not split the network into
+      ``G`` independent sub-networks (the design study of ``docs/ssc.md``). The weights are
+      stored in the layer's own (logical) input order; :attr:`in_index` maps logical input
+      ``q`` to the input channel it reads. The fused kernels read through the permutation at
+      no cost; the stock backends gather the channels once (a copy of the input, no MACs).
+
     Special cases: ``period=1`` is ``nn.Conv2d(..., groups=G)`` (standard, groupwise,
     depthwise); ``period=None`` is a (grouped) pointwise convolution; ``groups=1, period=P,
     pointwise=True`` is HetConv with part ``P``.
@@ -175,6 +183,7 @@ class SSConv2d(nn.Module):
         backend: str = "auto",
         dense_groups: int = 1,
         init_scale: str = "effective",
+        shuffle: bool = False,
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
@@ -226,6 +235,10 @@ class SSConv2d(nn.Module):
         self.period = period
         self.pointwise = pointwise
         self.spatial = spatial
+        if not isinstance(shuffle, bool):
+            raise TypeError(f"shuffle must be True or False, got {shuffle!r}")
+        #: Whether the input is read in shuffled channel order (only with groups > 1).
+        self.shuffle = shuffle and groups > 1
         self.backend = backend  # validated by the property setter
 
         # Static structure, used by forward (plain Python values: TorchScript-friendly).
@@ -259,6 +272,8 @@ class SSConv2d(nn.Module):
             self.register_parameter("bias", None)
         self._register_index_buffers(device)
         self.reset_parameters()
+        if self.shuffle:
+            self._register_load_state_dict_pre_hook(_legacy_shuffle_keys)
 
     # ------------------------------------------------------------------ setup
     def _register_index_buffers(self, device) -> None:
@@ -301,6 +316,13 @@ class SSConv2d(nn.Module):
         # (masked_scatter's backward is a scatter_add that costs tens of ms on CPU).
         tap_index = tap_mask.flatten().nonzero().flatten()
         self.register_buffer("tap_index", tap_index.to(**long), persistent=False)
+        # Input channel read by logical input q = h * (C_in / G) + j: channel j * G + h.
+        c_in = self.in_channels
+        if self.shuffle:
+            in_index = torch.arange(c_in).view(c_in // groups, groups).t().reshape(-1)
+        else:
+            in_index = torch.arange(c_in)
+        self.register_buffer("in_index", in_index.to(**long), persistent=False)
 
     @property
     def backend(self) -> str:
@@ -450,7 +472,9 @@ class SSConv2d(nn.Module):
         return torch.gather(src, 2, index).reshape(c_out, a_cnt * p)
 
     def to_dense(self) -> Tensor:
-        """The equivalent ``nn.Conv2d`` weight, ``(C_out, C_in/G, kh, kw)`` (differentiable)."""
+        """The equivalent ``nn.Conv2d`` weight, ``(C_out, C_in/G, kh, kw)`` (differentiable),
+        over the layer's logical inputs (the input channels :attr:`in_index` names; with
+        ``shuffle`` use :meth:`to_conv2d` for a convolution of the input as it comes)."""
         kh, kw = self.kernel_size
         c_out, cin_g = self.out_channels, self.in_channels // self.groups
         dense: Tensor | None = None
@@ -491,6 +515,8 @@ class SSConv2d(nn.Module):
         backend = self.resolved_backend(inference)
         if backend == "fused":
             return self._forward_fused(x, padding)
+        if self.shuffle:
+            x = gather_channels(x, self.in_index)
         if backend == "masked":
             return F.conv2d(
                 x, self.to_dense(), self.bias, self.stride, padding, self.dilation, self.groups
@@ -554,7 +580,13 @@ class SSConv2d(nn.Module):
         packed = fused.cached_pack(
             self,
             fused.weights_key([self.weight_spatial, self.weight_point, self.bias]),
-            lambda: fused.pack(self.to_dense(), self.pattern.dense_mask(), self.bias, self.groups),
+            lambda: fused.pack(
+                self.to_dense(),
+                self.pattern.dense_mask(),
+                self.bias,
+                self.groups,
+                in_order=self._in_order(),
+            ),
         )
         return fused.fused_conv2d(x, packed, self.kernel_size, self.stride, padding, self.dilation)
 
@@ -602,13 +634,17 @@ class SSConv2d(nn.Module):
         pattern; kept outside the module's state)."""
         plans = self.__dict__.get("_fused_train_plans")
         if plans is None:
-            mask = self.pattern.dense_mask()
+            mask, order = self.pattern.dense_mask(), self._in_order()
             plans = (
-                fused.make_plan(mask, self.groups, kernel="pixels"),
-                fused.make_plan(mask, self.groups, transpose=True, kernel="pixels"),
+                fused.make_plan(mask, self.groups, kernel="pixels", in_order=order),
+                fused.make_plan(mask, self.groups, transpose=True, kernel="pixels", in_order=order),
             )
             self.__dict__["_fused_train_plans"] = plans
         return plans
+
+    def _in_order(self) -> Tensor | None:
+        """The input permutation the fused kernels read through (None: the identity)."""
+        return self.in_index.cpu() if self.shuffle else None
 
     def _forward_fused_train(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
         plan, plan_t = self._train_plans()
@@ -634,8 +670,22 @@ class SSConv2d(nn.Module):
         return centre_input(x, self.kernel_size, self.dilation, padding)
 
     # ---------------------------------------------------------- conversion
+    def full_mask(self) -> Tensor:
+        """``(C_out, C_in, kh, kw)`` bool: the weights that can be nonzero, over the input
+        channels as they come (zeros across groups; the shuffle applied)."""
+        return self._full(self.pattern.dense_mask().float()).bool()
+
+    def _full(self, grouped: Tensor) -> Tensor:
+        """A grouped ``(C_out, C_in/G, kh, kw)`` weight over logical inputs as the ungrouped
+        ``(C_out, C_in, kh, kw)`` weight over the input channels as they come."""
+        kh, kw = self.kernel_size
+        full = fused.full_weight(grouped, self.groups)  # (C_out, C_in, taps), logical inputs
+        out = torch.zeros_like(full).index_copy(1, self.in_index.to(full.device), full)
+        return out.view(self.out_channels, self.in_channels, kh, kw)
+
     def to_conv2d(self) -> nn.Conv2d:
-        """An ``nn.Conv2d`` (same ``groups``) with the dense equivalent weight."""
+        """An ``nn.Conv2d`` with the dense equivalent weight: same ``groups``, or, for a
+        shuffled layer, ``groups=1`` with the shuffle folded into the weight."""
         w = self.weight_spatial if self.weight_spatial is not None else self.weight_point
         assert w is not None
         conv = nn.Conv2d(
@@ -645,14 +695,15 @@ class SSConv2d(nn.Module):
             self.stride,
             self.padding,
             self.dilation,
-            self.groups,
+            1 if self.shuffle else self.groups,
             self.bias is not None,
             self.padding_mode,
             device=w.device,
             dtype=w.dtype,
         )
         with torch.no_grad():
-            conv.weight.copy_(self.to_dense())
+            dense = self.to_dense()
+            conv.weight.copy_(self._full(dense) if self.shuffle else dense)
             if self.bias is not None:
                 conv.bias.copy_(self.bias)
         return conv
@@ -669,12 +720,15 @@ class SSConv2d(nn.Module):
         backend: str = "auto",
         copy_weights: bool = False,
         init_scale: str = "effective",
+        shuffle: bool = False,
     ) -> SSConv2d:
         """Build an SSC layer with the geometry of ``conv``.
 
         ``groups`` defaults to ``conv.groups`` (it may be a multiple of it). With
         ``copy_weights=True`` the weights of ``conv`` on the pattern's taps are copied (the
         others are dropped); otherwise the layer is freshly initialized by ``init_scale``.
+        ``shuffle`` (see the class) needs an ungrouped ``conv`` (``conv.groups == 1``): a
+        shuffled layer reads across the blocks a grouped conv keeps apart.
         """
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
@@ -682,6 +736,11 @@ class SSConv2d(nn.Module):
         if groups % conv.groups:
             raise ValueError(
                 f"groups={groups} must be a multiple of the source conv's groups={conv.groups}"
+            )
+        if shuffle and conv.groups > 1:
+            raise ValueError(
+                f"shuffle=True needs an ungrouped conv (groups=1), got groups={conv.groups}: a "
+                "shuffled layer would read across the conv's own groups; pass shuffle=False"
             )
         layer = cls(
             conv.in_channels,
@@ -701,17 +760,33 @@ class SSConv2d(nn.Module):
             backend=backend,
             dense_groups=conv.groups,
             init_scale=init_scale,
+            shuffle=shuffle,
         )
         if copy_weights:
-            layer.load_dense_weight(_regroup(conv.weight.detach(), conv.groups, groups))
+            layer.load_conv_weight(conv.weight.detach())
             if conv.bias is not None:
                 with torch.no_grad():
                     layer.bias.copy_(conv.bias)
         return layer
 
     @torch.no_grad()
+    def load_conv_weight(self, weight: Tensor) -> None:
+        """Copy the weight ``(C_out, C_in/dense_groups, kh, kw)`` of the dense conv this layer
+        stands for (as ``from_conv2d(copy_weights=True)`` does): its values on the pattern's
+        taps, read through the shuffle where there is one."""
+        expected = (self.out_channels, self.in_channels // self.dense_groups, *self.kernel_size)
+        if tuple(weight.shape) != expected:
+            raise ValueError(f"weight must have shape {expected}, got {tuple(weight.shape)}")
+        if self.shuffle:
+            if self.dense_groups != 1:
+                raise ValueError("a shuffled layer cannot load the weight of a grouped conv")
+            weight = weight.index_select(1, self.in_index.to(weight.device))
+        self.load_dense_weight(_regroup(weight, self.dense_groups, self.groups))
+
+    @torch.no_grad()
     def load_dense_weight(self, weight: Tensor) -> None:
-        """Copy a dense ``(C_out, C_in/G, kh, kw)`` weight's values on the pattern's taps."""
+        """Copy a dense ``(C_out, C_in/G, kh, kw)`` weight's values on the pattern's taps
+        (over the layer's logical inputs, as :meth:`to_dense` returns it)."""
         expected = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
         if tuple(weight.shape) != expected:
             raise ValueError(f"weight must have shape {expected}, got {tuple(weight.shape)}")
@@ -749,12 +824,23 @@ class SSConv2d(nn.Module):
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode}"
         s += f", period={self.period}, pointwise={self.pointwise}, spatial={self.spatial}"
+        if self.shuffle:
+            s += ", shuffle=True"
         if self._backend != "auto":
             s += f", backend={self._backend}"
         if self.init_scale != "effective":
             s += f", init_scale={self.init_scale}"
         s += f", density={self.density:.3g}"
         return s
+
+
+def _legacy_shuffle_keys(state_dict, prefix, *args) -> None:
+    """Load state_dicts of the first design-study runs, where the shuffle was a module in
+    front of the layer: ``nn.Sequential(ChannelShuffle, SSConv2d)`` stored ``<name>.1.<p>``."""
+    for name in ("weight_spatial", "weight_point", "bias"):
+        old = f"{prefix}1.{name}"
+        if old in state_dict and f"{prefix}{name}" not in state_dict:
+            state_dict[f"{prefix}{name}"] = state_dict.pop(old)
 
 
 def _regroup(weight: Tensor, from_groups: int, to_groups: int) -> Tensor:
@@ -775,6 +861,13 @@ def _regroup(weight: Tensor, from_groups: int, to_groups: int) -> Tensor:
 
 def _is_channels_last(x: Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def gather_channels(x: Tensor, index: Tensor) -> Tensor:
+    """``x[:, index]`` in ``x``'s own memory format (NCHW or channels_last)."""
+    if _is_channels_last(x):
+        return x.permute(0, 2, 3, 1).index_select(3, index).permute(0, 3, 1, 2)
+    return x.index_select(1, index)
 
 
 def centre_input(

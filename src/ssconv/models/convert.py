@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ssconv.layers.factory import ConvFactory
 from ssconv.layers.pattern import SSCPattern
-from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, SSConv2d, _regroup
+from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, SSConv2d
 from ssconv.models.budget import AUTO, LayerSpec, solve_budget
 from ssconv.models.coverage import CoverageIssue, check_coverage
 from ssconv.profile import counted_layers, model_weight_counts, weight_counts
@@ -291,6 +291,7 @@ def convert(
     fill: bool = True,
     warn_coverage: bool = True,
     init_scale: str = DEFAULT_INIT_SCALE,
+    shuffle: bool = True,
 ) -> ConversionReport:
     """Replace the ``nn.Conv2d`` layers of ``model`` by :class:`SSConv2d`.
 
@@ -340,6 +341,11 @@ def convert(
             ``"effective"`` (over each filter's nonzero fan-in; use it for networks without
             normalization after the convolutions). See :mod:`ssconv.sparsity.init` and the
             design study in ``docs/ssc.md``.
+        shuffle: let each converted layer with several channel groups read its input in
+            ShuffleNet's shuffled channel order (``SSConv2d(shuffle=True)``), so that the
+            groups of stacked layers mix (default; the design study in ``docs/ssc.md``
+            measured it). It changes no weight count and, on the fused kernels, no run time.
+            Convs that are grouped themselves (``groups > 1``) are never shuffled.
     """
     if init_scale not in INIT_SCALES:
         raise ValueError(f"init_scale must be one of {INIT_SCALES}, got {init_scale!r}")
@@ -453,12 +459,13 @@ def convert(
             backend=backend,
             copy_weights=copy_weights,
             init_scale=init_scale,
+            shuffle=shuffle and conv.groups == 1,
         )
         replace_module(model, name, layer)
         d = decisions[name]
         d.converted = True
         d.reason = _FALLBACK_REASON if name in fallback_set else "converted"
-        d.settings = pattern.describe()
+        d.settings = pattern.describe() + (", shuffled" if layer.shuffle else "")
         d.target_density = targets.get(name)
 
     for name, d in decisions.items():
@@ -705,7 +712,7 @@ def load_dense_state_dict(
             )
         param = layer.weight_spatial if layer.weight_spatial is not None else layer.weight_point
         weight = weight.to(param)
-        layer.load_dense_weight(_regroup(weight, layer.dense_groups, layer.groups))
+        layer.load_conv_weight(weight)
     rest = {k: v for k, v in state_dict.items() if k not in dense_keys and k in own}
     model.load_state_dict(rest, strict=False)
     return LoadResult(missing, unexpected)

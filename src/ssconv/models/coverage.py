@@ -62,11 +62,13 @@ def check_coverage(module: nn.Module, name: str = "") -> list[CoverageIssue]:
     for layers with K x K kernels, every input channel gets a spatial kernel (a tap outside the
     centre) from some filter.
     """
-    mask = _nonzero_mask(module)
-    if mask is None:
-        return []
-    groups = module.groups
-    full = _expand_groups(mask, groups, module.in_channels)  # (C_out, C_in, kh, kw)
+    if isinstance(module, SSConv2d):
+        full = module.full_mask()  # (C_out, C_in, kh, kw), the channel shuffle applied
+    else:
+        mask = _nonzero_mask(module)
+        if mask is None:
+            return []
+        full = _expand_groups(mask, module.groups, module.in_channels)
     issues = []
     dead_out = (~full.flatten(1).any(1)).nonzero().flatten().tolist()
     if dead_out:

@@ -1,4 +1,4 @@
-"""Channel mixing across SSC groups, as a study device (an explicit channel shuffle).
+"""Channel mixing across SSC groups as an explicit module (the design study's first form).
 
 Stacked layers with the same channel groups split a network into independent sub-networks:
 group ``g`` of one layer only ever reads group ``g`` of the layer before (residual additions
@@ -7,10 +7,12 @@ channel shuffle before each grouped convolution. :func:`shuffle_groups` puts suc
 in front of every ``SSConv2d`` with more than one group, so that its group ``h`` reads
 channels ``h, h + G, h + 2G, ...``: one channel from each block of the previous layer.
 
-This module measures whether mixing matters (``TrainConfig.ssc_shuffle``, the design study of
-``docs/ssc.md``). It runs the shuffle as a gather before the layer, which moves memory but
-executes no MACs; an input permutation can be folded into the layer's own channel gather
-(decomposed path) or its packed input indices (fused kernel), which is what a default would do.
+The design study of ``docs/ssc.md`` first measured mixing this way (a gather module before
+each layer, method ``ssc_shuffled`` until 2026-12-02). The default now folds the same
+permutation into the layer (``SSConv2d(shuffle=True)``): the fused kernels read through it
+at no cost and export emits one Gather. ``SSConv2d(shuffle=True)`` computes exactly what
+``nn.Sequential(ChannelShuffle(G), SSConv2d(...))`` computes with the same weights, and it
+loads that module's state_dict (tests/sparsity/test_mixing.py).
 """
 
 from __future__ import annotations

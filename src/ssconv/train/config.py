@@ -34,12 +34,15 @@ SSC_PRESETS: dict[str, dict] = {
     "ssc": {},
     # One channel group in every layer: 1 x 1 weights mix all channels (design study, docs/ssc.md).
     "ssc_ungrouped": {"ssc_groups": 1},
-    # The solver's settings plus a channel shuffle in front of every grouped layer (ssc_shuffle).
+    # The default (channel groups mixed by a shuffle folded into each layer) under its study name.
     "ssc_shuffled": {"ssc_shuffle": True},
+    # The design before 2026-12-02: stacked layers' groups never mix (docs/ssc.md, "Design study").
+    "ssc_unshuffled": {"ssc_shuffle": False},
     "ssc_hetconv": {"ssc_pointwise": True, "ssc_spatial": "full"},
     "ssc_groupwise": {"ssc_pointwise": False, "ssc_spatial": "full"},
     "ssc_checkerboard": {"ssc_spatial": "checkerboard"},
-    "group_conv": {"ssc_period": 1, "ssc_spatial": "full"},
+    # The grouped-convolution baseline as usually built: no channel shuffle.
+    "group_conv": {"ssc_period": 1, "ssc_spatial": "full", "ssc_shuffle": False},
 }
 STRUCTURED_BASELINES = ("dw_separable",)
 METHODS = ("dense", *SSC_PRESETS, *STRUCTURED_BASELINES, *PRUNING_METHOD_NAMES)
@@ -110,8 +113,8 @@ class TrainConfig:
     )
     method: str = _f(
         "ssc",
-        "dense; ssc or an SSC preset (ssc_ungrouped, ssc_shuffled, ssc_hetconv, ssc_groupwise, "
-        "ssc_checkerboard, group_conv); dw_separable; or a pruning method",
+        "dense; ssc or an SSC preset (ssc_ungrouped, ssc_shuffled, ssc_unshuffled, ssc_hetconv, "
+        "ssc_groupwise, ssc_checkerboard, group_conv); dw_separable; or a pruning method",
         kind=str,
         choices=METHODS,
     )
@@ -154,11 +157,13 @@ class TrainConfig:
     )
     prune_iterations: int = _f(100, "SynFlow rounds", kind=int, lo=1)
     prune_batches: int = _f(1, "batches scored by SNIP / GraSP", kind=int, lo=1)
-    ssc_shuffle: bool = _f(
-        False,
-        "design study: a channel shuffle (a gather) in front of every SSC layer with groups > 1, "
-        "so that channel groups mix from layer to layer",
+    ssc_shuffle: bool | None = _f(
+        None,
+        "channel mixing across SSC groups: every SSC layer with groups > 1 reads its input in "
+        "ShuffleNet's shuffled channel order, folded into the layer (no run-time cost on the "
+        "fused kernels); null: the method's default (on for ssc; presets may fix it)",
         kind=bool,
+        nullable=True,
         neutral=False,
     )
     init_scale: str = _f(
@@ -234,7 +239,9 @@ class TrainConfig:
         data = {
             k: v
             for k, v in self.to_dict().items()
-            if k not in RUNTIME_KEYS and not (k in NEUTRAL and NEUTRAL[k] == v)
+            if k not in RUNTIME_KEYS
+            and not (k in NEUTRAL and NEUTRAL[k] == v)
+            and not (k in SSC_ONLY_KEYS and self.method not in SSC_PRESETS)
         }
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -286,6 +293,10 @@ SPARSE_ONLY_KEYS = frozenset(
         "init_scale",
     }
 )
+
+#: Keys only SSC methods read: left out of other methods' digests (their default changed
+#: from off to on on 2026-12-02 without changing what dense or pruned runs do).
+SSC_ONLY_KEYS = frozenset({"ssc_shuffle"})
 
 #: Keys added to the schema after runs existed -> the value that reproduces the earlier code.
 NEUTRAL = {

@@ -37,6 +37,15 @@ def ssc_settings(cfg: TrainConfig) -> dict[str, Any]:
     return {k.removeprefix("ssc_"): v for k, v in merged.items() if v != "auto"}
 
 
+def ssc_shuffle(cfg: TrainConfig) -> bool:
+    """Whether an SSC method's grouped layers read shuffled channels: the preset's value where
+    it fixes one, else ``cfg.ssc_shuffle``, else the default (on)."""
+    preset = SSC_PRESETS.get(cfg.method, {})
+    if "ssc_shuffle" in preset:
+        return bool(preset["ssc_shuffle"])
+    return True if cfg.ssc_shuffle is None else cfg.ssc_shuffle
+
+
 def _rules(cfg: TrainConfig) -> dict[str, Any]:
     return {"skip": tuple(cfg.skip), "include": tuple(cfg.include), "keep": tuple(cfg.keep)}
 
@@ -67,10 +76,6 @@ def build_model(
     model, info = _build_model(
         cfg, num_classes, in_channels, input_size, data, for_loading=for_loading
     )
-    if cfg.ssc_shuffle or SSC_PRESETS.get(cfg.method, {}).get("ssc_shuffle", False):
-        from ssconv.sparsity.mixing import shuffle_groups
-
-        info["shuffled_layers"] = shuffle_groups(model)
     if cfg.init_scale != "as_built" and not for_loading:
         from ssconv.sparsity import rescale_init
 
@@ -80,7 +85,7 @@ def build_model(
 
 
 def _build_model(cfg, num_classes, in_channels, input_size, data, *, for_loading):
-    """:func:`build_model` before the shuffle and the initialization rule (SSC layers hold
+    """:func:`build_model` before the initialization rule (SSC layers hold
     their construction-time ``effective`` initialization, pruned ones the dense model's)."""
     model = build_dense(cfg, num_classes, in_channels)
     info: dict[str, Any] = {"method": cfg.method}
@@ -105,6 +110,7 @@ def _build_model(cfg, num_classes, in_channels, input_size, data, *, for_loading
             backend=cfg.ssc_backend,
             warn_coverage=False,
             init_scale="effective",  # build_model applies cfg.init_scale to every method
+            shuffle=ssc_shuffle(cfg),
             **ssc_settings(cfg),
             **_rules(cfg),
         )
@@ -113,6 +119,7 @@ def _build_model(cfg, num_classes, in_channels, input_size, data, *, for_loading
         info["conversion"] = report.to_dict()
         info["target_density"] = cfg.density
         info["density"] = report.density
+        info["shuffle"] = ssc_shuffle(cfg)
         return report.model, info
     if cfg.method in PRUNING_METHOD_NAMES:
         from ssconv import pruning
