@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssconv.kernels import fused
-from ssconv.layers.ssconv import SSConv2d, centre_input, gather_channels
+from ssconv.layers.ssconv import SSConv2d, centre_input, shuffle_channels
 from ssconv.models.convert import replace_module
 
 __all__ = [
@@ -67,8 +67,8 @@ class SSConv2dInference(nn.Module):
         self._p, self._a, self._m = layer._p, layer._a, layer._m
         self._has_spatial, self._has_point = layer._has_spatial, layer._has_point
         self._identity_perm, self._pad_rows = layer._identity_perm, layer._pad_rows
-        # A shuffled layer gathers its input channels first (one Gather when exported; the
-        # fused kernel reads through the permutation instead).
+        # A shuffled layer shuffles its input channels first (Reshape / Transpose when
+        # exported); the fused kernel reads through the permutation instead.
         self.shuffle = layer.shuffle
         self.register_buffer("in_index", layer.in_index.detach().clone(), persistent=False)
         with torch.no_grad():
@@ -140,7 +140,7 @@ class SSConv2dInference(nn.Module):
                 x, self._fused_packed(), self.kernel_size, self.stride, padding, self.dilation
             )
         if self.shuffle:
-            x = gather_channels(x, self.in_index)
+            x = shuffle_channels(x, self.groups)
         if self.residue:
             return self._forward_residue(x, padding)
         if self.mode == "dense":

@@ -135,7 +135,7 @@ class SSConv2d(nn.Module):
       ``G`` independent sub-networks (the design study of ``docs/ssc.md``). The weights are
       stored in the layer's own (logical) input order; :attr:`in_index` maps logical input
       ``q`` to the input channel it reads. The fused kernels read through the permutation at
-      no cost; the stock backends gather the channels once (a copy of the input, no MACs).
+      no cost; the stock backends shuffle the channels once (a copy of the input, no MACs).
 
     Special cases: ``period=1`` is ``nn.Conv2d(..., groups=G)`` (standard, groupwise,
     depthwise); ``period=None`` is a (grouped) pointwise convolution; ``groups=1, period=P,
@@ -516,7 +516,7 @@ class SSConv2d(nn.Module):
         if backend == "fused":
             return self._forward_fused(x, padding)
         if self.shuffle:
-            x = gather_channels(x, self.in_index)
+            x = shuffle_channels(x, self.groups)
         if backend == "masked":
             return F.conv2d(
                 x, self.to_dense(), self.bias, self.stride, padding, self.dilation, self.groups
@@ -863,11 +863,11 @@ def _is_channels_last(x: Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
-def gather_channels(x: Tensor, index: Tensor) -> Tensor:
-    """``x[:, index]`` in ``x``'s own memory format (NCHW or channels_last)."""
-    if _is_channels_last(x):
-        return x.permute(0, 2, 3, 1).index_select(3, index).permute(0, 3, 1, 2)
-    return x.index_select(1, index)
+def shuffle_channels(x: Tensor, groups: int) -> Tensor:
+    """ShuffleNet's channel shuffle, ``x[:, in_index]`` of a shuffled layer, in ``x``'s own
+    memory format: channels ``(j, h) -> (h, j)`` for ``j < C / groups, h < groups`` (a
+    transpose, whose gradient is a transpose too; an index gather's is a slower scatter)."""
+    return _channel_transpose(x, 1, x.shape[1] // groups, groups, _is_channels_last(x))
 
 
 def centre_input(
