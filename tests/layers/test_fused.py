@@ -534,3 +534,26 @@ def test_cpp_extension_import_drops_only_the_cuda_home_warning():
     assert quiet not in logger.filters and not any(
         isinstance(f, fused._DropCudaHomeWarning) for f in logger.filters
     )
+
+
+def test_kernel_build_is_keyed_by_content_not_by_checkout(tmp_path, monkeypatch):
+    """Two checkouts of the same source share one build folder and one staged source path
+    (ninja's build.ninja then stays the same, so nothing is rebuilt when a second checkout
+    loads the kernel); a changed source gets its own build."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    copies = []
+    for name in ("checkout_a", "checkout_b"):
+        src = tmp_path / name / "ssc_fused.cpp"
+        src.parent.mkdir()
+        src.write_bytes(fused._SOURCE.read_bytes())
+        copies.append(src)
+    spec_a, spec_b = fused._build_spec(copies[0]), fused._build_spec(copies[1])
+    assert spec_a == spec_b
+    name, build_dir, staged = spec_a
+    assert build_dir.is_relative_to(tmp_path / "ext") and staged.parent == build_dir
+    fused._stage_source(copies[0], staged)
+    mtime = staged.stat().st_mtime_ns
+    fused._stage_source(copies[1], staged)  # same content: left alone (ninja sees no change)
+    assert staged.stat().st_mtime_ns == mtime and staged.read_bytes() == copies[0].read_bytes()
+    copies[1].write_bytes(copies[1].read_bytes() + b"\n// changed\n")
+    assert fused._build_spec(copies[1])[0] != name

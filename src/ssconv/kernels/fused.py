@@ -19,6 +19,7 @@ Set ``SSCONV_NO_FUSED=1`` to never build or use it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -108,7 +109,7 @@ def _import_cpp_extension():
 
 
 _BUILD_NOTICE = (
-    "ssconv: building the fused SSC kernel (once per machine and torch version, about a "
+    "ssconv: building the fused SSC kernel (once per machine, torch and kernel version, about a "
     "minute; SSCONV_NO_FUSED=1 skips it)"
 )
 
@@ -153,6 +154,40 @@ def _build_notice(cpp_extension):
         cpp_extension._run_ninja_build = original
 
 
+def _build_spec(source: Path = _SOURCE) -> tuple[str, Path, Path]:
+    """Extension name, build folder and source path of the build, keyed by content.
+
+    The name carries the CPU capability, the torch version and a hash of the source and the
+    flags; the source is copied into the build folder and compiled from there. So the
+    ``build.ninja`` torch writes is the same for every checkout or install of the same code
+    (it records the source's absolute path: compiling each checkout's own file made ninja
+    rebuild whenever another checkout had built last), and another version of the source
+    gets its own folder instead of overwriting this one's build.
+    """
+    text = source.read_bytes()
+    cap = torch.backends.cpu.get_cpu_capability().lower()
+    tag = re.sub(r"\W", "_", torch.__version__.split("+")[0])
+    digest = hashlib.sha1(text + " ".join(_flags()).encode()).hexdigest()[:10]
+    name = f"ssconv_fused_{cap}_torch{tag}_{digest}"
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch_extensions"
+    )
+    build_dir = Path(root) / f"py{sys.version_info.major}{sys.version_info.minor}_ssconv" / name
+    return name, build_dir, build_dir / source.name
+
+
+def _stage_source(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` unless it is there already (atomically: a concurrent
+    process never compiles a half-written file; an unchanged file keeps its mtime)."""
+    text = source.read_bytes()
+    if target.exists() and target.read_bytes() == text:
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(text)
+    os.replace(tmp, target)
+
+
 def _load():
     global _module, _error, _tried
     with _lock:
@@ -165,14 +200,16 @@ def _load():
         try:
             cpp_extension = _import_cpp_extension()
             _ninja_on_path()
-            # One build per CPU capability and torch version (the build links against torch).
-            cap = torch.backends.cpu.get_cpu_capability().lower()
-            tag = re.sub(r"\W", "_", torch.__version__.split("+")[0])
+            # One build per CPU capability, torch version (the build links against torch) and
+            # source version, shared by every checkout (see _build_spec).
+            name, build_dir, source = _build_spec()
+            _stage_source(_SOURCE, source)
             with warnings.catch_warnings(), _build_notice(cpp_extension):
                 warnings.simplefilter("ignore")
                 _module = cpp_extension.load(
-                    name=f"ssconv_fused_{cap}_torch{tag}",
-                    sources=[str(_SOURCE)],
+                    name=name,
+                    sources=[str(source)],
+                    build_directory=str(build_dir),
                     extra_cflags=_flags(),
                     extra_ldflags=["-fopenmp"],
                     verbose=False,
