@@ -10,12 +10,21 @@ from ssconv.models.convert import (
     replace_convs,
 )
 from ssconv.models.coverage import CoverageIssue, check_coverage, model_coverage
-from ssconv.models.registry import create_model, list_models, model_info, register_model
+from ssconv.models.registry import (
+    PretrainedWeightsError,
+    create_model,
+    list_models,
+    model_info,
+    register_model,
+)
+from ssconv.models.weights import WeightsError, load_init_checkpoint, read_state_dict
 
 __all__ = [
     "ConversionReport",
     "CoverageIssue",
     "LayerDecision",
+    "PretrainedWeightsError",
+    "WeightsError",
     "candidate_patterns",
     "check_coverage",
     "convert",
@@ -23,8 +32,10 @@ __all__ = [
     "erk_densities",
     "list_models",
     "load_dense_state_dict",
+    "load_init_checkpoint",
     "model_coverage",
     "model_info",
+    "read_state_dict",
     "register_model",
     "replace_convs",
     "solve_budget",
