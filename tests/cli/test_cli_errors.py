@@ -47,6 +47,8 @@ CASES = [
     (["bench", "cifar_resnet20", "-o", "{tmp}/b.txt"], "'.txt'"),
     (["eval", "{tmp}/no_such_run"], "no_such_run"),
     (["report", "{tmp}/no_such_runs"], "no_such_runs"),
+    # YAML's flow mapping without the space after the colon: one key 'width:4', no value
+    (["train", "--set", "model_kwargs={{width:4}}", "--out", "{tmp}/run"], "{{width: 4}}"),
 ]
 
 

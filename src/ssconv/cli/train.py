@@ -180,10 +180,25 @@ def parse_set(items: list[str]) -> dict:
         if not sep or not key:
             raise CLIError(f"--set expects KEY=VALUE, got {item!r}")
         try:
-            overrides[key.strip()] = yaml.safe_load(text)
+            value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise CLIError(f"--set {key}: cannot parse {text!r}: {exc}") from None
+        glued = _glued_keys(value)
+        if glued:
+            k, _, v = glued[0].partition(":")
+            raise CLIError(
+                f"--set {key}: {glued[0]!r} reads as one key without a value (YAML needs a "
+                f"space after the colon): write {key}={{{k}: {v}}}"
+            )
+        overrides[key.strip()] = value
     return overrides
+
+
+def _glued_keys(value) -> list[str]:
+    """Mapping keys like ``width:4`` with no value: ``{width:4}`` without the space."""
+    if not isinstance(value, dict):
+        return []
+    return [k for k, v in value.items() if v is None and isinstance(k, str) and ":" in k]
 
 
 def _resolve(args: argparse.Namespace):
