@@ -18,7 +18,15 @@ def paths(tmp_path):
     a_dir.mkdir()
     config = tmp_path / "bad.yaml"
     config.write_text("model: resnet9000\n")
-    return {"file": str(a_file), "dir": str(a_dir), "tmp": str(tmp_path), "config": str(config)}
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"out: {tmp_path}/sw\nbase: {{model: resnet9000}}\ngrid: {{seed: [0, 1]}}\n")
+    return {
+        "file": str(a_file),
+        "dir": str(a_dir),
+        "tmp": str(tmp_path),
+        "config": str(config),
+        "sweep": str(sweep),
+    }
 
 
 # (argv with {placeholders}, the text the message must contain)
@@ -33,6 +41,7 @@ CASES = [
     (["export", "resnet9000", "-o", "{tmp}/m.onnx"], "resnet9000"),
     (["demo", "--model", "resnet9000", "--out", "{tmp}/demo"], "--model 'resnet9000'"),
     (["models", "resnet9000"], "resnet9000"),
+    (["sweep", "{sweep}"], "model 'resnet9000'"),
     # bad output paths and suffixes
     (["pattern", "cifar_resnet20", "--layer", "conv1", "-o", "{tmp}/m.txt"], "'.txt'"),
     (["pattern", "cifar_resnet20", "--layer", "conv1", "-o", "{dir}"], "is a folder"),

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from ssconv.cli.common import CLIError
+from ssconv.cli.common import CLIError, check_model
 
 
 def register(sub) -> None:
@@ -101,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
     cells = spec.cells()
+    for model in dict.fromkeys(c.config.model for c in cells):  # refused before any cell runs
+        check_model(model, f"{args.sweep_file}: model")
     if args.cell is not None:
         bad = [i for i in args.cell if not 0 <= i < len(cells)]
         if bad:
