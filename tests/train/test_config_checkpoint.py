@@ -141,9 +141,19 @@ def test_keys_added_later_keep_old_runs_identity():
         "skip_bad_images": False,
         "hflip": None,
         "crop_padding": None,
+        "pretrained": False,
+        "init_checkpoint": None,
     }
-    # The data keys' defaults are their neutral values: a default run keeps its old digest.
-    for key in ("in_channels", "skip_bad_images", "hflip", "crop_padding"):
+    # The data and weights keys' defaults are their neutral values: a default run keeps its
+    # old digest.
+    for key in (
+        "in_channels",
+        "skip_bad_images",
+        "hflip",
+        "crop_padding",
+        "pretrained",
+        "init_checkpoint",
+    ):
         assert getattr(TrainConfig(), key) == NEUTRAL[key]
     # (ssc_shuffle: false, not the default null, which since 2026-12-02 means "mix" for ssc.)
     new = TrainConfig.from_dict({"method": "ssc", "init_scale": "as_built", "ssc_shuffle": False})

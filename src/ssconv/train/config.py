@@ -66,8 +66,28 @@ class TrainConfig:
     """Everything a training run depends on (saved as ``config.yaml`` in the run folder)."""
 
     # What to train
-    model: str = _f("cifar_resnet20", "model name (see `ssconv models`)", kind=str)
+    model: str = _f(
+        "cifar_resnet20",
+        "model name (see `ssconv models`), or timm:NAME / tv:NAME for a timm / torchvision model",
+        kind=str,
+    )
     model_kwargs: dict = _f({}, "extra builder arguments, e.g. {width_mult: 0.5}", kind=dict)
+    pretrained: bool = _f(
+        False,
+        "start from the pretrained weights of a timm:NAME / tv:NAME model (downloaded by timm / "
+        "torchvision on first use); converted layers keep them on their pattern",
+        kind=bool,
+        neutral=False,
+    )
+    init_checkpoint: str | None = _f(
+        None,
+        "dense weights to start from: a state_dict file (.pt / .pth, also under 'state_dict' "
+        "or 'model') or .safetensors, loaded into the dense model before conversion (SSC keeps "
+        "them on its pattern, pruning masks them)",
+        kind=str,
+        nullable=True,
+        neutral=None,
+    )
     dataset: str = _f("embedded", "dataset name (see `ssconv datasets`) or folder:PATH", kind=str)
     data_root: str | None = _f(
         None, "where the dataset lives / is downloaded", kind=str, nullable=True

@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from ssconv.models import convert, create_model
-from ssconv.train.config import PRUNING_METHOD_NAMES, SSC_PRESETS, TrainConfig
+from ssconv.train.config import PRUNING_METHOD_NAMES, SSC_PRESETS, ConfigError, TrainConfig
 
 __all__ = ["build_model", "ssc_settings"]
 
@@ -50,10 +50,37 @@ def _rules(cfg: TrainConfig) -> dict[str, Any]:
     return {"skip": tuple(cfg.skip), "include": tuple(cfg.include), "keep": tuple(cfg.keep)}
 
 
-def build_dense(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Module:
-    return create_model(
-        cfg.model, num_classes=num_classes, in_channels=in_channels, **cfg.model_kwargs
-    )
+def from_weights(cfg: TrainConfig) -> bool:
+    """Whether a run starts from given dense weights (``pretrained`` or ``init_checkpoint``)."""
+    return bool(cfg.pretrained or cfg.init_checkpoint)
+
+
+def build_dense(
+    cfg: TrainConfig, num_classes: int, in_channels: int, *, load_weights: bool = True
+) -> nn.Module:
+    """The dense model of ``cfg``; with ``load_weights``, holding the weights of ``pretrained``
+    / ``init_checkpoint`` (a :class:`ConfigError` naming the key when they cannot be had)."""
+    from ssconv.models.registry import PretrainedWeightsError
+    from ssconv.models.weights import WeightsError, load_init_checkpoint
+
+    if cfg.pretrained and cfg.init_checkpoint and load_weights:
+        raise ConfigError("pretrained, init_checkpoint: set one of them (both give weights)")
+    try:
+        model = create_model(
+            cfg.model,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            pretrained=cfg.pretrained and load_weights,
+            **cfg.model_kwargs,
+        )
+    except PretrainedWeightsError as exc:
+        raise ConfigError(f"pretrained: {exc}") from None
+    if cfg.init_checkpoint and load_weights:
+        try:
+            load_init_checkpoint(model, cfg.init_checkpoint, what=f"model {cfg.model!r}")
+        except WeightsError as exc:
+            raise ConfigError(f"init_checkpoint: {exc}") from None
+    return model
 
 
 def build_model(
@@ -76,7 +103,11 @@ def build_model(
     model, info = _build_model(
         cfg, num_classes, in_channels, input_size, data, for_loading=for_loading
     )
-    if cfg.init_scale != "as_built" and not for_loading:
+    if from_weights(cfg):
+        # Dense weights given: converted layers hold them on their pattern, pruned ones masked;
+        # no initialization rule applies.
+        info["init"] = "pretrained" if cfg.pretrained else f"init_checkpoint {cfg.init_checkpoint}"
+    elif cfg.init_scale != "as_built" and not for_loading:
         from ssconv.sparsity import rescale_init
 
         rescale_init(model, cfg.init_scale)
@@ -87,13 +118,19 @@ def build_model(
 def _build_model(cfg, num_classes, in_channels, input_size, data, *, for_loading):
     """:func:`build_model` before the initialization rule (SSC layers hold
     their construction-time ``effective`` initialization, pruned ones the dense model's)."""
-    model = build_dense(cfg, num_classes, in_channels)
+    # A structure to load a checkpoint into needs no weights (nor a download).
+    model = build_dense(cfg, num_classes, in_channels, load_weights=not for_loading)
     info: dict[str, Any] = {"method": cfg.method}
     if cfg.method == "dense" or (for_loading and cfg.method in PRUNING_METHOD_NAMES):
         return model, info
     if cfg.method == "dw_separable":
         from ssconv.models.baselines import to_depthwise_separable
 
+        if from_weights(cfg) and not for_loading:
+            log.warning(
+                "dw_separable: the layers it replaces start fresh (their dense weights do not "
+                "carry over to depthwise + pointwise); the other layers keep the given weights"
+            )
         report = to_depthwise_separable(
             model, density=cfg.density, distribution=cfg.distribution, inplace=True, **_rules(cfg)
         )
@@ -110,6 +147,7 @@ def _build_model(cfg, num_classes, in_channels, input_size, data, *, for_loading
             backend=cfg.ssc_backend,
             warn_coverage=False,
             init_scale="effective",  # build_model applies cfg.init_scale to every method
+            copy_weights=from_weights(cfg),  # pretrained dense weights, kept on the pattern
             shuffle=ssc_shuffle(cfg),
             **ssc_settings(cfg),
             **_rules(cfg),
