@@ -306,12 +306,20 @@ def make_figures(groups: list[Group]):
         seeds = _seeds_note(gs)
 
         for xkey, xlabel, name in (
-            ("density", "density (nonzero / dense weights)", "acc_vs_density"),
+            (
+                "density",
+                "density (nonzero / dense weights; methods offset sideways to stay visible)",
+                "acc_vs_density",
+            ),
             ("effective_macs", "effective MACs per image", "acc_vs_macs"),
             ("latency_ms", "measured inference latency (ms per batch)", "acc_vs_latency"),
         ):
             fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
             plotted, y_lo, y_hi = False, [], []
+            # Methods at the same target density are offset sideways (a few % on the log
+            # axis), so that their points and seed bars do not hide each other.
+            sparse = [m for m in style if families[m] != "dense"]
+            dodge = {m: 10 ** ((i - (len(sparse) - 1) / 2) * 0.01) for i, m in enumerate(sparse)}
             for method in style:
                 pts = []
                 for g in gs:
@@ -323,6 +331,8 @@ def make_figures(groups: list[Group]):
                         x, xlo, xhi = lat if lat else (None, None, None)
                     else:
                         x, xlo, xhi = g.mean(xkey), float("nan"), float("nan")
+                        if xkey == "density" and x is not None:
+                            x *= dodge.get(method, 1.0)
                     if x is not None and y is not None:
                         pts.append((x, y * 100, (e or 0.0) * 100, xlo, xhi))
                 if not pts:
