@@ -46,12 +46,16 @@ def build_variants(
     variants=VARIANTS,
     seed: int = 0,
     keep=None,
+    pretrained: bool = False,
+    init_checkpoint: str | Path | None = None,
 ) -> list[Variant]:
     """The model dense, as SSC at ``density``, pruned (magnitude) to SSC's exact nonzero count,
     and depthwise-separable at ``density`` (skipped where the budget cannot be met).
 
     ``keep``: the default rules keeping layers dense (see :func:`ssconv.convert`), the same for
-    every variant.
+    every variant. ``pretrained`` / ``init_checkpoint``: start the dense model from those
+    weights (see :func:`ssconv.models.create_model`, :func:`ssconv.models.load_init_checkpoint`);
+    SSC keeps them on its pattern, the pruned variant ranks and masks them.
     """
     from ssconv.models.convert import KEEP_RULES
 
@@ -60,9 +64,21 @@ def build_variants(
     from ssconv.pruning import prune
 
     torch.manual_seed(seed)
-    dense = create_model(model_name, num_classes=num_classes, in_channels=in_channels)
+    dense = create_model(
+        model_name, num_classes=num_classes, in_channels=in_channels, pretrained=pretrained
+    )
+    if init_checkpoint:
+        from ssconv.models.weights import load_init_checkpoint
+
+        load_init_checkpoint(dense, init_checkpoint, what=f"model {model_name!r}")
     out: list[Variant] = []
-    ssc = convert(dense, density=density, warn_coverage=False, **rules)
+    ssc = convert(
+        dense,
+        density=density,
+        warn_coverage=False,
+        copy_weights=bool(pretrained or init_checkpoint),
+        **rules,
+    )
     for name in variants:
         if name == "dense":
             out.append(Variant("dense", copy.deepcopy(dense)))

@@ -7,11 +7,14 @@ import json
 from pathlib import Path
 
 from ssconv.cli.common import (
+    MODEL_HELP,
     CLIError,
     add_threads_arg,
+    add_weights_args,
     apply_threads,
     check_model,
     check_output_file,
+    check_weights_args,
     density_arg,
     emit_json,
     positive_int,
@@ -28,7 +31,7 @@ def register(sub) -> None:
         "in this process (interleaved repeats, median and spread). Inference uses the "
         "deployable form (masks baked, BatchNorm folded, SSC kernels precomputed).",
     )
-    p.add_argument("model", help="model name (see `ssconv models`)")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument(
         "--density",
         type=density_arg,
@@ -48,6 +51,7 @@ def register(sub) -> None:
     p.add_argument(
         "--num-classes", type=int, default=None, help="classifier outputs (default: the model's)"
     )
+    add_weights_args(p)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     add_threads_arg(p)
     p.add_argument("--train", action="store_true", help="also time one training step")
@@ -101,8 +105,10 @@ def run(args: argparse.Namespace) -> int:
         default_input_size,
         format_bench,
     )
+    from ssconv.models import PretrainedWeightsError, WeightsError
 
     check_model(args.model)
+    check_weights_args(args.model, args.pretrained, args.init_checkpoint)
     if args.output:
         check_output_file(args.output, "-o/--output", (".json",))
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -128,7 +134,13 @@ def run(args: argparse.Namespace) -> int:
             num_classes=args.num_classes,
             variants=variants,
             keep=args.keep,
+            pretrained=args.pretrained,
+            init_checkpoint=args.init_checkpoint,
         )
+    except PretrainedWeightsError as exc:
+        raise CLIError(f"--pretrained: {exc}") from None
+    except WeightsError as exc:
+        raise CLIError(f"--init-checkpoint: {exc}") from None
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     result = bench_variants(

@@ -22,6 +22,8 @@ __all__ = [
     "check_model",
     "check_output_dir",
     "check_output_file",
+    "check_weights_args",
+    "create_dense",
     "emit_json",
     "period_arg",
 ]
@@ -74,6 +76,84 @@ def check_model(name: str, flag: str = "MODEL") -> None:
         model_info(name)
     except ValueError as exc:
         raise CLIError(f"{flag} {name!r}: {exc}") from None
+
+
+def check_weights_args(model: str, pretrained: bool, init_checkpoint: str | None) -> None:
+    """A :class:`CLIError` for ``--pretrained`` / ``--init-checkpoint`` that cannot work, before
+    anything is built: pretrained weights of a registry model, both at once, a missing file."""
+    from ssconv.models.registry import _split
+
+    if pretrained and init_checkpoint:
+        raise CLIError("--pretrained and --init-checkpoint: pass one of them (both give weights)")
+    if pretrained and _split(model)[0] is None:
+        try:
+            create_model(model, pretrained=True)
+        except ValueError as exc:
+            raise CLIError(f"--pretrained: {exc}") from None
+    if init_checkpoint:
+        from ssconv.models.weights import SUFFIXES
+
+        path = Path(init_checkpoint)
+        if not path.is_file():
+            what = "is a folder" if path.is_dir() else "does not exist"
+            raise CLIError(f"--init-checkpoint {init_checkpoint!r} {what}")
+        if path.suffix.lower() not in SUFFIXES:
+            raise CLIError(
+                f"--init-checkpoint {init_checkpoint!r}: use a file ending in {', '.join(SUFFIXES)}"
+            )
+
+
+def create_dense(
+    args: argparse.Namespace,
+    name: str,
+    *,
+    num_classes: int | None,
+    in_channels: int,
+    flag: str = "MODEL",
+):
+    """The dense model ``name`` with the weights of ``args.pretrained`` /
+    ``args.init_checkpoint`` (when the command has them), or a :class:`CLIError`."""
+    from ssconv.models.registry import PretrainedWeightsError
+    from ssconv.models.weights import WeightsError, load_init_checkpoint
+
+    pretrained = bool(getattr(args, "pretrained", False))
+    path = getattr(args, "init_checkpoint", None)
+    check_weights_args(name, pretrained, path)
+    try:
+        model = create_model(
+            name, num_classes=num_classes, in_channels=in_channels, pretrained=pretrained
+        )
+    except PretrainedWeightsError as exc:
+        raise CLIError(f"--pretrained: {exc}") from None
+    except ValueError as exc:
+        raise CLIError(f"{flag} {name!r}: {exc}") from None
+    if path:
+        try:
+            load_init_checkpoint(model, path, what=f"model {name!r}")
+        except WeightsError as exc:
+            raise CLIError(f"--init-checkpoint: {exc}") from None
+    return model
+
+
+def from_weights(args: argparse.Namespace) -> bool:
+    """Whether the command starts from given dense weights (converted with copy_weights)."""
+    return bool(getattr(args, "pretrained", False) or getattr(args, "init_checkpoint", None))
+
+
+def add_weights_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="start from the pretrained weights of a timm:NAME / tv:NAME model (downloaded by "
+        "timm / torchvision on first use, then cached); SSC layers keep them on their pattern",
+    )
+    parser.add_argument(
+        "--init-checkpoint",
+        default=None,
+        metavar="PATH",
+        help="dense weights to start from: a state_dict file (.pt / .pth, also under "
+        "'state_dict' or 'model') or .safetensors, loaded before conversion (default: none)",
+    )
 
 
 def _first_file_above(path: Path) -> Path | None:
@@ -129,8 +209,11 @@ def apply_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="model name (see `ssconv models`)")
+MODEL_HELP = "model name (see `ssconv models`), or timm:NAME / tv:NAME (a timm / torchvision model)"
+
+
+def add_model_args(parser: argparse.ArgumentParser, *, weights: bool = True) -> None:
+    parser.add_argument("model", help=MODEL_HELP)
     parser.add_argument(
         "--num-classes",
         type=int,
@@ -146,6 +229,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="image size for counting MACs (default: the model's own, e.g. 32 32)",
     )
+    if weights:
+        add_weights_args(parser)
 
 
 def add_ssc_args(parser: argparse.ArgumentParser) -> None:
@@ -213,7 +298,9 @@ def build_model(args: argparse.Namespace):
     """(model, input_size (C, H, W), conversion report or None) from the parsed options."""
     check_model(args.model)
     info = model_info(args.model)
-    model = create_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels)
+    model = create_dense(
+        args, args.model, num_classes=args.num_classes, in_channels=args.in_channels
+    )
     hw = tuple(args.input_size) if args.input_size else info.input_size[1:]
     input_size = (args.in_channels, *hw)
     report = None
@@ -232,6 +319,7 @@ def build_model(args: argparse.Namespace):
                 include=args.include,
                 inplace=True,
                 warn_coverage=False,
+                copy_weights=from_weights(args),
                 **settings,
             )
         except ValueError as exc:

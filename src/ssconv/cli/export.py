@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ssconv.cli.common import CLIError, check_model, check_output_file, density_arg
+from ssconv.cli.common import (
+    CLIError,
+    add_weights_args,
+    check_model,
+    check_output_file,
+    create_dense,
+    density_arg,
+    from_weights,
+)
 
 SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth")}
 
@@ -19,7 +27,11 @@ def register(sub) -> None:
         "precomputed) and export it. ONNX graphs use only standard operators (Conv, Add, "
         "Reshape/Transpose, ...) and are checked against onnxruntime.",
     )
-    p.add_argument("source", help="run folder, checkpoint file, or model name (untrained)")
+    p.add_argument(
+        "source",
+        help="run folder, checkpoint file, or model name (untrained, or with --pretrained / "
+        "--init-checkpoint), also timm:NAME / tv:NAME",
+    )
     p.add_argument(
         "-o", "--output", required=True, help="output file: .onnx, or .pt / .pth (required)"
     )
@@ -50,13 +62,14 @@ def register(sub) -> None:
         default=None,
         help="example input size traced (default: the run's or the model's, e.g. 32 32)",
     )
+    add_weights_args(p)
     p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ssconv.export import export_onnx, export_torchscript
-    from ssconv.models import convert, create_model, model_info
+    from ssconv.models import convert, model_info
     from ssconv.pruning import remove_masks
     from ssconv.train.checkpoint import CheckpointError
     from ssconv.train.trainer import load_trained_model
@@ -72,6 +85,11 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(args.output, "-o/--output", SUFFIXES[fmt])
     source = Path(args.source)
     if source.exists():
+        if from_weights(args):
+            raise CLIError(
+                "--pretrained / --init-checkpoint: only with a model name; a run or checkpoint "
+                "has its own weights"
+            )
         try:
             model, cfg, state = load_trained_model(source)
         except CheckpointError as exc:
@@ -80,9 +98,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         check_model(args.source, "SOURCE (neither a run / checkpoint path nor a model)")
         info = model_info(args.source)
-        model = create_model(args.source, in_channels=args.in_channels)
+        model = create_dense(
+            args, args.source, num_classes=None, in_channels=args.in_channels, flag="SOURCE"
+        )
         if args.density is not None:
-            model = convert(model, density=args.density, warn_coverage=False).model
+            model = convert(
+                model, density=args.density, warn_coverage=False, copy_weights=from_weights(args)
+            ).model
         size = (args.in_channels, *info.input_size[1:])
     if args.input_size:
         size = (size[0], *args.input_size)

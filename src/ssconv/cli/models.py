@@ -13,7 +13,9 @@ def register(sub) -> None:
         "models",
         help="list registered models",
         description="List registered models whose name contains PATTERN (e.g. `ssconv models "
-        "resnet`), or matches it as a shell pattern when it has * ? or [ (e.g. 'vgg*').",
+        "resnet`), or matches it as a shell pattern when it has * ? or [ (e.g. 'vgg*'). Every "
+        "command that takes a model also takes timm:NAME (any timm model, needs timm) and "
+        "tv:NAME / torchvision:NAME (a torchvision classification model).",
     )
     p.add_argument(
         "pattern",

@@ -27,7 +27,7 @@ def register(sub) -> None:
         description="Draw the kernel-type map of one conv layer: output x input channels, "
         "coloured spatial (S), point (P) and empty (E), with checkerboard taps.",
     )
-    add_model_args(p)
+    add_model_args(p, weights=False)
     add_ssc_args(p)
     p.add_argument("--layer", required=True, help="layer name, as in `ssconv summary` (required)")
     p.add_argument(

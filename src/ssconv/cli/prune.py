@@ -9,8 +9,16 @@ import warnings
 
 import torch
 
-from ssconv.cli.common import CLIError, add_model_args, density_arg, emit_json, positive_int
-from ssconv.models import convert, create_model, model_info
+from ssconv.cli.common import (
+    CLIError,
+    add_model_args,
+    check_model,
+    create_dense,
+    density_arg,
+    emit_json,
+    positive_int,
+)
+from ssconv.models import convert, model_info
 from ssconv.profile import format_count, profile
 from ssconv.pruning import DISTRIBUTIONS, PRUNING_METHODS, SCOPES, prune
 
@@ -134,10 +142,8 @@ def _dataset(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        info = model_info(args.model)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
+    check_model(args.model)
+    info = model_info(args.model)
     if args.match_ssc and args.density is None:
         raise CLIError("--match-ssc needs --density (the SSC budget to match)")
     try:
@@ -156,10 +162,8 @@ def run(args: argparse.Namespace) -> int:
     input_size = (in_channels, *hw)
 
     torch.manual_seed(args.seed)
-    try:
-        model = create_model(args.model, num_classes=num_classes, in_channels=in_channels)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
+    # With --pretrained / --init-checkpoint the scores rank (and the masks keep) those weights.
+    model = create_dense(args, args.model, num_classes=num_classes, in_channels=in_channels)
     model.to(device)
     rules = {"skip": args.skip, "include": args.include}
     num_params = args.num_params

@@ -19,6 +19,7 @@ from ssconv.cli.common import (
     apply_threads,
     check_model,
     check_output_dir,
+    check_weights_args,
     density_arg,
     period_arg,
 )
@@ -36,6 +37,7 @@ EXIT_NONFINITE = 3
 # Command-line flags that map one-to-one onto config keys (flag name -> key).
 _FLAGS = {
     "model": str,
+    "init_checkpoint": str,
     "dataset": str,
     "data_root": str,
     "image_size": int,
@@ -61,6 +63,7 @@ _FLAGS = {
     "checkpoint_steps": int,
 }
 _BOOL_FLAGS = (
+    "pretrained",
     "download",
     "skip_bad_images",
     "hflip",
@@ -250,6 +253,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
     check_model(cfg.model, "--model" if args.model is not None else "model (from the config)")
+    if not args.resume:  # a resumed run takes its weights from its checkpoint
+        check_weights_args(cfg.model, cfg.pretrained, cfg.init_checkpoint)
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
