@@ -5,7 +5,7 @@ Si, Henao, Carin, WACV 2023, arXiv:2210.12818): convolutions whose filters carry
 structured sparsity pattern chosen before training.
 """
 
-from ssconv.layers import SSCFactory, SSConv2d, SSCPattern
+from ssconv.layers import SSCFactory, SSConv2d, SSCPattern, SSCTracer, symbolic_trace
 from ssconv.layers.tuning import autotune
 from ssconv.models import convert, create_model, list_models, load_dense_state_dict
 from ssconv.profile import ProfileResult, profile
@@ -18,6 +18,7 @@ __all__ = [
     "SSCFactory",
     "SSCPattern",
     "SSConv2d",
+    "SSCTracer",
     "__version__",
     "autotune",
     "convert",
@@ -26,4 +27,5 @@ __all__ = [
     "load_dense_state_dict",
     "load_run",
     "profile",
+    "symbolic_trace",
 ]

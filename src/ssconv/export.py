@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssconv.kernels import fused
-from ssconv.layers.ssconv import SSConv2d, centre_input, shuffle_channels
+from ssconv.layers.ssconv import SSConv2d, SSCTracer, centre_input, shuffle_channels
 from ssconv.models.convert import replace_module
 
 __all__ = [
@@ -47,6 +47,8 @@ class SSConv2dInference(nn.Module):
         mode: ``"decomposed"`` (grouped K x K + 1 x 1, executes about the effective MACs) or
             ``"dense"`` (the folded dense weight, one convolution).
     """
+
+    _fx_leaf = True  # one call_module node under SSCTracer
 
     def __init__(self, layer: SSConv2d, mode: str = "decomposed") -> None:
         super().__init__()
@@ -140,7 +142,7 @@ class SSConv2dInference(nn.Module):
                 x, self._fused_packed(), self.kernel_size, self.stride, padding, self.dilation
             )
         if self.shuffle:
-            x = shuffle_channels(x, self.groups)
+            x = shuffle_channels(x, self.groups, self.in_channels)
         if self.residue:
             return self._forward_residue(x, padding)
         if self.mode == "dense":
@@ -275,6 +277,8 @@ class ChannelOrder(nn.Module):
     ``(groups, period, channels)``. Two structured transposes at most, in the tensor's own
     memory format (standard Reshape / Transpose operators when exported)."""
 
+    _fx_leaf = True
+
     def __init__(self, source: tuple | None, target: tuple | None) -> None:
         super().__init__()
         self.source, self.target = source, target
@@ -361,14 +365,8 @@ def optimize_channel_order(model: nn.Module) -> nn.Module:
     ):
         return model  # already optimized (freezing a frozen model must not redo it)
 
-    class _Tracer(fx.Tracer):
-        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            return isinstance(m, (SSConv2dInference, ChannelOrder)) or super().is_leaf_module(
-                m, qualname
-            )
-
     try:
-        graph = _Tracer().trace(model)
+        graph = SSCTracer().trace(model)
     except Exception as exc:
         warnings.warn(
             f"optimize_channel_order: model is not traceable by torch.fx ({exc}); "
@@ -461,15 +459,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     import torch.fx as fx
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    class _Tracer(fx.Tracer):
-        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            return isinstance(
-                m, (SSConv2d, SSConv2dInference, ChannelOrder)
-            ) or super().is_leaf_module(m, qualname)
-
     model = copy.deepcopy(model).eval()
     try:
-        graph = _Tracer().trace(model)
+        graph = SSCTracer().trace(model)
     except Exception as exc:  # data-dependent control flow etc.
         warnings.warn(
             f"fold_batchnorm: model is not traceable by torch.fx ({exc}); BatchNorm left unfolded",

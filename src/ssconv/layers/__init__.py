@@ -2,7 +2,7 @@
 
 from ssconv.layers.factory import ConvFactory, SSCFactory, dense_conv
 from ssconv.layers.pattern import SPATIAL_MODES, KernelType, SSCPattern
-from ssconv.layers.ssconv import BACKENDS, SSConv2d
+from ssconv.layers.ssconv import BACKENDS, SSConv2d, SSCTracer, symbolic_trace
 
 __all__ = [
     "BACKENDS",
@@ -12,5 +12,7 @@ __all__ = [
     "SSCFactory",
     "SSCPattern",
     "SSConv2d",
+    "SSCTracer",
     "dense_conv",
+    "symbolic_trace",
 ]

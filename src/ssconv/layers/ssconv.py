@@ -38,13 +38,22 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssconv.kernels import fused
 from ssconv.layers.pattern import SSCPattern
 
-__all__ = ["SSConv2d", "BACKENDS", "INIT_SCALES", "DEFAULT_INIT_SCALE", "init_variance"]
+__all__ = [
+    "SSConv2d",
+    "SSCTracer",
+    "symbolic_trace",
+    "BACKENDS",
+    "INIT_SCALES",
+    "DEFAULT_INIT_SCALE",
+    "init_variance",
+]
 
 #: Initialization scales (``init_scale``): Kaiming-normal (ReLU gain) with the variance
 #: ``2 / fan``, where ``fan`` is each filter's nonzero fan-in (``"effective"``), the fan-in of
@@ -186,94 +195,102 @@ class SSConv2d(nn.Module):
         shuffle: bool = False,
     ) -> None:
         super().__init__()
-        factory = {"device": device, "dtype": dtype}
-        pattern = SSCPattern(
-            in_channels, out_channels, kernel_size, groups, period, pointwise, spatial
-        )
-        self.pattern = pattern
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = pattern.kernel_size
-        self.stride = _pair(stride, "stride")
-        self.dilation = _pair(dilation, "dilation")
-        if any(s < 1 for s in self.stride):
-            raise ValueError(f"stride must be positive, got {stride!r}")
-        if any(d < 1 for d in self.dilation):
-            raise ValueError(f"dilation must be positive, got {dilation!r}")
-        if isinstance(padding, str):
-            if padding == "valid":
-                self.padding = (0, 0)
-            elif padding == "same":
-                if self.stride != (1, 1):
-                    raise ValueError("padding='same' is not supported for strided convolutions")
-                self.padding = tuple(
-                    d * (k - 1) // 2 for d, k in zip(self.dilation, self.kernel_size)
-                )
-            else:
-                raise ValueError(
-                    f"padding must be an int, a pair of ints, 'same' or 'valid', got {padding!r}"
-                )
-        else:
-            self.padding = _pair(padding, "padding")
-            if any(p < 0 for p in self.padding):
-                raise ValueError(f"padding must be non-negative, got {padding!r}")
-        if padding_mode not in PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-        self.padding_mode = padding_mode
-        self._reversed_padding_repeated_twice = [
-            self.padding[1],
-            self.padding[1],
-            self.padding[0],
-            self.padding[0],
-        ]
-        self.groups = groups
-        if dense_groups < 1 or groups % dense_groups:
-            raise ValueError(f"dense_groups={dense_groups} must divide groups={groups}")
-        self.dense_groups = dense_groups
-        init_variance(1, 1, init_scale)  # validates
-        self.init_scale = init_scale
-        self.period = period
-        self.pointwise = pointwise
-        self.spatial = spatial
-        if not isinstance(shuffle, bool):
-            raise TypeError(f"shuffle must be True or False, got {shuffle!r}")
-        #: Whether the input is read in shuffled channel order (only with groups > 1).
-        self.shuffle = shuffle and groups > 1
-        self.backend = backend  # validated by the property setter
-
-        # Static structure, used by forward (plain Python values: TorchScript-friendly).
-        self._has_spatial = pattern.has_spatial
-        self._has_point = pattern.has_point
-        self._p = 1 if period is None else period
-        self._a = pattern.spatial_per_filter
-        self._m = pattern.outputs_per_residue
-        self._identity_perm = period is None or period == 1
-        self._pad_rows = pattern.has_spatial and pattern.out_per_group % self._p != 0
-        self._checkerboard = spatial == "checkerboard" and pattern.has_spatial
-
-        kh, kw = self.kernel_size
-        if pattern.has_spatial:
-            if self._checkerboard:
-                shape: tuple[int, ...] = (pattern.num_spatial_weights,)
-            else:
-                shape = (out_channels, self._a, kh, kw)
-            self.weight_spatial = nn.Parameter(torch.empty(shape, **factory))
-        else:
-            self.register_parameter("weight_spatial", None)
-        if pattern.has_point:
-            self.weight_point = nn.Parameter(
-                torch.empty(out_channels, pattern.point_per_filter, **factory)
+        if device is None:  # the ambient default, e.g. of a `with torch.device("meta")` block
+            device = torch.empty(0).device
+        # The pattern's index tensors are computed on the CPU (nonzero and item have no meta
+        # kernels) and moved to ``device`` with the parameters.
+        with torch.device("cpu"):
+            factory = {"device": device, "dtype": dtype}
+            pattern = SSCPattern(
+                in_channels, out_channels, kernel_size, groups, period, pointwise, spatial
             )
-        else:
-            self.register_parameter("weight_point", None)
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_channels, **factory))
-        else:
-            self.register_parameter("bias", None)
-        self._register_index_buffers(device)
-        self.reset_parameters()
-        if self.shuffle:
-            self._register_load_state_dict_pre_hook(_legacy_shuffle_keys)
+            self.pattern = pattern
+            self.in_channels = in_channels
+            self.out_channels = out_channels
+            self.kernel_size = pattern.kernel_size
+            self.stride = _pair(stride, "stride")
+            self.dilation = _pair(dilation, "dilation")
+            if any(s < 1 for s in self.stride):
+                raise ValueError(f"stride must be positive, got {stride!r}")
+            if any(d < 1 for d in self.dilation):
+                raise ValueError(f"dilation must be positive, got {dilation!r}")
+            if isinstance(padding, str):
+                if padding == "valid":
+                    self.padding = (0, 0)
+                elif padding == "same":
+                    if self.stride != (1, 1):
+                        raise ValueError("padding='same' is not supported for strided convolutions")
+                    self.padding = tuple(
+                        d * (k - 1) // 2 for d, k in zip(self.dilation, self.kernel_size)
+                    )
+                else:
+                    raise ValueError(
+                        "padding must be an int, a pair of ints, 'same' or 'valid', "
+                        f"got {padding!r}"
+                    )
+            else:
+                self.padding = _pair(padding, "padding")
+                if any(p < 0 for p in self.padding):
+                    raise ValueError(f"padding must be non-negative, got {padding!r}")
+            if padding_mode not in PADDING_MODES:
+                raise ValueError(
+                    f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}"
+                )
+            self.padding_mode = padding_mode
+            self._reversed_padding_repeated_twice = [
+                self.padding[1],
+                self.padding[1],
+                self.padding[0],
+                self.padding[0],
+            ]
+            self.groups = groups
+            if dense_groups < 1 or groups % dense_groups:
+                raise ValueError(f"dense_groups={dense_groups} must divide groups={groups}")
+            self.dense_groups = dense_groups
+            init_variance(1, 1, init_scale)  # validates
+            self.init_scale = init_scale
+            self.period = period
+            self.pointwise = pointwise
+            self.spatial = spatial
+            if not isinstance(shuffle, bool):
+                raise TypeError(f"shuffle must be True or False, got {shuffle!r}")
+            #: Whether the input is read in shuffled channel order (only with groups > 1).
+            self.shuffle = shuffle and groups > 1
+            self.backend = backend  # validated by the property setter
+
+            # Static structure, used by forward (plain Python values: TorchScript-friendly).
+            self._has_spatial = pattern.has_spatial
+            self._has_point = pattern.has_point
+            self._p = 1 if period is None else period
+            self._a = pattern.spatial_per_filter
+            self._m = pattern.outputs_per_residue
+            self._identity_perm = period is None or period == 1
+            self._pad_rows = pattern.has_spatial and pattern.out_per_group % self._p != 0
+            self._checkerboard = spatial == "checkerboard" and pattern.has_spatial
+
+            kh, kw = self.kernel_size
+            if pattern.has_spatial:
+                if self._checkerboard:
+                    shape: tuple[int, ...] = (pattern.num_spatial_weights,)
+                else:
+                    shape = (out_channels, self._a, kh, kw)
+                self.weight_spatial = nn.Parameter(torch.empty(shape, **factory))
+            else:
+                self.register_parameter("weight_spatial", None)
+            if pattern.has_point:
+                self.weight_point = nn.Parameter(
+                    torch.empty(out_channels, pattern.point_per_filter, **factory)
+                )
+            else:
+                self.register_parameter("weight_point", None)
+            if bias:
+                self.bias = nn.Parameter(torch.empty(out_channels, **factory))
+            else:
+                self.register_parameter("bias", None)
+            self._register_index_buffers(device)
+            self.reset_parameters()
+            if self.shuffle:
+                self._register_load_state_dict_pre_hook(_legacy_shuffle_keys)
 
     # ------------------------------------------------------------------ setup
     def _register_index_buffers(self, device) -> None:
@@ -504,6 +521,13 @@ class SSConv2d(nn.Module):
 
     # ------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, torch.fx.Proxy):
+            raise TypeError(
+                "SSConv2d picks its kernels from the input's device, dtype and layout, which "
+                "torch.fx cannot trace: trace it as a leaf module, with "
+                "ssconv.symbolic_trace(model) or ssconv.SSCTracer, or (torchvision's feature "
+                "extractor) tracer_kwargs={'leaf_modules': [ssconv.SSConv2d]}"
+            )
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = (0, 0)
@@ -516,7 +540,7 @@ class SSConv2d(nn.Module):
         if backend == "fused":
             return self._forward_fused(x, padding)
         if self.shuffle:
-            x = shuffle_channels(x, self.groups)
+            x = shuffle_channels(x, self.groups, self.in_channels)
         if backend == "masked":
             return F.conv2d(
                 x, self.to_dense(), self.bias, self.stride, padding, self.dilation, self.groups
@@ -834,6 +858,25 @@ class SSConv2d(nn.Module):
         return s
 
 
+class SSCTracer(torch.fx.Tracer):
+    """A ``torch.fx`` tracer that keeps :class:`SSConv2d` layers (and the frozen ones of
+    :mod:`ssconv.export`) as leaf modules: one ``call_module`` node each."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return (
+            isinstance(m, SSConv2d)
+            or getattr(m, "_fx_leaf", False)
+            or (super().is_leaf_module(m, module_qualified_name))
+        )
+
+
+def symbolic_trace(model: nn.Module) -> torch.fx.GraphModule:
+    """``torch.fx.symbolic_trace`` with SSC layers as leaves (see :class:`SSCTracer`)."""
+    graph = SSCTracer().trace(model)
+    name = model.__class__.__name__
+    return torch.fx.GraphModule(model, graph, name)
+
+
 def _legacy_shuffle_keys(state_dict, prefix, *args) -> None:
     """Load state_dicts of the first design-study runs, where the shuffle was a module in
     front of the layer: ``nn.Sequential(ChannelShuffle, SSConv2d)`` stored ``<name>.1.<p>``."""
@@ -863,11 +906,12 @@ def _is_channels_last(x: Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
-def shuffle_channels(x: Tensor, groups: int) -> Tensor:
+def shuffle_channels(x: Tensor, groups: int, channels: int) -> Tensor:
     """ShuffleNet's channel shuffle, ``x[:, in_index]`` of a shuffled layer, in ``x``'s own
     memory format: channels ``(j, h) -> (h, j)`` for ``j < C / groups, h < groups`` (a
     transpose, whose gradient is a transpose too; an index gather's is a slower scatter)."""
-    return _channel_transpose(x, 1, x.shape[1] // groups, groups, _is_channels_last(x))
+    # ``channels`` is a Python int (not x.shape[1]): exported graphs keep static shapes.
+    return _channel_transpose(x, 1, channels // groups, groups, _is_channels_last(x))
 
 
 def centre_input(
