@@ -484,7 +484,7 @@ def test_training_kernels_respect_the_thread_count():
     _close(grads[0][1], grads[1][1], 1e-5)
 
 
-def test_build_notice_only_when_ninja_has_work(tmp_path, monkeypatch):
+def test_build_notice_only_when_ninja_has_work(tmp_path, monkeypatch, caplog):
     import shutil
     import subprocess
 
@@ -507,16 +507,123 @@ def test_build_notice_only_when_ninja_has_work(tmp_path, monkeypatch):
             calls.append(build_directory)
 
     fake = FakeCppExtension()
-    import io
 
-    for up_to_date, expected in ((True, ""), (False, fused._BUILD_NOTICE)):
+    for up_to_date, expected in ((True, []), (False, [fused._BUILD_NOTICE])):
         monkeypatch.setattr(fused, "_ninja_has_work", lambda d, u=up_to_date: not u)
-        err = io.StringIO()
-        monkeypatch.setattr(fused.sys, "stderr", err)
-        with fused._build_notice(fake):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger=fused.log.name), fused._build_notice(fake):
             fake._run_ninja_build("dir", False, "prefix")
-        assert err.getvalue().strip() == expected
+        assert [r.getMessage() for r in caplog.records] == expected
     assert calls == ["dir", "dir"] and "run_ninja_build" in fake._run_ninja_build.__qualname__
+
+
+def test_build_notice_is_logged_once_and_says_how_to_build_ahead(tmp_path, monkeypatch, caplog):
+    """The first float32 forward may still compile the kernel (documented); the notice goes
+    through logging, once per process, and names ``ssconv kernels build``."""
+    monkeypatch.delenv("SSCONV_NO_FUSED", raising=False)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(fused, "_tried", False)
+    monkeypatch.setattr(fused, "_module", None)
+    monkeypatch.setattr(fused, "_error", None)
+    monkeypatch.setattr(fused, "_ninja_has_work", lambda d: True)
+    loads = []
+
+    class FakeCppExtension:
+        @staticmethod
+        def _run_ninja_build(build_directory, verbose, error_prefix):
+            pass
+
+        def load(self, name, build_directory, **kwargs):
+            loads.append(name)
+            self._run_ninja_build(build_directory, False, "prefix")
+            return "module"
+
+    fake = FakeCppExtension()
+    monkeypatch.setattr(fused, "_import_cpp_extension", lambda: fake)
+    with caplog.at_level("WARNING", logger=fused.log.name):
+        assert fused.available() and fused.available()
+    notices = [r for r in caplog.records if r.getMessage() == fused._BUILD_NOTICE]
+    assert len(loads) == 1 and len(notices) == 1
+    assert "`ssconv kernels build`" in fused._BUILD_NOTICE
+    assert fused.status().state == "built"  # loaded in this process
+
+
+def test_failed_build_is_logged_once_with_its_reason(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("SSCONV_NO_FUSED", raising=False)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(fused, "_tried", False)
+    monkeypatch.setattr(fused, "_module", None)
+    monkeypatch.setattr(fused, "_error", None)
+
+    class FakeCppExtension:
+        @staticmethod
+        def _run_ninja_build(*args):  # torch checks for ninja before it runs it
+            raise AssertionError("not reached")
+
+        def load(self, **kwargs):
+            raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(fused, "_import_cpp_extension", FakeCppExtension)
+    with caplog.at_level("WARNING", logger=fused.log.name):
+        assert not fused.available() and not fused.available()
+    messages = [r.getMessage() for r in caplog.records if r.name == fused.log.name]
+    assert messages == [
+        "fused SSC kernel unavailable: ninja not found (pip install ninja); using stock kernels"
+    ]
+    st = fused.status()
+    assert st.state == "unavailable" and "ninja" in st.reason
+    assert st.line() == "fused CPU kernel: unavailable: ninja not found (pip install ninja)"
+
+
+def _fresh_status_env(monkeypatch, tmp_path):
+    """No kernel tried in this process, an empty build folder, the tools present, and a
+    loader that must not be called."""
+    monkeypatch.delenv("SSCONV_NO_FUSED", raising=False)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(fused, "_tried", False)
+    monkeypatch.setattr(fused, "_module", None)
+    monkeypatch.setattr(fused, "_error", None)
+    monkeypatch.setattr(fused, "_missing_tool", lambda: None)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("status() must not build or load the kernel")
+
+    monkeypatch.setattr(fused, "_load", no_build)
+    monkeypatch.setattr(fused, "_import_cpp_extension", no_build)
+
+
+def test_status_never_builds_and_finds_a_finished_build(tmp_path, monkeypatch):
+    _fresh_status_env(monkeypatch, tmp_path)
+    monkeypatch.setattr(fused.sys, "platform", "linux")
+    st = fused.status()
+    name, build_dir, staged = fused._build_spec()
+    assert (st.state, st.reason, st.name, st.build_dir) == ("not built", None, name, str(build_dir))
+    assert st.line().startswith("fused CPU kernel: not built (would compile on first use")
+    assert st.cpu_capability == torch.backends.cpu.get_cpu_capability()
+    assert not build_dir.exists()  # nothing staged or created
+    build_dir.mkdir(parents=True)
+    (build_dir / f"{name}.so").write_bytes(b"")
+    assert fused.status().state == "not built"  # no staged source next to it
+    fused._stage_source(fused._SOURCE, staged)
+    assert fused.status().built and fused.status().line() == "fused CPU kernel: built"
+    staged.write_bytes(b"// another version\n")
+    assert fused.status().state == "not built"
+
+
+def test_status_disabled_unavailable_and_platform_note(tmp_path, monkeypatch):
+    _fresh_status_env(monkeypatch, tmp_path)
+    monkeypatch.setattr(fused.sys, "platform", "darwin")
+    st = fused.status()
+    assert st.state == "not built" and "macOS" in st.line()
+    monkeypatch.setattr(fused, "_missing_tool", lambda: "ninja not found (pip install ninja)")
+    assert (
+        fused.status().line()
+        == "fused CPU kernel: unavailable: ninja not found (pip install ninja)"
+    )
+    monkeypatch.setenv("SSCONV_NO_FUSED", "1")
+    st = fused.status()
+    assert st.state == "disabled" and st.line() == "fused CPU kernel: disabled by SSCONV_NO_FUSED"
+    assert st.to_dict()["state"] == "disabled"
 
 
 def test_cpp_extension_import_drops_only_the_cuda_home_warning():

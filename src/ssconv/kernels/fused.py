@@ -10,9 +10,10 @@ gradient of a stride-1 layer as the forward of the transposed, tap-flipped packi
 (:func:`fused_conv2d_train`, an autograd function over the custom ops).
 
 The module is compiled on first use with :func:`torch.utils.cpp_extension.load` (needs a C++
-compiler and ``ninja``; ``pip install ninja``) and cached by PyTorch (``TORCH_EXTENSIONS_DIR``).
-Where it cannot be built, :func:`available` is false and the layers use their stock-kernel
-paths; nothing else changes.
+compiler and ``ninja``; ``pip install ninja``) and cached by PyTorch (``TORCH_EXTENSIONS_DIR``);
+``ssconv kernels build`` compiles it ahead of time and ``ssconv kernels`` (:func:`status`)
+says whether it is built, without building it. Where it cannot be built, :func:`available` is
+false and the layers use their stock-kernel paths; nothing else changes.
 
 Set ``SSCONV_NO_FUSED=1`` to never build or use it.
 """
@@ -49,6 +50,8 @@ __all__ = [
     "grouped_weight",
     "weights_key",
     "cached_pack",
+    "status",
+    "KernelStatus",
 ]
 
 log = logging.getLogger(__name__)
@@ -109,8 +112,8 @@ def _import_cpp_extension():
 
 
 _BUILD_NOTICE = (
-    "ssconv: building the fused SSC kernel (once per machine, torch and kernel version, about a "
-    "minute; SSCONV_NO_FUSED=1 skips it)"
+    "building the fused SSC kernel (once per machine, torch and kernel version, about a "
+    "minute; `ssconv kernels build` builds it ahead of time, SSCONV_NO_FUSED=1 skips it)"
 )
 
 
@@ -133,18 +136,20 @@ def _ninja_has_work(build_directory: str) -> bool:
 
 @contextmanager
 def _build_notice(cpp_extension):
-    """Print :data:`_BUILD_NOTICE` only when ninja is about to compile: wraps the private
-    ``_run_ninja_build`` of ``cpp_extension`` (it runs after ``build.ninja`` is written, so the
-    dry run sees the current build rules); prints it up front where that hook is missing."""
+    """Log :data:`_BUILD_NOTICE` (a warning: shown on stderr where logging is not configured)
+    only when ninja is about to compile: wraps the private ``_run_ninja_build`` of
+    ``cpp_extension`` (it runs after ``build.ninja`` is written, so the dry run sees the current
+    build rules); logs it up front where that hook is missing. Once per process, as
+    :func:`_load` runs once."""
     original = getattr(cpp_extension, "_run_ninja_build", None)
     if original is None:
-        print(_BUILD_NOTICE, file=sys.stderr, flush=True)
+        log.warning(_BUILD_NOTICE)
         yield
         return
 
     def run_ninja_build(build_directory, *args, **kwargs):
         if _ninja_has_work(build_directory):
-            print(_BUILD_NOTICE, file=sys.stderr, flush=True)
+            log.warning(_BUILD_NOTICE)
         return original(build_directory, *args, **kwargs)
 
     cpp_extension._run_ninja_build = run_ninja_build
@@ -218,11 +223,7 @@ def _load():
             _error = _explain(exc)
             _module = None
             log.debug("fused SSC kernel build failed:\n%s", exc)
-            print(
-                f"ssconv: fused SSC kernel unavailable: {_error}; using stock kernels",
-                file=sys.stderr,
-                flush=True,
-            )
+            log.warning("fused SSC kernel unavailable: %s; using stock kernels", _error)
         return _module
 
 
@@ -934,3 +935,99 @@ def fused_conv2d_train(
     bias_l = lane_values(bias, plan, w)
     geometry = [*kernel_size, *stride, *padding, *dilation]
     return _FusedConvTrain.apply(x, w, bias_l, wt, plan, plan_t, geometry, geometry_t)
+
+
+# ------------------------------------------------------------------ status
+@dataclass(frozen=True)
+class KernelStatus:
+    """Whether the fused CPU kernel is built, found without building it (:func:`status`).
+
+    ``state`` is ``"built"``, ``"not built"`` (it would compile on first use), ``"unavailable"``
+    (``reason`` says why) or ``"disabled"`` (``SSCONV_NO_FUSED``).
+    """
+
+    state: str
+    reason: str | None
+    name: str
+    build_dir: str
+    cpu_capability: str
+
+    @property
+    def built(self) -> bool:
+        return self.state == "built"
+
+    def line(self) -> str:
+        """The one-line summary ``ssconv kernels`` and ``ssconv --version`` print."""
+        if self.state == "built":
+            what = "built"
+        elif self.state == "not built":
+            what = "not built (would compile on first use, about a minute; `ssconv kernels build`)"
+            if self.reason:
+                what += f"; {self.reason}"
+        elif self.state == "disabled":
+            what = "disabled by SSCONV_NO_FUSED"
+        else:
+            what = f"unavailable: {self.reason}"
+        return f"fused CPU kernel: {what}"
+
+    def to_dict(self) -> dict:
+        return {
+            "kernel": "fused_cpu",
+            "state": self.state,
+            "reason": self.reason,
+            "name": self.name,
+            "build_dir": self.build_dir,
+            "cpu_capability": self.cpu_capability,
+        }
+
+
+def _missing_tool() -> str | None:
+    """What :func:`_load` would miss to compile (ninja, the C++ compiler), checked cheaply."""
+    import shutil
+
+    try:
+        import ninja  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        if shutil.which("ninja") is None:
+            return "ninja not found (pip install ninja)"
+    default = "cl" if sys.platform == "win32" else "c++"
+    compiler = (os.environ.get("CXX") or default).split()[0]
+    if shutil.which(compiler) is None:
+        return f"no C++ compiler ({compiler!r} not found)"
+    return None
+
+
+def status() -> KernelStatus:
+    """The kernel's state in this process or on disk; never builds or loads it.
+
+    Built means loaded in this process, or the extension library named by the content-keyed
+    build folder (:func:`_build_spec`) is there next to an identical copy of the source.
+    """
+    name, build_dir, staged = _build_spec()
+    cap = torch.backends.cpu.get_cpu_capability()
+
+    def make(state: str, reason: str | None = None) -> KernelStatus:
+        return KernelStatus(state, reason, name, str(build_dir), cap)
+
+    if os.environ.get("SSCONV_NO_FUSED"):
+        return make("disabled", "disabled by SSCONV_NO_FUSED")
+    if _tried:
+        return make("built") if _module is not None else make("unavailable", _error)
+    missing = _missing_tool()
+    if missing:  # torch's loader needs ninja even to load a finished build
+        return make("unavailable", missing)
+    library = build_dir / f"{name}{'.pyd' if sys.platform == 'win32' else '.so'}"
+    try:
+        same_source = staged.read_bytes() == _SOURCE.read_bytes()
+    except OSError:
+        same_source = False
+    if library.is_file() and same_source:
+        return make("built")
+    portable = sys.platform not in ("darwin", "win32")
+    return make("not built", None if portable else _PLATFORM_NOTE)
+
+
+_PLATFORM_NOTE = (
+    "it needs GCC vector extensions and OpenMP, so on macOS / Windows the build usually fails "
+    "and stock kernels are used"
+)
