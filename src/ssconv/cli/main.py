@@ -26,6 +26,7 @@ SUBCOMMANDS = [
     "report",
     "bench",
     "export",
+    "kernels",
 ]
 
 EXIT_OK = 0
@@ -53,6 +54,20 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return text + " (default: %(default)s)"
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the version and the fused kernel's one-line status (never builds it)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, **kwargs) -> None:
+        kwargs.setdefault("help", "show the version and the fused kernel's status, and exit")
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from ssconv.kernels import fused
+
+        print(f"ssconv {__version__}\n{fused.status().line()}")
+        parser.exit()
+
+
 class _SubcommandParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
@@ -65,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Structured Sparse Convolution: build, convert, count, train and compare "
         "efficient CNNs.",
     )
-    parser.add_argument("--version", action="version", version=f"ssconv {__version__}")
+    parser.add_argument("--version", action=_VersionAction)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubcommandParser)
     sub.required = True
