@@ -187,3 +187,28 @@ def test_onnx_export_does_not_repeat_the_constant_folding_warnings(tmp_path):
         warnings.simplefilter("always")
         export_onnx(model, tmp_path / "m.onnx", (3, 32, 32), dynamo=False)
     assert not [w for w in caught if "Constant folding" in str(w.message)]
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_onnx_batch_axis_is_dynamic_and_checked_at_two_batches(tmp_path, dynamo):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    model = ssconv.convert(
+        ssconv.create_model("cifar_resnet20", width=8), density=0.1, warn_coverage=False
+    ).model.eval()
+    report = export_onnx(model, tmp_path / "m.onnx", (3, 16, 16), dynamo=dynamo, batch=1)
+    assert report.checked_batches == [1, 3] and report.max_abs_diff <= 1e-4
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    (shape,) = [i.shape for i in session.get_inputs()]
+    assert isinstance(shape[0], str)  # a symbolic batch dimension
+    x = torch.randn(5, 3, 16, 16)
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), freeze(model)(x), rtol=1e-4, atol=1e-4)
+    static = export_onnx(
+        model, tmp_path / "s.onnx", (3, 16, 16), dynamo=dynamo, batch=4, dynamic_batch=False
+    )
+    assert static.checked_batches == [4]
+    assert ort.InferenceSession(str(tmp_path / "s.onnx")).get_inputs()[0].shape[0] == 4

@@ -13,6 +13,7 @@ from ssconv.cli.common import (
     create_dense,
     density_arg,
     from_weights,
+    positive_int,
 )
 
 SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth")}
@@ -64,6 +65,18 @@ def register(sub) -> None:
     )
     add_weights_args(p)
     p.add_argument("--opset", type=int, default=18, help="ONNX opset version")
+    p.add_argument(
+        "--batch",
+        type=positive_int,
+        default=1,
+        help="ONNX: batch size of the example input (the graph's batch axis stays dynamic; "
+        "onnxruntime is checked at this batch and at batch + 2)",
+    )
+    p.add_argument(
+        "--static-batch",
+        action="store_true",
+        help="ONNX: fix the batch axis at --batch instead of a dynamic one",
+    )
     p.set_defaults(func=run)
 
 
@@ -117,7 +130,14 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(
                 "ONNX export needs onnx and onnxruntime: pip install 'ssconv[export]'"
             ) from None
-        report = export_onnx(model, args.output, size, opset=args.opset)
+        report = export_onnx(
+            model,
+            args.output,
+            size,
+            opset=args.opset,
+            batch=args.batch,
+            dynamic_batch=not args.static_batch,
+        )
     else:
         report = export_torchscript(model, args.output, size)
     print(report)
