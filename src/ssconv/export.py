@@ -21,7 +21,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssconv.kernels import fused
-from ssconv.layers.ssconv import SSConv2d, SSCTracer, centre_input, shuffle_channels
+from ssconv.layers.ssconv import (
+    SSConv2d,
+    SSCTracer,
+    _is_channels_last,
+    centre_input,
+    pixel_rows_suit,
+    shuffle_channels,
+)
 from ssconv.models.convert import replace_module
 
 __all__ = [
@@ -90,6 +97,14 @@ class SSConv2dInference(nn.Module):
             # operators above. Its packed weights are derived from the buffers on first use
             # (and again after they change, e.g. by load_state_dict); they are not saved.
             self.fused = layer.resolved_backend(inference=True) == "fused"
+            # Stride-1 NCHW calls wide enough for it run the pixel kernel instead, as the
+            # layer itself does (SSConv2d._infers_on_pixels; the width is checked per call).
+            self.pixels = (
+                layer._backend in ("auto", "fused")
+                and layer._has_spatial
+                and not (layer._backend == "auto" and layer._identity_perm)
+                and layer.trains_fused(None)
+            )
             self._out_pos = layer.out_pos.detach().cpu().clone()
 
     @property
@@ -137,6 +152,11 @@ class SSConv2dInference(nn.Module):
         if self.padding_mode != "zeros":
             x = F.pad(x, self._pad4, mode=self.padding_mode)
             padding = (0, 0)
+        # can_run first: it is False while tracing, where the width is not a Python int.
+        if self.pixels and fused.can_run(x, self._weights()) and self._pixels_suit(x, padding):
+            return fused.pixel_conv2d(
+                x, self._pixel_packed(), self.kernel_size, self.stride, padding, self.dilation
+            )
         if self.fused and fused.can_run(x, self._weights()):
             return fused.fused_conv2d(
                 x, self._fused_packed(), self.kernel_size, self.stride, padding, self.dilation
@@ -227,6 +247,25 @@ class SSConv2dInference(nn.Module):
             ),
         )
 
+    def _pixels_suit(self, x: Tensor, padding: tuple[int, int]) -> bool:
+        if x.dim() != 4 or _is_channels_last(x):
+            return False
+        channels = min(self.in_channels, self.out_channels)
+        return pixel_rows_suit(self.kernel_size, padding, self.dilation, channels, x.shape[-1])
+
+    def _pixel_packed(self) -> fused.PixelPacked:
+        def make() -> fused.PixelPacked:
+            order = self.in_index.cpu() if self.shuffle else None
+            plan = fused.make_plan(self.dense_mask(), self.groups, kernel="pixels", in_order=order)
+            return fused.pack_pixels(self.dense_weight(), self.bias, plan)
+
+        return fused.cached_pack(
+            self,
+            (self.residue, *fused.weights_key([*self._weights(), self.bias])),
+            make,
+            slot="_fused_pixel_cache",
+        )
+
     def _weights(self) -> list[Tensor]:
         names = ("weight",) if self.mode == "dense" else ("weight_spatial", "weight_point")
         return [t for t in (getattr(self, n) for n in names) if t is not None]
@@ -248,6 +287,8 @@ class SSConv2dInference(nn.Module):
         order = ", residue order" if self.residue else ""
         if self.shuffle:
             order += ", shuffle"
+        if self.pixels:
+            order += ", fused pixel kernel (stride-1 NCHW)"
         if self.fused:
             order += ", fused CPU kernel"
         return (

@@ -664,3 +664,41 @@ def test_kernel_build_is_keyed_by_content_not_by_checkout(tmp_path, monkeypatch)
     assert staged.stat().st_mtime_ns == mtime and staged.read_bytes() == copies[0].read_bytes()
     copies[1].write_bytes(copies[1].read_bytes() + b"\n// changed\n")
     assert fused._build_spec(copies[1])[0] != name
+
+
+@needs_kernel
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_inference_of_narrow_stride1_layers_runs_the_pixel_kernel(shuffle):
+    """No-grad float32 NCHW calls of stride-1 layers run ssconv::pix_conv2d (the layer and its
+    frozen twin, residue channel order included), exactly; channels_last inputs do not."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ssconv.export import freeze
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        SSConv2d(16, 16, 3, padding=1, groups=2, period=8, shuffle=shuffle),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        SSConv2d(16, 16, 3, padding=1, groups=2, period=8, shuffle=shuffle),
+    ).eval()
+    x = torch.randn(2, 16, 12, 12)
+    ref = [m for m in model.modules() if isinstance(m, SSConv2d)]
+    with torch.no_grad():
+        masked = nn.Sequential(*[m for m in model])  # same modules
+        for m in ref:
+            m.backend = "masked"
+        expected = masked(x)
+        for m in ref:
+            m.backend = "auto"
+        frozen = freeze(model)
+        for run in (model, frozen):
+            with FlopCounterMode(display=False) as counter:
+                y = run(x)
+            ops = {str(k) for k in counter.get_flop_counts()["Global"]}
+            assert any("pix_conv2d" in k for k in ops), ops
+            torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+        with FlopCounterMode(display=False) as counter:
+            y = model(x.to(memory_format=torch.channels_last))
+        assert not any("pix_conv2d" in str(k) for k in counter.get_flop_counts()["Global"])
+        torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)

@@ -383,13 +383,14 @@ def weights_key(tensors: list[Tensor | None]) -> tuple:
     )
 
 
-def cached_pack(owner: torch.nn.Module, key: tuple, make) -> PackedWeight:
+def cached_pack(owner: torch.nn.Module, key: tuple, make, slot: str = "_fused_cache"):
     """``owner``'s packed weights, packed again by ``make()`` whenever ``key`` changes
-    (see :func:`weights_key`). Kept outside the module's state: not saved, not moved."""
-    cache = owner.__dict__.get("_fused_cache")
+    (see :func:`weights_key`). Kept outside the module's state: not saved, not moved.
+    ``slot`` names the cache (one per kernel layout)."""
+    cache = owner.__dict__.get(slot)
     if cache is None or cache[0] != key:
         with torch.no_grad():
-            cache = owner.__dict__["_fused_cache"] = (key, make())
+            cache = owner.__dict__[slot] = (key, make())
     return cache[1]
 
 
@@ -623,7 +624,6 @@ def _(x, *args):
     return y.contiguous(memory_format=torch.channels_last)
 
 
-@register_flop_formula(torch.ops.ssconv.fused_conv2d)
 def _fused_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
     # w is (entries, lanes): entries * lanes MACs per output pixel, 2 FLOPs each.
     return 2 * w_shape[0] * w_shape[1] * out_shape[0] * out_shape[2] * out_shape[3]
@@ -704,7 +704,6 @@ def _(x, grad_out, ch, *args):
     return x.new_empty((ch.shape[0], vb))
 
 
-@register_flop_formula(torch.ops.ssconv.fused_conv2d_wgrad)
 def _wgrad_flops(x_shape, g_shape, ch_shape, *args, out_shape=None, **kwargs) -> int:
     # entries * lanes MACs per output pixel, as the forward.
     return 2 * out_shape[0] * out_shape[1] * g_shape[0] * g_shape[2] * g_shape[3]
@@ -788,6 +787,10 @@ def _(x, grad_out, ch, *args):
     return x.new_empty((ch.shape[0], args[-1]))
 
 
+# The raw formulas, registered once per op (register_flop_formula returns a shape-wrapped
+# function: registering that one again would wrap it twice).
+register_flop_formula(torch.ops.ssconv.fused_conv2d)(_fused_flops)
+register_flop_formula(torch.ops.ssconv.fused_conv2d_wgrad)(_wgrad_flops)
 register_flop_formula(torch.ops.ssconv.pix_conv2d)(_fused_flops)
 register_flop_formula(torch.ops.ssconv.pix_conv2d_wgrad)(_wgrad_flops)
 
@@ -898,6 +901,61 @@ class _FusedConvTrain(torch.autograd.Function):
             sums = gy.sum((0, 2, 3))
             gb = torch.cat([sums, sums.new_zeros(1)])[plan.lane_src]
         return gx, gw, gb, None, None, None, None, None
+
+
+@dataclass
+class PixelPacked:
+    """A layer's weights and bias in the pixel kernel's layout (:func:`pack_pixels`)."""
+
+    plan: Plan
+    w: Tensor  # (E, VB) float32
+    bias: Tensor  # (B * VB,) float32
+
+
+@torch.no_grad()
+def pack_pixels(weight: Tensor, bias: Tensor | None, plan: Plan) -> PixelPacked:
+    """Pack a dense-equivalent weight ``(C_out, C_in/G, kh, kw)`` for :func:`pixel_conv2d`
+    (``plan = make_plan(mask, groups, kernel="pixels")``)."""
+    if plan.kernel != "pixels":
+        raise ValueError(f"pack_pixels needs a plan of the pixel kernel, got {plan.kernel!r}")
+    weight = weight.detach().float().cpu()
+    b = None if bias is None else bias.detach().float().cpu()
+    return PixelPacked(plan, gather(weight, plan).contiguous(), lane_values(b, plan, weight))
+
+
+def pixel_conv2d(
+    x: Tensor,
+    packed: PixelPacked,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Tensor:
+    """Inference on the pixel-vectorised kernel (NCHW float32; stride-1 geometry, see
+    :func:`transposed_geometry`): one pass over the input per block of 1-4 filters, no zeros
+    executed even where a residue class holds one filter. No gradients."""
+    plan = packed.plan
+    if x.dim() != 4 or x.shape[1] != plan.in_channels:
+        raise RuntimeError(
+            f"fused SSC conv: expected input of shape (N, {plan.in_channels}, H, W), got "
+            f"{tuple(x.shape)}"
+        )
+    geometry = [*kernel_size, *stride, *padding, *dilation]
+    return _pix_op(
+        x.contiguous(),
+        packed.w,
+        plan.ch,
+        plan.seg_tap,
+        plan.seg_beg,
+        plan.blk_seg,
+        plan.out_idx,
+        plan.blk_base,
+        packed.bias,
+        plan.in_channels,
+        plan.out_channels,
+        geometry,
+        plan.vb,
+    )
 
 
 def fused_conv2d_train(

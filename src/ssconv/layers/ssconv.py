@@ -536,6 +536,8 @@ class SSConv2d(nn.Module):
         inference = self._is_inference_call(x)
         if not inference and self._trains_fused(x):
             return self._forward_fused_train(x, padding)
+        if inference and self._infers_on_pixels(x):
+            return self._forward_pixels(x, padding)
         backend = self.resolved_backend(inference)
         if backend == "fused":
             return self._forward_fused(x, padding)
@@ -631,11 +633,9 @@ class SSConv2d(nn.Module):
         elif self._backend == "auto":
             wanted = self._has_spatial and self._param_device().type == "cpu"
             if wanted and input_width is not None:
-                kw, pw, dw = self.kernel_size[1], padding[1], self.dilation[1]
-                out_width = input_width + 2 * pw - dw * (kw - 1)
-                narrow = min(self.in_channels, self.out_channels) <= AUTO_FUSED_TRAIN_NARROW
-                wanted = out_width >= AUTO_FUSED_TRAIN_MIN_WIDTH or (
-                    narrow and out_width >= AUTO_FUSED_TRAIN_NARROW_MIN_WIDTH
+                channels = min(self.in_channels, self.out_channels)
+                wanted = pixel_rows_suit(
+                    self.kernel_size, padding, self.dilation, channels, input_width
                 )
         else:
             return False
@@ -644,6 +644,28 @@ class SSConv2d(nn.Module):
             return False
         # An explicit "fused" raises in forward when the kernel cannot be built, as in inference.
         return self._backend == "fused" or fused.available()
+
+    def _infers_on_pixels(self, x: Tensor) -> bool:
+        """Whether this inference call (float32 CPU, no gradients) runs on the pixel kernel:
+        NCHW inputs of stride-1 layers that train on it too (:meth:`trains_fused`), except
+        period-1 / pointwise layers, which are one stock convolution (measured: the pixel
+        kernel is 2-11x faster than the channel-lane kernel and the stock paths on ResNet-32's
+        16- to 64-channel layers, docs/benchmarks.md)."""
+        if self._backend == "auto" and self._identity_perm:
+            return False
+        if self._backend not in ("fused", "auto") or _is_channels_last(x) or x.dim() != 4:
+            return False
+        return self.trains_fused(x.shape[-1])
+
+    def _forward_pixels(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
+        plan = self._train_plans()[0]
+        packed = fused.cached_pack(
+            self,
+            fused.weights_key([self.weight_spatial, self.weight_point, self.bias]),
+            lambda: fused.pack_pixels(self.to_dense(), self.bias, plan),
+            slot="_fused_pixel_cache",
+        )
+        return fused.pixel_conv2d(x, packed, self.kernel_size, self.stride, padding, self.dilation)
 
     def _trains_fused(self, x: Tensor) -> bool:
         """Whether this gradient-needing call runs on the fused training kernels."""
@@ -875,6 +897,22 @@ def symbolic_trace(model: nn.Module) -> torch.fx.GraphModule:
     graph = SSCTracer().trace(model)
     name = model.__class__.__name__
     return torch.fx.GraphModule(model, graph, name)
+
+
+def pixel_rows_suit(
+    kernel_size: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    channels: int,
+    input_width: int,
+) -> bool:
+    """The AUTO_FUSED_TRAIN_* rule: output rows wide enough for the pixel-vectorised kernels
+    (8-pixel vectors), narrower ones allowed for narrow layers."""
+    out_width = input_width + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1)
+    narrow = channels <= AUTO_FUSED_TRAIN_NARROW
+    return out_width >= AUTO_FUSED_TRAIN_MIN_WIDTH or (
+        narrow and out_width >= AUTO_FUSED_TRAIN_NARROW_MIN_WIDTH
+    )
 
 
 def _legacy_shuffle_keys(state_dict, prefix, *args) -> None:
