@@ -27,6 +27,7 @@ from ssconv.layers.ssconv import (
     _is_channels_last,
     centre_input,
     pixel_rows_suit,
+    pixels_take_channels_last,
     shuffle_channels,
 )
 from ssconv.models.convert import replace_module
@@ -248,7 +249,7 @@ class SSConv2dInference(nn.Module):
         )
 
     def _pixels_suit(self, x: Tensor, padding: tuple[int, int]) -> bool:
-        if x.dim() != 4 or _is_channels_last(x):
+        if x.dim() != 4 or (_is_channels_last(x) and not pixels_take_channels_last(self)):
             return False
         channels = min(self.in_channels, self.out_channels)
         return pixel_rows_suit(self.kernel_size, padding, self.dilation, channels, x.shape[-1])

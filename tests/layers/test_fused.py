@@ -670,7 +670,8 @@ def test_kernel_build_is_keyed_by_content_not_by_checkout(tmp_path, monkeypatch)
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_inference_of_narrow_stride1_layers_runs_the_pixel_kernel(shuffle):
     """No-grad float32 NCHW calls of stride-1 layers run ssconv::pix_conv2d (the layer and its
-    frozen twin, residue channel order included), exactly; channels_last inputs do not."""
+    frozen twin, residue channel order included), exactly; channels_last inputs of narrow
+    layers too (their output stays channels_last), of wider ones not."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from ssconv.export import freeze
@@ -700,5 +701,13 @@ def test_inference_of_narrow_stride1_layers_runs_the_pixel_kernel(shuffle):
             torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
         with FlopCounterMode(display=False) as counter:
             y = model(x.to(memory_format=torch.channels_last))
-        assert not any("pix_conv2d" in str(k) for k in counter.get_flop_counts()["Global"])
+        assert any("pix_conv2d" in str(k) for k in counter.get_flop_counts()["Global"])
+        assert y.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+        wide = SSConv2d(64, 64, 3, padding=1, groups=2, period=4, shuffle=shuffle).eval()
+        xw = torch.randn(2, 64, 16, 16).to(memory_format=torch.channels_last)
+        with FlopCounterMode(display=False) as counter:
+            y = wide(xw)
+        assert not any("pix_conv2d" in str(k) for k in counter.get_flop_counts()["Global"])
+        wide.backend = "masked"
+        torch.testing.assert_close(y, wide(xw), rtol=1e-5, atol=1e-5)

@@ -931,9 +931,10 @@ def pixel_conv2d(
     padding: tuple[int, int],
     dilation: tuple[int, int],
 ) -> Tensor:
-    """Inference on the pixel-vectorised kernel (NCHW float32; stride-1 geometry, see
+    """Inference on the pixel-vectorised kernel (float32; stride-1 geometry, see
     :func:`transposed_geometry`): one pass over the input per block of 1-4 filters, no zeros
-    executed even where a residue class holds one filter. No gradients."""
+    executed even where a residue class holds one filter. NCHW; a channels_last input is
+    copied to NCHW and its output back. No gradients."""
     plan = packed.plan
     if x.dim() != 4 or x.shape[1] != plan.in_channels:
         raise RuntimeError(
@@ -941,7 +942,8 @@ def pixel_conv2d(
             f"{tuple(x.shape)}"
         )
     geometry = [*kernel_size, *stride, *padding, *dilation]
-    return _pix_op(
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    y = _pix_op(
         x.contiguous(),
         packed.w,
         plan.ch,
@@ -956,6 +958,8 @@ def pixel_conv2d(
         geometry,
         plan.vb,
     )
+    # A channels_last input runs as NCHW and gets its output back in its own layout.
+    return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 
 
 def fused_conv2d_train(

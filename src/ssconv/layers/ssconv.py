@@ -116,6 +116,9 @@ AUTO_DEPTHWISE_INFERENCE_MIN_CHANNELS = 32
 AUTO_FUSED_TRAIN_MIN_WIDTH = 16
 AUTO_FUSED_TRAIN_NARROW_MIN_WIDTH = 7
 AUTO_FUSED_TRAIN_NARROW = 64
+# Inference of channels_last inputs runs the pixel kernel (through an NCHW copy and back) for
+# layers of at most this many channels, where the channels_last kernel wastes most lanes.
+PIXELS_CHANNELS_LAST_MAX = 32
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -653,7 +656,9 @@ class SSConv2d(nn.Module):
         16- to 64-channel layers, docs/benchmarks.md)."""
         if self._backend == "auto" and self._identity_perm:
             return False
-        if self._backend not in ("fused", "auto") or _is_channels_last(x) or x.dim() != 4:
+        if self._backend not in ("fused", "auto") or x.dim() != 4:
+            return False
+        if _is_channels_last(x) and not pixels_take_channels_last(self):
             return False
         return self.trains_fused(x.shape[-1])
 
@@ -913,6 +918,12 @@ def pixel_rows_suit(
     return out_width >= AUTO_FUSED_TRAIN_MIN_WIDTH or (
         narrow and out_width >= AUTO_FUSED_TRAIN_NARROW_MIN_WIDTH
     )
+
+
+def pixels_take_channels_last(layer) -> bool:
+    """Whether channels_last inputs go to the pixel kernel (through an NCHW copy and back):
+    for layers of at most PIXELS_CHANNELS_LAST_MAX channels."""
+    return min(layer.in_channels, layer.out_channels) <= PIXELS_CHANNELS_LAST_MAX
 
 
 def _legacy_shuffle_keys(state_dict, prefix, *args) -> None:
