@@ -129,4 +129,20 @@ def test_every_option_has_help_showing_its_default():
 @pytest.mark.parametrize("command", ["train", "eval", "bench"])
 def test_threads_option(command):
     sub = _subparsers()[command]
-    assert "--threads" in sub.format_help() and "default: PyTorch" in sub.format_help()
+    assert "--threads" in sub.format_help() and "default: $OMP_NUM_THREADS" in sub.format_help()
+
+
+def test_default_threads_leave_busy_cores_alone(monkeypatch):
+    """Without --threads or $OMP_NUM_THREADS: the cores minus the 1-minute load, at least 1
+    (2 threads on a busy 2-core machine trained 1.45x slower than 1)."""
+    import os
+
+    from ssconv.cli.common import default_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    for load, expected in ((0.1, 2), (0.7, 1), (1.6, 1), (5.0, 1)):
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
+        assert default_threads()[0] == expected
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert default_threads()[1] == "$OMP_NUM_THREADS"
