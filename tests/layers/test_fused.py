@@ -664,6 +664,9 @@ def test_kernel_build_is_keyed_by_content_not_by_checkout(tmp_path, monkeypatch)
     assert staged.stat().st_mtime_ns == mtime and staged.read_bytes() == copies[0].read_bytes()
     copies[1].write_bytes(copies[1].read_bytes() + b"\n// changed\n")
     assert fused._build_spec(copies[1])[0] != name
+    # Another environment (another torch install, other header paths) builds elsewhere too.
+    monkeypatch.setattr(torch, "__file__", str(tmp_path / "venv2" / "torch" / "__init__.py"))
+    assert fused._build_spec(copies[0])[0] != name
 
 
 @needs_kernel

@@ -162,17 +162,22 @@ def _build_notice(cpp_extension):
 def _build_spec(source: Path = _SOURCE) -> tuple[str, Path, Path]:
     """Extension name, build folder and source path of the build, keyed by content.
 
-    The name carries the CPU capability, the torch version and a hash of the source and the
-    flags; the source is copied into the build folder and compiled from there. So the
-    ``build.ninja`` torch writes is the same for every checkout or install of the same code
-    (it records the source's absolute path: compiling each checkout's own file made ninja
-    rebuild whenever another checkout had built last), and another version of the source
-    gets its own folder instead of overwriting this one's build.
+    The name carries the CPU capability, the torch version and a hash of the source, the
+    flags and the torch install's folder; the source is copied into the build folder and
+    compiled from there. So the ``build.ninja`` torch writes is the same for every
+    checkout of the same code in one environment (it records the source's absolute path:
+    compiling each checkout's own file made ninja rebuild whenever another checkout had built
+    last), and another version of the source, or another environment, gets its own folder
+    instead of overwriting this one's build.
     """
     text = source.read_bytes()
     cap = torch.backends.cpu.get_cpu_capability().lower()
     tag = re.sub(r"\W", "_", torch.__version__.split("+")[0])
-    digest = hashlib.sha1(text + " ".join(_flags()).encode()).hexdigest()[:10]
+    # The torch install is part of the key: the build compiles against its headers, whose
+    # absolute paths build.ninja records too (two virtual environments sharing one folder
+    # rebuilt each other's kernel, 77 s in `ssconv demo` after a fresh-clone CI run).
+    torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
+    digest = hashlib.sha1(text + " ".join([*_flags(), torch_dir]).encode()).hexdigest()[:10]
     name = f"ssconv_fused_{cap}_torch{tag}_{digest}"
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch_extensions"
