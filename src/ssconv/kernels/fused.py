@@ -837,26 +837,31 @@ def _like(t: Tensor, ref: Tensor) -> Tensor:
     return t.contiguous(memory_format=torch.channels_last) if cl else t.contiguous()
 
 
+def _run_forward(x: Tensor, w: Tensor, bias_l: Tensor, plan: Plan, geometry: list[int]) -> Tensor:
+    """The forward op of ``plan``'s kernel on packed weights and lane biases."""
+    return _FORWARD[plan.kernel](
+        x,
+        w,
+        plan.ch,
+        plan.seg_tap,
+        plan.seg_beg,
+        plan.blk_seg,
+        plan.out_idx,
+        plan.blk_base,
+        bias_l,
+        plan.in_channels,
+        plan.out_channels,
+        geometry,
+        plan.vb,
+    )
+
+
 class _FusedConvTrain(torch.autograd.Function):
     """Forward, input gradient (stride 1) and weight gradient on the fused kernels."""
 
     @staticmethod
     def forward(ctx, x, w, bias_l, wt, plan, plan_t, geometry, geometry_t):
-        y = _FORWARD[plan.kernel](
-            x,
-            w,
-            plan.ch,
-            plan.seg_tap,
-            plan.seg_beg,
-            plan.blk_seg,
-            plan.out_idx,
-            plan.blk_base,
-            bias_l,
-            plan.in_channels,
-            plan.out_channels,
-            geometry,
-            plan.vb,
-        )
+        y = _run_forward(x, w, bias_l, plan, geometry)
         ctx.save_for_backward(x, wt)
         ctx.plans = (plan, plan_t)
         ctx.geometry = (geometry, geometry_t)
@@ -948,21 +953,7 @@ def pixel_conv2d(
         )
     geometry = [*kernel_size, *stride, *padding, *dilation]
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    y = _pix_op(
-        x.contiguous(),
-        packed.w,
-        plan.ch,
-        plan.seg_tap,
-        plan.seg_beg,
-        plan.blk_seg,
-        plan.out_idx,
-        plan.blk_base,
-        packed.bias,
-        plan.in_channels,
-        plan.out_channels,
-        geometry,
-        plan.vb,
-    )
+    y = _run_forward(x.contiguous(), packed.w, packed.bias, plan, geometry)
     # A channels_last input runs as NCHW and gets its output back in its own layout.
     return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 
