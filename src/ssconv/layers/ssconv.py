@@ -42,7 +42,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssconv.kernels import fused
+from ssconv.kernels import fused, triton_ssc
 from ssconv.layers.pattern import SSCPattern
 
 __all__ = [
@@ -75,7 +75,7 @@ def init_variance(nonzero_fan_in: float, dense_fan_in: float, init_scale: str) -
     return 2.0 / (nonzero_fan_in ** (1.0 - a) * dense_fan_in**a)
 
 
-BACKENDS = ("auto", "masked", "decomposed", "split", "fused")
+BACKENDS = ("auto", "masked", "decomposed", "split", "fused", "triton")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 # The static "auto" rule, from the layer benchmark (docs/benchmarks.md): one dense convolution
@@ -536,6 +536,8 @@ class SSConv2d(nn.Module):
             padding = (0, 0)
         else:
             padding = self.padding
+        if self._backend == "triton":
+            return triton_ssc.layer_forward(self, x, padding)
         inference = self._is_inference_call(x)
         if not inference and self._trains_fused(x):
             return self._forward_fused_train(x, padding)
