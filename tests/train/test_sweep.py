@@ -5,7 +5,7 @@ import yaml
 
 from ssconv.cli.main import main
 from ssconv.train.config import ConfigError
-from ssconv.train.sweep import cell_status, claim, load_sweep, release
+from ssconv.train.sweep import RECORDED, cell_status, claim, load_sweep, release
 
 BASE = {
     "dataset": "synthetic:3:16:16:4:48:16",
@@ -400,11 +400,9 @@ def test_results_records_finished_cells_beyond_their_run_folders(tmp_path, capsy
     cells = load_sweep(path).cells()
     for cell in cells:
         assert cell.record == kept.joinpath(*cell.folder.relative_to(tmp_path / "runs").parts)
-        assert sorted(p.name for p in cell.record.iterdir()) == [
-            "config.yaml",
-            "final.json",
-            "metrics.jsonl",
-        ]
+        names = {p.name for p in cell.record.iterdir()}
+        assert names == {n for n in RECORDED if (cell.folder / n).is_file()}
+        assert {"config.yaml", "final.json", "metrics.jsonl", "profile.txt"} <= names
         assert (cell.record / "final.json").read_bytes() == (
             cell.folder / "final.json"
         ).read_bytes()

@@ -32,8 +32,9 @@ def register(sub) -> None:
         default=None,
         metavar="DIR",
         help="override the file's results folder, where each finished cell's config.yaml, "
-        "final.json and metrics.jsonl are copied (to commit; a cell recorded there is done "
-        "even without its run folder) (default: the file's results, if any)",
+        "final.json, metrics.jsonl, profile.txt and method.json are copied (to commit; a "
+        "cell recorded there is done even without its run folder) (default: the file's "
+        "results, if any)",
     )
     p.add_argument(
         "--record",

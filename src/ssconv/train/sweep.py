@@ -24,8 +24,9 @@ Each cell is a normal run in ``out/<key>=<value>/...``. Finished cells are skipp
 ones resumed from their checkpoints.
 
 An optional ``results`` folder keeps what a finished cell measured beyond the life of its run
-folder: when a cell finishes, its ``config.yaml``, ``final.json`` and ``metrics.jsonl`` (a few
-kB, no checkpoints) are copied to ``results/<key>=<value>/...``, a folder meant to be committed
+folder: when a cell finishes, its ``config.yaml``, ``final.json``, ``metrics.jsonl``,
+``profile.txt`` and ``method.json`` (:data:`RECORDED`, about 15 kB, no weights) are copied to
+``results/<key>=<value>/...``, a folder meant to be committed
 with the sweep file. A cell recorded there counts as done even where ``out`` is missing (a fresh
 clone, another machine), so a grid spread over several machines or sessions is finished by
 committing the records and running the same command; ``ssconv report RESULTS`` reads them like
@@ -90,8 +91,9 @@ log = logging.getLogger(__name__)
 LOCK = "sweep.lock"
 SKIPPED = "skipped.json"
 FAILED = "failed.json"
-#: The files of a finished run that :func:`record` keeps (what ``ssconv report`` reads).
-RECORDED = ("config.yaml", "final.json", "metrics.jsonl")
+#: The files of a finished run that :func:`record` keeps: what ``ssconv report`` reads, and
+#: the evidence of the budget (the per-layer profile; a pruning or structured method's report).
+RECORDED = ("config.yaml", "final.json", "metrics.jsonl", "profile.txt", "method.json")
 
 
 @dataclass(frozen=True)
