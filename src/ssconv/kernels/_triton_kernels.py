@@ -5,6 +5,11 @@ first use: ``triton.jit`` reads ``TRITON_INTERPRET`` when it wraps a function, s
 first use (once per mode) lets a process set the variable after importing ssconv (the
 interpreter tests do) and still get interpreted kernels.
 
+The kernels call builtins only (``tl.full``, ``tl.reduce`` with the sum combiner of
+``tl.standard``), not the JIT-wrapped helpers of ``triton.language.standard`` (``tl.zeros``,
+``tl.sum``, ``tl.cdiv``): those are wrapped when triton is imported, in the mode of that moment,
+and a compiled helper cannot run inside an interpreted kernel.
+
 Both kernels are implicit GEMMs over a *tile table*: tile ``t`` is a block of up to ``BLOCK_N``
 rows (output channels of the forward, input channels of the input gradient) that share one
 support, the ``klen[t]`` entries ``(channel, tap)`` at ``koff[t]`` of the entry arrays, with
@@ -109,7 +114,7 @@ def _conv(
     offs_n = tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     src_pix = src + n * s_n  # (BLOCK_M,) pointers
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     for k0 in range(0, klen, BLOCK_K):
         kk = k0 + offs_k
         k_ok = kk < klen
@@ -137,7 +142,8 @@ def _conv(
                 b = b.to(tl.float32)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
         else:
-            acc += tl.sum(a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
+            prod = a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :]
+            acc += tl.reduce(prod, 1, tl.standard._sum_combine)
     oc = tl.load(out_idx + t * BLOCK_N + offs_n)
     n_ok = oc >= 0
     if HAS_BIAS:
@@ -207,10 +213,10 @@ def _wgrad(
     oc = tl.load(out_idx + t * BLOCK_N + offs_n)
     n_ok = oc >= 0
     oc = tl.where(n_ok, oc, 0)
-    per = tl.cdiv(tl.cdiv(M, BLOCK_M), SPLIT) * BLOCK_M
+    per = ((M + BLOCK_M - 1) // BLOCK_M + SPLIT - 1) // SPLIT * BLOCK_M
     m_lo = sp * per
     m_hi = tl.minimum(m_lo + per, M)
-    acc = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
+    acc = tl.full((BLOCK_K, BLOCK_N), 0.0, tl.float32)
     for m0 in range(m_lo, m_hi, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
         m_ok = offs_m < m_hi
@@ -235,7 +241,8 @@ def _wgrad(
                 g = g.to(tl.float32)
             acc = tl.dot(tl.trans(a), g, acc, input_precision=PRECISION)
         else:
-            acc += tl.sum(a.to(tl.float32)[:, :, None] * g.to(tl.float32)[:, None, :], axis=0)
+            prod = a.to(tl.float32)[:, :, None] * g.to(tl.float32)[:, None, :]
+            acc += tl.reduce(prod, 0, tl.standard._sum_combine)
     ptr = part + sp * E * BLOCK_N + (koff + kk)[:, None] * BLOCK_N + offs_n[None, :]
     tl.store(ptr, acc, mask=k_ok[:, None])
 

@@ -333,6 +333,7 @@ def _conv_op(
     has_bias: bool,
     kmax: int,
 ) -> Tensor:
+    check_device(src)  # here, not in the caller: the op's body is never traced
     from ssconv.kernels._triton_kernels import build
 
     conv, _ = build()
@@ -425,6 +426,7 @@ def _wgrad_op(
     kmax: int,
     split: int,
 ) -> Tensor:
+    check_device(x)
     from ssconv.kernels._triton_kernels import build
 
     _, wgrad = build()
@@ -569,7 +571,6 @@ def ssc_conv2d(
     on ``x``'s device). The output has ``x``'s memory format and dtype (float32 accumulation).
     Raises :class:`TritonUnavailableError` where the kernels cannot run (:func:`check_device`).
     """
-    check_device(x)
     if x.dim() != 4 or x.shape[1] != plan_t.channels:
         raise RuntimeError(
             f"triton SSC conv: expected input of shape (N, {plan_t.channels}, H, W), got "
@@ -619,7 +620,6 @@ def layer_forward(layer, x: Tensor, padding: tuple[int, int]) -> Tensor:
     """An :class:`~ssconv.layers.ssconv.SSConv2d`'s convolution (``padding``: after its
     ``padding_mode`` padding) on the Triton kernels; the plans are cached on the layer, per
     device and padding, outside its state."""
-    check_device(x)
     plans = layer.__dict__.setdefault("_triton_plans", {})
     key = (str(x.device), tuple(padding))
     if key not in plans:
