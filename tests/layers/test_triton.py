@@ -253,6 +253,46 @@ def test_compiles_with_dynamo(interpret):
     assert x.grad is not None and layer.weight_spatial.grad is not None
 
 
+def _signature(fn, pointers, constants):
+    import inspect
+
+    names = inspect.signature(fn).parameters
+    return {
+        n: "constexpr" if n in constants else pointers.get(n, "i32") for n in names
+    }  # other arguments: int32 scalars
+
+
+def test_kernels_compile_for_hopper_without_a_gpu():
+    # The interpreter runs Python; this compiles the same kernels to a cubin for sm_90 (H100 /
+    # H200): tensor-core tiles in half precision (wgmma) and the FMA tiles of the weight
+    # gradient, so that a code-generation error shows without a GPU.
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from ssconv.kernels import _triton_kernels as kernels
+
+    target = GPUTarget("cuda", 90, 32)
+    index = {n: "*i32" for n in ("ent_ch", "ent_tap", "t_koff", "t_klen", "t_ph", "t_pw")}
+    index["out_idx"] = "*i32"
+    conv = dict(TRANSPOSED=True, HAS_BIAS=False, USE_DOT=True, UPCAST=False, PRECISION="tf32")
+    conv.update(BLOCK_N=32, BLOCK_M=64, BLOCK_K=32)
+    ptrs = {"src": "*fp16", "w": "*fp16", "bias": "*fp32", "dst": "*fp16", **index}
+    fn = triton.jit(kernels._conv)
+    try:
+        compiled = triton.compile(
+            ASTSource(fn, _signature(kernels._conv, ptrs, conv), conv), target
+        )
+    except RuntimeError as exc:  # no ptxas in this triton install
+        pytest.skip(f"cannot compile for CUDA here: {exc}")
+    assert "warp_group_dot" in compiled.asm["ttgir"] and compiled.asm["cubin"]
+    wgrad = dict(USE_DOT=False, UPCAST=False, PRECISION="ieee", BLOCK_N=4, BLOCK_M=32, BLOCK_K=32)
+    ptrs = {"x": "*fp32", "gy": "*fp32", "part": "*fp32", **index}
+    fn = triton.jit(kernels._wgrad)
+    compiled = triton.compile(ASTSource(fn, _signature(kernels._wgrad, ptrs, wgrad), wgrad), target)
+    assert compiled.asm["cubin"]
+
+
 # ------------------------------------------------------------------ GPU
 @pytest.fixture
 def exact_cuda():

@@ -247,6 +247,24 @@ def _wgrad(
     tl.store(ptr, acc, mask=k_ok[:, None])
 
 
+# The broadcast-FMA tiles hold a (BLOCK_M, BLOCK_K, BLOCK_N) product in registers: at most this.
+_FMA_MAX_PRODUCT = 8192
+
+
+def _prune(configs, named_args, **kwargs):
+    """Drop the configurations whose FMA product would not fit in registers (keep the smallest
+    where none would)."""
+    if kwargs.get("USE_DOT", True):
+        return configs
+    bn = kwargs["BLOCK_N"]
+
+    def size(c):
+        return c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_K"] * bn
+
+    fit = [c for c in configs if size(c) <= _FMA_MAX_PRODUCT]
+    return fit or [min(configs, key=size)]
+
+
 _built: dict[bool, tuple] = {}
 
 
@@ -262,11 +280,16 @@ def build() -> tuple:
     if kernels is None:
         conv_configs = _INTERPRET_CONFIGS if mode else _CONV_CONFIGS
         wgrad_configs = _INTERPRET_CONFIGS if mode else _WGRAD_CONFIGS
+        prune = {"early_config_prune": _prune}
         conv = triton.autotune(
-            configs=conv_configs, key=["M", "KMAX", "BLOCK_N", "TRANSPOSED", "USE_DOT", "UPCAST"]
+            configs=conv_configs,
+            key=["M", "KMAX", "BLOCK_N", "TRANSPOSED", "USE_DOT", "UPCAST"],
+            prune_configs_by=prune,
         )(triton.jit(_conv))
         wgrad = triton.autotune(
-            configs=wgrad_configs, key=["M", "KMAX", "BLOCK_N", "USE_DOT", "UPCAST"]
+            configs=wgrad_configs,
+            key=["M", "KMAX", "BLOCK_N", "USE_DOT", "UPCAST"],
+            prune_configs_by=prune,
         )(triton.jit(_wgrad))
         kernels = _built[mode] = (conv, wgrad)
     return kernels
