@@ -964,7 +964,7 @@ class Trainer:
         )
 
     def _save_weights(self, name: str) -> Path:
-        """The model's weights only, with what rebuilds the model (see :func:`load_run`)."""
+        """The model's weights only, with what rebuilds it (see :func:`ssconv.load_run`)."""
         meta = {
             "config": self.cfg.to_dict(),
             "data_info": self._data_info(),
