@@ -295,8 +295,10 @@ def test_kernels_compile_for_hopper_without_a_gpu():
 
 # ------------------------------------------------------------------ GPU
 @pytest.fixture
-def exact_cuda():
-    """Float32 without TF32 in both the reference (cuDNN) and the kernels."""
+def exact_cuda(monkeypatch):
+    """Float32 without TF32 in both the reference (cuDNN) and the kernels; one kernel
+    configuration (autotuning every tiny case would compile each configuration)."""
+    monkeypatch.setenv("SSCONV_TRITON_AUTOTUNE", "0")
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
@@ -317,6 +319,7 @@ def test_matches_masked_on_cuda(exact_cuda, monkeypatch, case, lanes):
 @pytest.mark.parametrize("dtype,rtol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
 def test_half_precision_on_cuda(monkeypatch, dtype, rtol):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("SSCONV_TRITON_AUTOTUNE", "0")
     case = (64, 64, 3, 1, 1, 1, 1, 4, True, "full", False, True)
     ref, layer = _pair(case, dtype=dtype, device="cuda")
     x = _input(case, dtype=dtype, device="cuda", size=(16, 16), batch=8)

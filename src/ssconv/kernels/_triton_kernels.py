@@ -16,6 +16,8 @@ support, the ``klen[t]`` entries ``(channel, tap)`` at ``koff[t]`` of the entry 
 its weights packed as rows ``koff[t] .. koff[t] + klen[t]`` of ``w`` ``(E, BLOCK_N)``.
 """
 
+import os
+
 import triton
 import triton.language as tl
 from triton import knobs
@@ -265,7 +267,7 @@ def _prune(configs, named_args, **kwargs):
     return fit or [min(configs, key=size)]
 
 
-_built: dict[bool, tuple] = {}
+_built: dict[tuple[bool, bool], tuple] = {}
 
 
 def interpreting() -> bool:
@@ -273,13 +275,22 @@ def interpreting() -> bool:
     return bool(knobs.runtime.interpret)  # what triton.jit reads
 
 
+def autotuning() -> bool:
+    """Whether compiled kernels autotune (``SSCONV_TRITON_AUTOTUNE=0``: the first configuration
+    of each list only, e.g. for tests and short GPU checks, where each configuration's compile
+    and timing runs would dominate)."""
+    return os.environ.get("SSCONV_TRITON_AUTOTUNE", "1") != "0"
+
+
 def build() -> tuple:
-    """``(conv, wgrad)``: the autotuned kernels for the current mode (compiled or interpreted)."""
-    mode = interpreting()
+    """``(conv, wgrad)``: the autotuned kernels for the current mode (compiled or interpreted,
+    autotuned or not)."""
+    mode = (interpreting(), autotuning())
     kernels = _built.get(mode)
     if kernels is None:
-        conv_configs = _INTERPRET_CONFIGS if mode else _CONV_CONFIGS
-        wgrad_configs = _INTERPRET_CONFIGS if mode else _WGRAD_CONFIGS
+        interpret, tune = mode
+        conv_configs = _INTERPRET_CONFIGS if interpret else _CONV_CONFIGS[: None if tune else 1]
+        wgrad_configs = _INTERPRET_CONFIGS if interpret else _WGRAD_CONFIGS[: None if tune else 1]
         prune = {"early_config_prune": _prune}
         conv = triton.autotune(
             configs=conv_configs,
