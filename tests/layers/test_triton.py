@@ -144,6 +144,28 @@ def test_half_precision_forward(interpret, dtype, rtol):
         _close(y.float(), y_ref, rtol)
 
 
+def test_autocast_runs_in_the_autocast_dtype(interpret):
+    case = CASES["stride2"]
+    ref, layer = _pair(case)
+    x = _input(case).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    _close(y.float(), ref(x.bfloat16().float()), 1.6e-2)
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and layer.weight_spatial.grad.dtype == torch.float32
+
+
+def test_profile_reports_the_executed_macs(interpret):
+    import ssconv
+
+    layer = SSConv2d(8, 8, 3, 1, 1, period=2, bias=False, backend="triton")
+    result = ssconv.profile(layer, (8, 5, 5))
+    plan = triton_ssc.make_plan(layer.pattern.dense_mask(), 1)
+    assert result.layers[0].effective_macs == layer.num_params * 25
+    assert result.layers[0].executed_macs == plan.executed_per_pixel * 25
+
+
 def test_cpu_without_interpreter_raises(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     _, layer = _pair(CASES["hetconv"])

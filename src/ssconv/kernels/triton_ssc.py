@@ -568,7 +568,8 @@ def ssc_conv2d(
     """``F.conv2d(x, weight, bias, stride, padding, dilation, groups)`` on the Triton kernels,
     with gradients, for a weight ``(C_out, C_in/G, kh, kw)`` that is zero off the plans' mask
     (``plan = make_plan(mask, groups)``, ``plan_t = make_transposed_plan(mask, groups, ...)``,
-    on ``x``'s device). The output has ``x``'s memory format and dtype (float32 accumulation).
+    on ``x``'s device). The output has ``x``'s memory format and dtype (float32 accumulation;
+    under autocast, the autocast dtype).
     Raises :class:`TritonUnavailableError` where the kernels cannot run (:func:`check_device`).
     """
     if x.dim() != 4 or x.shape[1] != plan_t.channels:
@@ -576,6 +577,9 @@ def ssc_conv2d(
             f"triton SSC conv: expected input of shape (N, {plan_t.channels}, H, W), got "
             f"{tuple(x.shape)}"
         )
+    if torch.is_autocast_enabled(x.device.type):
+        # As F.conv2d under autocast: inputs and weights in the autocast dtype.
+        x = x.to(torch.get_autocast_dtype(x.device.type))
     geometry = [*kernel_size, *stride, *padding, *dilation]
     ho = _out_size(x.shape[2], kernel_size[0], stride[0], padding[0], dilation[0])
     wo = _out_size(x.shape[3], kernel_size[1], stride[1], padding[1], dilation[1])
