@@ -716,7 +716,8 @@ class Trainer:
             ddp_ids = [device.index] if device.type == "cuda" else None
             train_model = nn.parallel.DistributedDataParallel(model, device_ids=ddp_ids)
         if cfg.compile:
-            train_model = torch.compile(train_model)
+            mode = None if cfg.compile_mode == "default" else cfg.compile_mode
+            train_model = torch.compile(train_model, mode=mode)
         self.train_model = train_model
 
         writer = self._tensorboard()
