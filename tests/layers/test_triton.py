@@ -131,8 +131,8 @@ def test_padding_mode_and_no_bias(interpret):
 @pytest.mark.parametrize("dtype,rtol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
 def test_half_precision_forward(interpret, dtype, rtol):
     # The same half-precision weights and inputs in a float32 reference: the kernels accumulate
-    # in float32, so the only error is the output's rounding (half an ulp: 2^-11, 2^-8) and
-    # the reference's own float32 order.
+    # in float32, so the error is the output's rounding (half an ulp) plus the float32 order;
+    # allowed: 2 ulps of the largest output (eps 2^-10 and 2^-7).
     for name in ("hetconv", "groups-checkerboard-shuffle-nhwc"):
         case = CASES[name]
         ref, layer = _pair(case, dtype=dtype)

@@ -102,8 +102,8 @@ def check_device(x: Tensor) -> None:
     raise TritonUnavailableError(
         f"backend='triton' runs Triton kernels on CUDA tensors, got a {x.device.type} input: move "
         "the model and its input to a CUDA device or choose another backend (e.g. 'auto'); "
-        "on CPU tensors the kernels run only in Triton's slow interpreter (TRITON_INTERPRET=1 "
-        "set before the first Triton kernel runs, for testing)"
+        "on CPU tensors the kernels run only in Triton's slow interpreter, for testing "
+        "(environment variable TRITON_INTERPRET=1)"
     )
 
 
