@@ -232,13 +232,32 @@ def test_fake_kernel_gives_the_output_shape_and_layout(memory_format):
     assert y.is_contiguous(memory_format=memory_format)
 
 
-def test_opcheck_forward_op(interpret):
+def test_opcheck_custom_ops(interpret):
     layer = SSConv2d(4, 4, 3, 1, 1, period=2)
     x = torch.randn(1, 4, 3, 3)
     plan, args = _op_args(layer, x)
     torch.library.opcheck(
         torch.ops.ssconv.triton_conv2d,
         (*args, False, True, plan.kmax),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+    ent_ch, ent_tap, t_koff, t_klen, _, _, out_idx = plan.kernel_args()
+    grad_out = torch.randn(1, 4, 3, 3)
+    torch.library.opcheck(
+        torch.ops.ssconv.triton_conv2d_wgrad,
+        (
+            x,
+            grad_out,
+            ent_ch,
+            ent_tap,
+            t_koff,
+            t_klen,
+            out_idx,
+            args[-1],
+            plan.block_n,
+            plan.kmax,
+            1,
+        ),
         test_utils=("test_schema", "test_faketensor"),
     )
 
