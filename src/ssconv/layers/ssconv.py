@@ -48,7 +48,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssconv.kernels import fused, triton_ssc
+from ssconv.kernels import fused
 from ssconv.layers.pattern import SSCPattern
 
 __all__ = [
@@ -545,6 +545,10 @@ class SSConv2d(nn.Module):
         else:
             padding = self.padding
         if self._backend == "triton":
+            # Imported on first use: its torch.compiler.disable wrappers load torch._dynamo
+            # (seconds), which `import ssconv` must not pay.
+            from ssconv.kernels import triton_ssc
+
             return triton_ssc.layer_forward(self, x, padding)
         inference = self._is_inference_call(x)
         if not inference and self._trains_fused(x):
