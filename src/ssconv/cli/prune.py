@@ -18,6 +18,7 @@ from ssconv.cli.common import (
     emit_json,
     positive_int,
 )
+from ssconv.errors import SyntheticScoringWarning
 from ssconv.models import convert, model_info
 from ssconv.profile import format_count, profile
 from ssconv.pruning import DISTRIBUTIONS, PRUNING_METHODS, SCOPES, prune
@@ -204,7 +205,9 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CLIError(str(exc)) from None
     for w in caught:
-        message = str(w.message).replace("pass data=...", "pass --dataset NAME")
+        message = str(w.message)
+        if isinstance(w.message, SyntheticScoringWarning):
+            message = f"{w.message.problem}; pass --dataset NAME"
         print(f"ssconv prune: warning: {message}", file=sys.stderr)
 
     result = profile(model, (1, *input_size))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from ssconv.errors import NoConvertibleLayerError
 from ssconv.models.budget import LayerSpec, choose_per_layer
 from ssconv.models.convert import (
     KEEP_RULES,
@@ -125,7 +126,7 @@ def to_depthwise_separable(
     layers = select_layers(model, skip=skip, include=include, keep=keep)
     todo = [(n, c) for n, c, reason in layers if reason is None and c.groups == 1]
     if not todo:
-        raise ValueError("no conv layer to replace (all kept by the rules)")
+        raise NoConvertibleLayerError("no conv layer to replace (all kept by the rules)")
     todo_ids = {id(c) for _, c in todo}
     fixed = sum(n for _, m, (n, _) in counted_layers(model) if id(m) not in todo_ids)
     specs = [

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssconv.errors import BudgetInfeasibleError, NoConvertibleLayerError
 from ssconv.layers.factory import ConvFactory
 from ssconv.layers.pattern import SSCPattern
 from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, SSConv2d
@@ -384,7 +385,7 @@ def convert(
             with_pw = [(n, c) for n, c, r in convs if r is None or n in extra]
             attempts.append((with_pw, {n: {"period": None} for n in extra}))
         solved = None
-        error: ValueError | None = None
+        error: BudgetInfeasibleError | None = None
         for layers, layer_constraints in attempts:
             if not layers:
                 continue
@@ -399,16 +400,16 @@ def convert(
                     constraints=explicit,
                     layer_constraints=layer_constraints,
                 )
-            except ValueError as exc:
-                if "cannot be met" not in str(exc):
-                    raise
+            except BudgetInfeasibleError as exc:
                 error = exc
                 continue
             todo = layers
             fallback = list(layer_constraints)
             break
         if solved is None:
-            raise ValueError(
+            # No attempt had layers to convert (error None), or none met the budget.
+            kind = NoConvertibleLayerError if error is None else BudgetInfeasibleError
+            raise kind(
                 _budget_hint(
                     model,
                     decisions,
@@ -533,7 +534,7 @@ def _budget_hint(
     model: nn.Module,
     decisions: dict[str, LayerDecision],
     density: float,
-    error: ValueError | None,
+    error: BudgetInfeasibleError | None,
     *,
     keep: Sequence[str],
     linear_in_budget: bool,
@@ -547,7 +548,7 @@ def _budget_hint(
             f"(kept: {', '.join(kept) or 'no nn.Conv2d in the model'})"
         )
     else:
-        head = str(error).split("; raise density")[0]
+        head = error.problem
     counts = {name: c for name, _, c in counted_layers(model)}
     linear = [n for n, m, _ in counted_layers(model) if isinstance(m, nn.Linear)]
     total = sum(d for n, (_, d) in counts.items() if linear_in_budget or n not in linear)

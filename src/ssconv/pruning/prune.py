@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ssconv.errors import BudgetInfeasibleError, SyntheticScoringWarning
 from ssconv.models.budget import LayerSpec
 from ssconv.models.convert import KEEP_RULES, select_layers
 from ssconv.profile import counted_layers, weight_counts
@@ -437,10 +438,10 @@ def prune(
     num_keep = target_params - fixed
     if num_keep <= 0:
         what = f"density={density}" if density is not None else f"num_params={num_params}"
-        raise ValueError(
+        raise BudgetInfeasibleError(
             f"{what} cannot be met: the layers kept dense (stem, classifier, skipped) alone hold "
-            f"{fixed} of {dense_total} weights ({fixed / dense_total:.4f}); raise the target or "
-            f"prune those layers too (include=..., prune_classifier=True)"
+            f"{fixed} of {dense_total} weights ({fixed / dense_total:.4f})",
+            "raise the target or prune those layers too (include=..., prune_classifier=True)",
         )
 
     # How keep counts are spread over the layers.
@@ -475,10 +476,11 @@ def prune(
                 f"{pruner.name} without data needs input_size=(C, H, W) for a synthetic batch"
             )
         warnings.warn(
-            f"{pruner.name}: no data given, scoring on {batches} synthetic batch(es) of "
-            f"{batch_size} random {size} inputs with random labels; pass data=... (the method "
-            f"is meant to score real training batches)",
-            UserWarning,
+            SyntheticScoringWarning(
+                f"{pruner.name}: no data given, scoring on {batches} synthetic batch(es) of "
+                f"{batch_size} random {size} inputs with random labels (the method is meant to "
+                f"score real training batches)"
+            ),
             stacklevel=2,
         )
         score_batches = _synthetic_batches(
