@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ssconv.models import convert, create_model, model_info
-from ssconv.models.budget import AUTO
+from ssconv.models.budget import AUTO, DISTRIBUTIONS
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ def add_ssc_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--distribution",
-        choices=["uniform", "erk"],
+        choices=DISTRIBUTIONS,
         default="uniform",
         help="layer-wise densities for --density",
     )

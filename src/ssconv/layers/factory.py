@@ -18,6 +18,13 @@ __all__ = ["ConvFactory", "SSCFactory", "dense_conv", "ssc_applicable"]
 ConvFactory = Callable[..., nn.Module]
 
 
+#: The period of the model-level tools (:class:`SSCFactory`, :func:`ssconv.convert` with fixed
+#: settings). :class:`SSConv2d` and :class:`SSCPattern` themselves default to ``period=1``, on
+#: purpose: with no SSC argument the layer is exactly ``nn.Conv2d`` (a drop-in that fits every
+#: shape), while 4 must divide each layer's group width.
+DEFAULT_PERIOD = 4
+
+
 def dense_conv(in_channels: int, out_channels: int, kernel_size, **kwargs) -> nn.Conv2d:
     """The default factory: a plain ``nn.Conv2d``."""
     return nn.Conv2d(in_channels, out_channels, kernel_size, **kwargs)
@@ -52,13 +59,18 @@ class SSCFactory:
     shape (e.g. ``period`` not dividing the group width), so that one factory serves a whole
     model. ``groups`` multiplies the conv's own ``groups``.
 
+    The stem rule differs from :func:`ssconv.convert`'s on purpose: the factory is called one
+    conv at a time while the model is built and cannot know which conv comes first, so it
+    treats a conv that reads the image (``in_channels <= max_stem_channels``) as the stem;
+    ``convert`` sees the built model and keeps its first conv.
+
     Example::
 
         model = create_model("cifar_resnet32", conv_layer=SSCFactory(period=4))
     """
 
     groups: int = 1
-    period: int | None = 4
+    period: int | None = DEFAULT_PERIOD
     pointwise: bool = True
     spatial: str = "full"
     backend: str = "auto"

@@ -78,6 +78,10 @@ def init_variance(nonzero_fan_in: float, dense_fan_in: float, init_scale: str) -
 BACKENDS = ("auto", "masked", "decomposed", "split", "fused")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
+#: The backends built from stock PyTorch convolutions (what ``auto`` picks among where no
+#: native kernel runs; what :func:`ssconv.autotune` times).
+STOCK_BACKENDS = ("masked", "decomposed", "split")
+
 # The static "auto" rule, from the layer benchmark (docs/benchmarks.md): one dense convolution
 # beats the decomposition above this density, for layers narrower than AUTO_MIN_CHANNELS
 # (fixed costs dominate) and when the grouped convolution's groups are narrower than
@@ -454,7 +458,7 @@ class SSConv2d(nn.Module):
         return waste
 
     def _stock_backend(self) -> str:
-        if self._backend in ("masked", "decomposed", "split"):
+        if self._backend in STOCK_BACKENDS:
             return self._backend
         if self._identity_perm:
             # P = 1 or P = None: the decomposition is already a single stock convolution.

@@ -34,9 +34,12 @@ __all__ = [
     "solve_budget",
     "choose_per_layer",
     "AUTO",
+    "DISTRIBUTIONS",
 ]
 
 AUTO = "auto"
+#: Layer-wise density distributions (of SSC, the structured baselines and pruning).
+DISTRIBUTIONS = ("uniform", "erk")
 _EPS = 1e-12
 log = logging.getLogger(__name__)
 
@@ -258,7 +261,7 @@ def choose_per_layer(
     """
     if not 0 < target <= 1:
         raise ValueError(f"density must be in (0, 1], got {target}")
-    if distribution not in ("uniform", "erk"):
+    if distribution not in DISTRIBUTIONS:
         raise ValueError(f"distribution must be 'uniform' or 'erk', got {distribution!r}")
     make = uniform_densities if distribution == "uniform" else erk_densities
     targets = make(layers, target, fixed_params)

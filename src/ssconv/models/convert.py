@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssconv.errors import BudgetInfeasibleError, NoConvertibleLayerError
-from ssconv.layers.factory import ConvFactory
+from ssconv.layers.factory import DEFAULT_PERIOD, ConvFactory
 from ssconv.layers.pattern import SSCPattern
 from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, SSConv2d
 from ssconv.models.budget import AUTO, LayerSpec, solve_budget
@@ -55,7 +55,7 @@ DEFAULT_CLASSIFIER_PATTERNS = (
 )
 #: Default rules that keep a conv dense (see :func:`convert`).
 KEEP_RULES = ("stem", "pointwise", "depthwise", "classifier")
-_DEFAULT_SETTINGS = {"groups": 1, "period": 4, "pointwise": True, "spatial": "full"}
+_DEFAULT_SETTINGS = {"groups": 1, "period": DEFAULT_PERIOD, "pointwise": True, "spatial": "full"}
 _POINTWISE_REASON = "1x1 pointwise"
 _FALLBACK_REASON = "converted (1x1 fallback)"
 

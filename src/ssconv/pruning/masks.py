@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ssconv.models.budget import LayerSpec, erk_densities
+from ssconv.models.budget import DISTRIBUTIONS, LayerSpec, erk_densities
 
 __all__ = [
     "WeightMask",
@@ -39,7 +39,6 @@ __all__ = [
 ]
 
 #: Layer-wise density rules of :func:`layer_budgets`.
-DISTRIBUTIONS = ("uniform", "erk")
 
 _MASK_KEY = re.compile(r"^(?:(.*)\.)?parametrizations\.weight\.(\d+)\.mask$")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from ssconv.pruning.methods import PRUNING_METHODS
 from ssconv.report.results import Group
 
 __all__ = [
@@ -50,7 +51,7 @@ FAMILIES = {
 }
 FAMILY_MARKERS = {"dense": "D", "ssc": "o", "pruning": "^", "structured": "s", "other": "X"}
 _FAMILY_START = {"ssc": 0, "pruning": 3, "structured": 5, "other": 1}
-_PRUNING = {"snip", "grasp", "synflow", "erk", "magnitude", "random"}
+_PRUNING = set(PRUNING_METHODS)
 _STRUCTURED = {"dw_separable", "group_conv"}
 
 
