@@ -13,3 +13,12 @@ def test_import_ssconv_does_not_import_torchvision():
         "assert 'torchvision' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_import_ssconv_imports_no_benchmark_code():
+    code = (
+        "import sys, ssconv; "
+        "bench = sorted(m for m in sys.modules if m.split('.')[:2] == ['ssconv', 'bench']); "
+        "assert not bench, f'import ssconv imported {bench}'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

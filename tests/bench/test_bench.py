@@ -9,8 +9,8 @@ import torch
 import ssconv
 from ssconv.bench.layers import LayerShape, run_layer_bench, summarize
 from ssconv.bench.models import bench_variants, build_variants, format_bench
-from ssconv.bench.timing import measure
 from ssconv.cli.main import main
+from ssconv.utils.timing import measure
 
 
 def test_measure_interleaves_and_reports_spread():

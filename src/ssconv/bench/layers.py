@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ssconv.bench.timing import measure
 from ssconv.export import SSConv2dInference
 from ssconv.layers.pattern import SSCPattern
 from ssconv.layers.ssconv import STOCK_BACKENDS, SSConv2d
+from ssconv.utils.timing import measure
 
 __all__ = [
     "LayerShape",

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssconv.bench.timing import Stats, machine_info, measure
 from ssconv.models import convert, create_model, model_info
 from ssconv.profile import profile
+from ssconv.utils.timing import Stats, machine_info, measure
 
 __all__ = ["Variant", "build_variants", "bench_variants", "format_bench"]
 

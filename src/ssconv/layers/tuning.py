@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ssconv.bench.timing import measure
 from ssconv.layers.ssconv import STOCK_BACKENDS, SSConv2d
+from ssconv.utils.timing import measure
 
 __all__ = ["autotune", "TUNABLE_BACKENDS"]
 

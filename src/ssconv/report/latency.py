@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ssconv.bench.timing import machine_info, measure
+from ssconv.utils.timing import machine_info, measure
 
 __all__ = ["measure_run_latency"]
 

@@ -1047,7 +1047,7 @@ class Trainer:
     @torch.inference_mode()
     def _latency(self) -> float | None:
         """Median inference time (ms) of one batch of ``latency_batch`` images, eval mode."""
-        from ssconv.bench.timing import measure
+        from ssconv.utils.timing import measure
 
         batch = self.cfg.latency_batch
         if not batch:
