@@ -3,11 +3,11 @@
 import pytest
 from torch import nn
 
+from ssconv.conversion import convert, to_depthwise_separable
 from ssconv.errors import BudgetInfeasibleError, NoConvertibleLayerError, SyntheticScoringWarning
-from ssconv.models import convert, create_model
-from ssconv.models.baselines import to_depthwise_separable
-from ssconv.models.budget import LayerSpec, solve_budget
+from ssconv.models import create_model
 from ssconv.pruning import prune
+from ssconv.sparsity.budget import LayerSpec, solve_budget
 from tests.pruning.toys import ToyBNNet
 
 

@@ -6,13 +6,8 @@ from torch import nn
 
 import ssconv
 from ssconv import SSConv2d
-from ssconv.export import (
-    SSConv2dInference,
-    export_onnx,
-    export_torchscript,
-    fold_batchnorm,
-    freeze,
-)
+from ssconv.deploy import export_onnx, export_torchscript, fold_batchnorm, freeze
+from ssconv.layers.inference import SSConv2dInference
 
 
 def _randomize_bn(model):
@@ -138,7 +133,7 @@ def test_torchscript_export(tmp_path):
 
 @pytest.mark.parametrize("name", ["cifar_resnet20", "vgg11_bn"])
 def test_channel_order_pass_removes_transposes_and_keeps_outputs(name):
-    from ssconv.export import ChannelOrder, residue_permutation
+    from ssconv.layers.channel_order import ChannelOrder, residue_permutation
 
     model = _randomize_bn(
         ssconv.convert(ssconv.create_model(name), period=4, warn_coverage=False).model
@@ -161,7 +156,8 @@ def test_freezing_a_frozen_model_is_a_no_op_and_exports(tmp_path):
     # ``bench --onnx`` exports frozen models; export_onnx freezes again. A second channel-order
     # pass used to overwrite the first pass's converters (same names) and break VGG-19.
     pytest.importorskip("onnxruntime")
-    from ssconv.export import ChannelOrder, export_onnx
+    from ssconv.deploy import export_onnx
+    from ssconv.layers.channel_order import ChannelOrder
 
     model = _randomize_bn(
         ssconv.convert(ssconv.create_model("vgg11_bn"), density=0.1, warn_coverage=False).model

@@ -8,8 +8,9 @@ from torch import nn
 from torch.nn.utils import prune
 
 from ssconv import SSConv2d, convert, profile
-from ssconv.models import candidate_patterns, check_coverage, create_model, erk_densities
-from ssconv.models.budget import LayerSpec, solve_budget
+from ssconv.conversion import check_coverage
+from ssconv.models import create_model
+from ssconv.sparsity.budget import LayerSpec, candidate_patterns, erk_densities, solve_budget
 
 
 @pytest.mark.parametrize("name", ["vgg19_bn", "cifar_resnet32"])

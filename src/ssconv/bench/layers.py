@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ssconv.export import SSConv2dInference
+from ssconv.layers.inference import SSConv2dInference
 from ssconv.layers.pattern import SSCPattern
 from ssconv.layers.ssconv import STOCK_BACKENDS, SSConv2d
 from ssconv.utils.timing import measure

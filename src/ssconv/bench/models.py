@@ -1,7 +1,7 @@
 """End-to-end model speed: dense vs SSC vs pruned-mask vs depthwise-separable, side by side.
 
 All variants of one model are built at the same parameter budget and measured interleaved in
-one process: inference latency of their deployable form (:func:`ssconv.export.freeze`: masks
+one process: inference latency of their deployable form (:func:`ssconv.deploy.freeze`: masks
 baked, BatchNorm folded, SSC kernels precomputed), optionally one training step (forward,
 backward, SGD update) of the trainable form, and optionally onnxruntime.
 """
@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssconv.models import convert, create_model, model_info
-from ssconv.profile import profile
+from ssconv._profile import profile
+from ssconv.conversion._convert import convert
+from ssconv.models import create_model, model_info
 from ssconv.utils.timing import Stats, machine_info, measure
 
 __all__ = ["Variant", "build_variants", "bench_variants", "format_bench"]
@@ -57,10 +58,10 @@ def build_variants(
     weights (see :func:`ssconv.models.create_model`, :func:`ssconv.models.load_init_checkpoint`);
     SSC keeps them on its pattern, the pruned variant ranks and masks them.
     """
-    from ssconv.models.convert import KEEP_RULES
+    from ssconv.sparsity.selection import KEEP_RULES
 
     rules = {"keep": tuple(KEEP_RULES if keep is None else keep)}
-    from ssconv.models.baselines import to_depthwise_separable
+    from ssconv.conversion.baselines import to_depthwise_separable
     from ssconv.pruning import prune
 
     torch.manual_seed(seed)
@@ -101,7 +102,7 @@ def build_variants(
 
 
 def _deployable(model: nn.Module) -> nn.Module:
-    from ssconv.export import freeze
+    from ssconv.deploy import freeze
     from ssconv.pruning import remove_masks
 
     return freeze(remove_masks(copy.deepcopy(model)))
@@ -221,7 +222,7 @@ def bench_variants(
 def _bench_onnx(variants, frozen, x, repeats) -> None:
     import onnxruntime as ort
 
-    from ssconv.export import export_onnx
+    from ssconv.deploy import export_onnx
 
     sessions = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -250,7 +251,7 @@ def _bench_onnx(variants, frozen, x, repeats) -> None:
 
 
 def format_bench(result: dict) -> str:
-    from ssconv.profile import format_count
+    from ssconv.utils.text import format_count
 
     cols = ["variant", "params", "density", "eff. MACs", "exec. MACs", "latency ms", "speed-up"]
     has_train = any("train_step_ms" in r for r in result["rows"])

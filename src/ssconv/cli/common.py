@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
-from ssconv.models import convert, create_model, model_info
-from ssconv.models.budget import AUTO, DISTRIBUTIONS
+from ssconv.conversion._convert import convert
+from ssconv.models import create_model, model_info
+from ssconv.sparsity.budget import AUTO, DISTRIBUTIONS
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import shutil
 import time
 
 from ssconv.cli.common import CLIError, check_model, check_output_dir, density_arg, positive_int
-from ssconv.profile import format_count
+from ssconv.utils.text import format_count
 
 METHODS = ("dense", "ssc", "dw_separable", "snip")
 

@@ -9,6 +9,7 @@ import warnings
 
 import torch
 
+from ssconv._profile import profile
 from ssconv.cli.common import (
     CLIError,
     add_model_args,
@@ -18,10 +19,11 @@ from ssconv.cli.common import (
     emit_json,
     positive_int,
 )
+from ssconv.conversion._convert import convert
 from ssconv.errors import SyntheticScoringWarning
-from ssconv.models import convert, model_info
-from ssconv.profile import format_count, profile
+from ssconv.models import model_info
 from ssconv.pruning import DISTRIBUTIONS, PRUNING_METHODS, SCOPES, prune
+from ssconv.utils.text import format_count
 
 _DENSE_NOTE = (
     "a masked model executes dense MACs: its pruned weights are multiplied as zeros, so "

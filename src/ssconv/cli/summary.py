@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ssconv._profile import profile
 from ssconv.cli.common import add_model_args, add_ssc_args, build_model, emit_json
-from ssconv.profile import profile
 
 
 def register(sub) -> None:

@@ -12,8 +12,16 @@ from torch import nn
 
 from ssconv.layers.pattern import SSCPattern
 from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, SSConv2d
+from ssconv.utils.modules import replace_module
 
-__all__ = ["ConvFactory", "SSCFactory", "dense_conv", "ssc_applicable"]
+__all__ = [
+    "DEFAULT_PERIOD",
+    "ConvFactory",
+    "SSCFactory",
+    "dense_conv",
+    "replace_convs",
+    "ssc_applicable",
+]
 
 ConvFactory = Callable[..., nn.Module]
 
@@ -116,3 +124,25 @@ class SSCFactory:
             shuffle=self.shuffle and conv_groups == 1,
             **kwargs,
         )
+
+
+def replace_convs(model: nn.Module, conv_layer: ConvFactory) -> nn.Module:
+    """Rebuild every ``nn.Conv2d`` of ``model`` with ``conv_layer`` (same geometry), in place.
+
+    This is how models defined elsewhere (torchvision) take a conv factory.
+    """
+    for name, conv in [(n, m) for n, m in model.named_modules() if type(m) is nn.Conv2d]:
+        new = conv_layer(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+        )
+        if new is not conv:
+            replace_module(model, name, new)
+    return model

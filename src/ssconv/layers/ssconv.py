@@ -891,7 +891,7 @@ class SSConv2d(nn.Module):
 
 class SSCTracer(torch.fx.Tracer):
     """A ``torch.fx`` tracer that keeps :class:`SSConv2d` layers (and the frozen ones of
-    :mod:`ssconv.export`) as leaf modules: one ``call_module`` node each."""
+    :mod:`ssconv.layers.inference`) as leaf modules: one ``call_module`` node each."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return (

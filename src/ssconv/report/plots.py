@@ -188,7 +188,7 @@ def _count_ticks(ax) -> None:
     """Log x axis of counts (MACs) at 1-2-3-5 steps, labelled 2M, 3M, 5M, 10M."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    from ssconv.profile import format_count
+    from ssconv.utils.text import format_count
 
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))

@@ -18,9 +18,9 @@ from typing import Any
 import yaml
 
 from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, STOCK_BACKENDS
-from ssconv.models.budget import DISTRIBUTIONS
-from ssconv.models.convert import KEEP_RULES
 from ssconv.pruning.methods import PRUNING_METHODS
+from ssconv.sparsity.budget import DISTRIBUTIONS
+from ssconv.sparsity.selection import KEEP_RULES
 
 __all__ = [
     "TrainConfig",

@@ -15,7 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from ssconv.models import convert, create_model
+from ssconv.conversion._convert import convert
+from ssconv.models import create_model
 from ssconv.train.config import PRUNING_METHOD_NAMES, SSC_PRESETS, ConfigError, TrainConfig
 
 __all__ = ["build_model", "ssc_settings"]
@@ -124,7 +125,7 @@ def _build_model(cfg, num_classes, in_channels, input_size, data, *, for_loading
     if cfg.method == "dense" or (for_loading and cfg.method in PRUNING_METHOD_NAMES):
         return model, info
     if cfg.method == "dw_separable":
-        from ssconv.models.baselines import to_depthwise_separable
+        from ssconv.conversion.baselines import to_depthwise_separable
 
         if from_weights(cfg) and not for_loading:
             log.warning(

@@ -1,10 +1,10 @@
 """``prune``: one call from a dense model to a masked one at exactly a parameter budget.
 
-The budget is counted as :mod:`ssconv.profile` and :func:`ssconv.convert` count it (the
+The budget is counted as :func:`ssconv.profile` and :func:`ssconv.convert` count it (the
 project's specification, section 5): nonzero weights of all convolution and linear layers over
 their dense count, the layers kept dense (stem, classifier, 1 x 1 and depthwise convs by
 default, skipped layers) included. The prunable convolutions are chosen by
-:func:`ssconv.models.convert.select_layers`, the same rules that decide which convolutions
+:func:`ssconv.sparsity.select_layers`, the same rules that decide which convolutions
 :func:`ssconv.convert` turns into SSC layers, so an SSC model and a pruned model at "density
 0.10" differ only inside the same layers; with ``num_params`` a model is pruned to exactly the
 nonzero count of an SSC model. The methods are in :mod:`ssconv.pruning.methods` (random, ERK,
@@ -29,17 +29,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ssconv.errors import BudgetInfeasibleError, SyntheticScoringWarning
-from ssconv.models.budget import LayerSpec
-from ssconv.models.convert import KEEP_RULES, select_layers
-from ssconv.profile import counted_layers, weight_counts
-from ssconv.pruning.masks import (
-    DISTRIBUTIONS,
-    apply_masks,
-    get_masks,
-    layer_budgets,
-    scores_to_masks,
-)
+from ssconv.pruning.masks import apply_masks, get_masks, layer_budgets, scores_to_masks
 from ssconv.pruning.methods import Pruner, ScoreInputs, get_pruner
+from ssconv.sparsity.budget import DISTRIBUTIONS, LayerSpec
+from ssconv.sparsity.counting import counted_layers, weight_counts
+from ssconv.sparsity.selection import KEEP_RULES, select_layers
 
 __all__ = ["prune", "prunable_layers", "PruneReport", "LayerPruning", "SCOPES"]
 
@@ -186,7 +180,7 @@ def prunable_layers(
 ) -> list[tuple[str, nn.Module, str | None]]:
     """Every conv / linear layer of ``model`` with the reason it stays dense (``None``: prune).
 
-    Convolutions (``nn.Conv2d``) follow :func:`ssconv.models.convert.select_layers` with the
+    Convolutions (``nn.Conv2d``) follow :func:`ssconv.sparsity.select_layers` with the
     same ``skip``, ``include`` and ``keep`` as :func:`ssconv.convert`. ``nn.Linear`` layers (the
     classifier) stay dense unless ``prune_classifier`` is true or a pattern of ``include``
     matches them; ``prune_classifier`` also drops the ``"classifier"`` rule for conv heads. Any

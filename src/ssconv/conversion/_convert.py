@@ -3,13 +3,12 @@
 Works on any ``nn.Module`` (this project's models, torchvision, timm): convolutions are found
 by type, replaced in place (or on a copy), and a report says what happened to each of them.
 With ``density=...`` the per-layer settings come from the budget solver
-(:mod:`ssconv.models.budget`); otherwise the given settings are used where they fit.
+(:mod:`ssconv.sparsity.budget`); otherwise the given settings are used where they fit.
 """
 
 from __future__ import annotations
 
 import copy
-import fnmatch
 import json
 import logging
 import math
@@ -21,40 +20,27 @@ from typing import NamedTuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssconv.conversion.coverage import CoverageIssue, check_coverage
 from ssconv.errors import BudgetInfeasibleError, NoConvertibleLayerError
-from ssconv.layers.factory import DEFAULT_PERIOD, ConvFactory
+from ssconv.layers.factory import DEFAULT_PERIOD
 from ssconv.layers.pattern import SSCPattern
 from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, SSConv2d
-from ssconv.models.budget import AUTO, LayerSpec, solve_budget
-from ssconv.models.coverage import CoverageIssue, check_coverage
-from ssconv.profile import counted_layers, model_weight_counts, weight_counts
+from ssconv.sparsity.budget import AUTO, LayerSpec, solve_budget
+from ssconv.sparsity.counting import counted_layers, model_weight_counts, weight_counts
+from ssconv.sparsity.selection import KEEP_RULES, _is_same_pad_conv, select_layers
+from ssconv.utils.modules import replace_module
 
 __all__ = [
     "convert",
     "ConversionReport",
     "LayerDecision",
-    "replace_convs",
-    "replace_module",
-    "select_layers",
     "load_dense_state_dict",
     "LoadResult",
     "SamePadSSConv2d",
-    "DEFAULT_CLASSIFIER_PATTERNS",
-    "KEEP_RULES",
 ]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CLASSIFIER_PATTERNS = (
-    "classifier",
-    "classifier.*",
-    "*.classifier*",
-    "fc",
-    "head",
-    "head.*",
-)
-#: Default rules that keep a conv dense (see :func:`convert`).
-KEEP_RULES = ("stem", "pointwise", "depthwise", "classifier")
 _DEFAULT_SETTINGS = {"groups": 1, "period": DEFAULT_PERIOD, "pointwise": True, "spatial": "full"}
 _POINTWISE_REASON = "1x1 pointwise"
 _FALLBACK_REASON = "converted (1x1 fallback)"
@@ -83,17 +69,6 @@ class SamePadSSConv2d(SSConv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(_same_pad(x, self.kernel_size, self.stride, self.dilation))
-
-
-def _is_same_pad_conv(conv: nn.Module) -> bool:
-    # timm.layers.Conv2dSame: an nn.Conv2d built with padding 0 whose forward pads the input
-    # dynamically (pad_same) before F.conv2d.
-    return type(conv).__name__ == "Conv2dSame" and tuple(conv.padding) == (0, 0)
-
-
-def _custom_forward(conv: nn.Conv2d) -> bool:
-    cls = type(conv)
-    return cls.forward is not nn.Conv2d.forward or cls._conv_forward is not nn.Conv2d._conv_forward
 
 
 @dataclass
@@ -237,39 +212,6 @@ class ConversionReport:
 
     def __str__(self) -> str:
         return self.table()
-
-
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the submodule called ``name`` (dotted path) by ``new``."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
-def replace_convs(model: nn.Module, conv_layer: ConvFactory) -> nn.Module:
-    """Rebuild every ``nn.Conv2d`` of ``model`` with ``conv_layer`` (same geometry), in place.
-
-    This is how models defined elsewhere (torchvision) take a conv factory.
-    """
-    for name, conv in [(n, m) for n, m in model.named_modules() if type(m) is nn.Conv2d]:
-        new = conv_layer(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-        )
-        if new is not conv:
-            replace_module(model, name, new)
-    return model
-
-
-def _matches(name: str, patterns: Sequence[str]) -> str | None:
-    return next((p for p in patterns if fnmatch.fnmatchcase(name, p)), None)
 
 
 def convert(
@@ -589,69 +531,6 @@ def _budget_hint(
     tried = " (1x1 convs included: the pointwise fallback was tried)" if tried_fallback else ""
     listing = "; ".join(parts) if parts else "none"
     return f"{head}{tried}. Dense in the budget: {listing}. Or raise density"
-
-
-def select_layers(
-    model: nn.Module,
-    *,
-    skip: Sequence[str] = (),
-    include: Sequence[str] = (),
-    keep: Sequence[str] = KEEP_RULES,
-    same_padding: bool = False,
-) -> list[tuple[str, nn.Conv2d, str | None]]:
-    """Every ``nn.Conv2d`` of ``model`` with the reason it is kept dense (``None``: convert it).
-
-    The one place that applies the skip rules, shared by :func:`convert` and the pruning
-    baselines so that both touch the same layers at the same budget. See :func:`convert` for
-    ``skip``, ``include`` and ``keep``. Subclasses of ``nn.Conv2d`` are listed too; those
-    with their own ``forward`` are kept (reason ``"custom forward"``), except timm's
-    ``Conv2dSame`` when ``same_padding`` is set (the caller can keep its dynamic padding, as
-    :func:`convert` does with :class:`SamePadSSConv2d`).
-    """
-    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    stem = convs[0][0] if convs else None
-    out = []
-    for n, m in convs:
-        reason = _skip_reason(n, m, stem, skip, include, keep)
-        if reason is None and _custom_forward(m) and not (same_padding and _is_same_pad_conv(m)):
-            reason = (
-                f"custom forward ({type(m).__name__} overrides nn.Conv2d.forward"
-                + ("; its padding is computed from the input size" if _is_same_pad_conv(m) else "")
-                + ")"
-            )
-        out.append((n, m, reason))
-    return out
-
-
-def _skip_reason(
-    name: str,
-    conv: nn.Conv2d,
-    stem: str | None,
-    skip: Sequence[str],
-    include: Sequence[str],
-    keep: Sequence[str],
-) -> str | None:
-    unknown = set(keep) - set(KEEP_RULES)
-    if unknown:
-        raise ValueError(f"keep: unknown rule(s) {sorted(unknown)}; allowed: {KEEP_RULES}")
-    pattern = _matches(name, skip)
-    if pattern is not None:
-        return f"skip pattern {pattern!r}"
-    if any(k % 2 == 0 for k in conv.kernel_size):
-        # SSC needs a centre tap (e.g. ConvNeXt's 2x2 stride-2 downsampling convs).
-        return f"even kernel {tuple(conv.kernel_size)}"
-    if _matches(name, include) is not None:
-        return None
-    if "stem" in keep and name == stem:
-        return "stem"
-    if "depthwise" in keep and conv.groups > 1 and conv.in_channels // conv.groups == 1:
-        # One input channel per group: already as sparse as a channel pattern can make it.
-        return "depthwise"
-    if "pointwise" in keep and tuple(conv.kernel_size) == (1, 1):
-        return "1x1 pointwise"
-    if "classifier" in keep and _matches(name, DEFAULT_CLASSIFIER_PATTERNS) is not None:
-        return "classifier"
-    return None
 
 
 class LoadResult(NamedTuple):

@@ -19,16 +19,12 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from ssconv.conversion._convert import ConversionReport, LayerDecision
 from ssconv.errors import NoConvertibleLayerError
-from ssconv.models.budget import LayerSpec, choose_per_layer
-from ssconv.models.convert import (
-    KEEP_RULES,
-    ConversionReport,
-    LayerDecision,
-    replace_module,
-    select_layers,
-)
-from ssconv.profile import counted_layers, model_weight_counts, weight_counts
+from ssconv.sparsity.budget import LayerSpec, choose_per_layer
+from ssconv.sparsity.counting import counted_layers, model_weight_counts, weight_counts
+from ssconv.sparsity.selection import KEEP_RULES, select_layers
+from ssconv.utils.modules import replace_module
 
 __all__ = ["DepthwiseSeparableConv2d", "to_depthwise_separable"]
 
