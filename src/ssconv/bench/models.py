@@ -18,9 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssconv._profile import profile
-from ssconv.conversion._convert import convert
+from ssconv import profile
+from ssconv.conversion import build_rival, convert
+from ssconv.errors import BudgetInfeasibleError, NoConvertibleLayerError
 from ssconv.models import create_model, model_info
+from ssconv.sparsity.selection import KEEP_RULES
 from ssconv.utils.timing import Stats, machine_info, measure
 
 __all__ = ["Variant", "build_variants", "bench_variants", "format_bench"]
@@ -58,11 +60,7 @@ def build_variants(
     weights (see :func:`ssconv.models.create_model`, :func:`ssconv.models.load_init_checkpoint`);
     SSC keeps them on its pattern, the pruned variant ranks and masks them.
     """
-    from ssconv.sparsity.selection import KEEP_RULES
-
     rules = {"keep": tuple(KEEP_RULES if keep is None else keep)}
-    from ssconv.conversion.baselines import to_depthwise_separable
-    from ssconv.pruning import prune
 
     torch.manual_seed(seed)
     dense = create_model(
@@ -87,12 +85,19 @@ def build_variants(
             out.append(Variant("ssc", ssc.model, f"density {ssc.density:.4f}"))
         elif name == "pruned":
             pruned = copy.deepcopy(dense)
-            prune(pruned, "magnitude", num_params=ssc.weight_params, seed=seed, **rules)
+            build_rival(
+                pruned,
+                "magnitude",
+                density=density,
+                num_params=ssc.weight_params,
+                seed=seed,
+                **rules,
+            )
             out.append(Variant("pruned", pruned, "magnitude masks, same nonzero count as SSC"))
         elif name == "dw_separable":
             try:
-                dw = to_depthwise_separable(dense, density=density, **rules)
-            except ValueError as exc:
+                dw = build_rival(copy.deepcopy(dense), "dw_separable", density=density, **rules)
+            except (BudgetInfeasibleError, NoConvertibleLayerError) as exc:
                 log.warning("dw_separable skipped: %s", exc)
                 continue
             out.append(Variant("dw_separable", dw.model, f"density {dw.density:.4f}"))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ssconv.conversion._convert import convert
+from ssconv.conversion import convert
 from ssconv.models import create_model, model_info
 from ssconv.sparsity.budget import AUTO, DISTRIBUTIONS
 

@@ -34,7 +34,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssconv._profile import profile
+    from ssconv import profile
     from ssconv.data import DatasetError, build_dataset
     from ssconv.train.checkpoint import CheckpointError
     from ssconv.train.config import ConfigError

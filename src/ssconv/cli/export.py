@@ -81,7 +81,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssconv.conversion._convert import convert
+    from ssconv.conversion import convert
     from ssconv.deploy import export_onnx, export_torchscript
     from ssconv.models import model_info
     from ssconv.pruning import remove_masks

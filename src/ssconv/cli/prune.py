@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import warnings
 
 import torch
 
-from ssconv._profile import profile
+from ssconv import profile
 from ssconv.cli.common import (
     CLIError,
     add_model_args,
@@ -19,10 +18,10 @@ from ssconv.cli.common import (
     emit_json,
     positive_int,
 )
-from ssconv.conversion._convert import convert
+from ssconv.conversion import build_rival, ssc_weight_budget
 from ssconv.errors import SyntheticScoringWarning
 from ssconv.models import model_info
-from ssconv.pruning import DISTRIBUTIONS, PRUNING_METHODS, SCOPES, prune
+from ssconv.pruning import DISTRIBUTIONS, PRUNING_METHODS, SCOPES
 from ssconv.utils.text import format_count
 
 _DENSE_NOTE = (
@@ -173,21 +172,16 @@ def run(args: argparse.Namespace) -> int:
     density = args.density
     if args.match_ssc:
         try:
-            ssc = convert(
-                copy.deepcopy(model),
-                density=args.density,
-                distribution=args.distribution,
-                inplace=True,
-                warn_coverage=False,
-                **rules,
+            num_params = ssc_weight_budget(
+                model, args.density, distribution=args.distribution, **rules
             )
         except ValueError as exc:
             raise CLIError(str(exc)) from None
-        num_params, density = ssc.weight_params, None
+        density = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            report = prune(
+            report = build_rival(
                 model,
                 args.method,
                 density=density,

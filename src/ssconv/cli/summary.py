@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ssconv._profile import profile
+from ssconv import profile
 from ssconv.cli.common import add_model_args, add_ssc_args, build_model, emit_json
 
 

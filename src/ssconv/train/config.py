@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ssconv.conversion.same_budget import STRUCTURED_RIVALS
 from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, STOCK_BACKENDS
 from ssconv.pruning.methods import PRUNING_METHODS
 from ssconv.sparsity.budget import DISTRIBUTIONS
@@ -47,7 +48,7 @@ SSC_PRESETS: dict[str, dict] = {
     # The grouped-convolution baseline as usually built: no channel shuffle.
     "group_conv": {"ssc_period": 1, "ssc_spatial": "full", "ssc_shuffle": False},
 }
-STRUCTURED_BASELINES = ("dw_separable",)
+STRUCTURED_BASELINES = STRUCTURED_RIVALS
 METHODS = ("dense", *SSC_PRESETS, *STRUCTURED_BASELINES, *PRUNING_METHOD_NAMES)
 
 

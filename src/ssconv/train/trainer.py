@@ -57,7 +57,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ssconv._profile import profile
+from ssconv import profile
 from ssconv.train.checkpoint import (
     CheckpointError,
     atomic_write_text,
