@@ -23,7 +23,7 @@ __all__ = [
     "add_ssc_args",
     "add_threads_arg",
     "apply_threads",
-    "build_model",
+    "model_from_args",
     "check_model",
     "check_output_dir",
     "check_output_file",
@@ -326,7 +326,7 @@ def ssc_requested(args: argparse.Namespace) -> bool:
     )
 
 
-def build_model(args: argparse.Namespace):
+def model_from_args(args: argparse.Namespace):
     """(model, input_size (C, H, W), conversion report or None) from the parsed options."""
     check_model(args.model)
     info = model_info(args.model)
