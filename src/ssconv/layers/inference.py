@@ -20,6 +20,7 @@ from ssconv.layers.ssconv import (
     SSConv2d,
     _is_channels_last,
     centre_input,
+    pad_arguments,
     pixel_rows_suit,
     pixels_take_channels_last,
     shuffle_channels,
@@ -54,10 +55,12 @@ class SSConv2dInference(nn.Module):
         self.groups, self.padding_mode = layer.groups, layer.padding_mode
         self.pattern = layer.pattern
         self.dense_groups = layer.dense_groups
-        self._pad4 = list(layer._reversed_padding_repeated_twice)
-        self._p, self._a, self._m = layer._p, layer._a, layer._m
-        self._has_spatial, self._has_point = layer._has_spatial, layer._has_point
-        self._identity_perm, self._pad_rows = layer._identity_perm, layer._pad_rows
+        self._pad4 = pad_arguments(self.padding)
+        # The layer's static structure, from the same pattern (never its private copies).
+        d = self.pattern.decomposition()
+        self._p, self._a, self._m = d.period, d.spatial_per_filter, d.outputs_per_residue
+        self._has_spatial, self._has_point = d.has_spatial, d.has_point
+        self._identity_perm, self._pad_rows = d.identity_perm, d.pad_rows
         # A shuffled layer shuffles its input channels first (Reshape / Transpose when
         # exported); the fused kernel reads through the permutation instead.
         self.shuffle = layer.shuffle
@@ -82,9 +85,9 @@ class SSConv2dInference(nn.Module):
             # Stride-1 NCHW calls wide enough for it run the pixel kernel instead, as the
             # layer itself does (SSConv2d._infers_on_pixels; the width is checked per call).
             self.pixels = (
-                layer._backend in ("auto", "fused")
-                and layer._has_spatial
-                and not (layer._backend == "auto" and layer._identity_perm)
+                layer.backend in ("auto", "fused")
+                and d.has_spatial
+                and not (layer.backend == "auto" and d.identity_perm)
                 and layer.trains_fused(None)
             )
             self._out_pos = layer.out_pos.detach().cpu().clone()
