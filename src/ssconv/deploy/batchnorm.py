@@ -21,21 +21,21 @@ log = logging.getLogger(__name__)
 
 
 def _fold_into_ssc(layer: SSConv2d, bn: nn.BatchNorm2d) -> SSConv2d:
-    fused = copy.deepcopy(layer)
+    folded = copy.deepcopy(layer)
     with torch.no_grad():
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,)
-        if fused.weight_spatial is not None:
-            if fused.weight_spatial.dim() == 1:  # checkerboard: flat taps in mask order
-                per_tap = scale.view(-1, 1, 1, 1).expand(fused.tap_mask.shape)[fused.tap_mask]
-                fused.weight_spatial.mul_(per_tap)
+        if folded.weight_spatial is not None:
+            if folded.weight_spatial.dim() == 1:  # checkerboard: flat taps in mask order
+                per_tap = scale.view(-1, 1, 1, 1).expand(folded.tap_mask.shape)[folded.tap_mask]
+                folded.weight_spatial.mul_(per_tap)
             else:
-                fused.weight_spatial.mul_(scale.view(-1, 1, 1, 1))
-        if fused.weight_point is not None:
-            fused.weight_point.mul_(scale.view(-1, 1))
-        bias = fused.bias if fused.bias is not None else torch.zeros_like(bn.running_mean)
+                folded.weight_spatial.mul_(scale.view(-1, 1, 1, 1))
+        if folded.weight_point is not None:
+            folded.weight_point.mul_(scale.view(-1, 1))
+        bias = folded.bias if folded.bias is not None else torch.zeros_like(bn.running_mean)
         new_bias = (bias - bn.running_mean) * scale + bn.bias
-        fused.bias = nn.Parameter(new_bias)
-    return fused
+        folded.bias = nn.Parameter(new_bias)
+    return folded
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -67,13 +67,13 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         if bn.running_mean is None or not bn.track_running_stats:
             continue
         if type(conv) is nn.Conv2d:
-            fused = fuse_conv_bn_eval(conv, bn)
+            folded = fuse_conv_bn_eval(conv, bn)
         elif isinstance(conv, SSConv2d):
-            fused = _fold_into_ssc(conv, bn)
+            folded = _fold_into_ssc(conv, bn)
         else:
             continue
-        replace_module(gm, prev.target, fused)
-        modules[prev.target] = fused
+        replace_module(gm, prev.target, folded)
+        modules[prev.target] = folded
         node.replace_all_uses_with(prev)
         gm.graph.erase_node(node)
         folded += 1
