@@ -1,7 +1,8 @@
 """End-to-end CPU/GPU speed of dense vs SSC vs pruned vs depthwise-separable models.
 
     python benchmarks/end_to_end.py [--device cpu] [--out benchmarks/results/cpu]
-                                    [--tune] [--onnx]
+                                    [--tune] [--onnx] [--compile [MODE]] [--cuda-graphs]
+                                    [--batch N] [--models ...] [--densities ...]
 
 Runs ``ssconv bench`` for VGG-19 and ResNet-32 (32 x 32, batch 64) and ResNet-50 (224 x 224,
 batch 8, 1x1 convs converted) at densities 0.10 and 0.05 (ResNet-50: 0.20 and 0.10, see
@@ -41,7 +42,11 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--tune", action="store_true")
     p.add_argument("--onnx", action="store_true")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument(
+        "--compile", nargs="?", const="default", default=None, help="torch.compile mode too"
+    )
+    p.add_argument("--cuda-graphs", action="store_true", help="CUDA graphs too (CUDA only)")
+    p.add_argument("--batch", type=int, default=None, help="default: each case's batch")
     p.add_argument("--no-train", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -51,21 +56,25 @@ def main(argv=None) -> int:
             continue
         for density in args.densities or DENSITIES[model]:
             variants = build_variants(model, density, keep=keep)
+            batch_used = args.batch or batch
             result = bench_variants(
                 variants,
                 size,
-                batch=batch,
+                batch=batch_used,
                 device=args.device,
                 train=not args.no_train,
                 onnx=args.onnx,
                 repeats=args.repeats,
                 tune=args.tune,
-                compile=args.compile,
+                compile=args.compile or False,
+                cuda_graphs=args.cuda_graphs,
             )
             result.update(model=model, target_density=density, keep=keep)
-            name = f"{model}_d{density}{'_tuned' if args.tune else ''}.json"
+            suffix = "_tuned" if args.tune else ""
+            suffix += f"_b{batch_used}" if args.batch else ""
+            name = f"{model}_d{density}{suffix}.json"
             (out / name).write_text(json.dumps(result, indent=2))
-            print(f"\n### {model}, density {density}\n")
+            print(f"\n### {model}, density {density}, batch {batch_used}\n")
             print(format_bench(result), flush=True)
     return 0
 

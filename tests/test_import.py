@@ -22,3 +22,17 @@ def test_import_ssconv_imports_no_benchmark_code():
         "assert not bench, f'import ssconv imported {bench}'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_import_ssconv_does_not_load_the_compiler_stack():
+    """torch._dynamo takes seconds to import (it came in once through a module-level
+    torch.compiler.disable in the Triton backend): `import ssconv` must not load it, nor the
+    Triton backend, which loads on the first backend="triton" call."""
+    code = (
+        "import sys, torch; "
+        "assert 'torch._dynamo' not in sys.modules, 'torch itself loaded torch._dynamo'; "
+        "import ssconv; "
+        "loaded = [m for m in ('torch._dynamo', 'ssconv.kernels.triton_ssc') if m in sys.modules]; "
+        "assert not loaded, f'import ssconv loaded {loaded}'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

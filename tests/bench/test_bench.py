@@ -174,3 +174,67 @@ def test_bench_on_cuda():
     variants = build_variants("cifar_resnet20", 0.1)
     result = bench_variants(variants, (3, 32, 32), batch=8, repeats=3, device="cuda", train=True)
     assert all(r["latency_ms"] > 0 for r in result["rows"])
+
+
+def test_bench_compile_mode_and_graph_options_reach_every_variant(monkeypatch, capsys):
+    """The plumbing of --compile MODE / --cuda-graphs (the compilers themselves run on a GPU
+    machine: benchmarks/gpu_check.sh); torch.compile is replaced by a recorder."""
+    modes = []
+
+    def fake_compile(model, mode=None):
+        modes.append(mode)
+        if isinstance(model, torch.nn.Module) and getattr(model, "_fail_compile", False):
+            raise RuntimeError("simulated compiler failure")
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    variants = build_variants(
+        "cifar_resnet20", 0.2, in_channels=1, num_classes=10, variants=("dense", "ssc")
+    )
+    result = bench_variants(
+        variants, (1, 16, 16), batch=2, repeats=2, train=True, compile="reduce-overhead"
+    )
+    assert modes == ["reduce-overhead"] * 4  # frozen and trainable, both variants
+    assert result["compile_mode"] == "reduce-overhead" and result["cuda_graphs"] is False
+    rows = {r["variant"]: r for r in result["rows"]}
+    for key in ("compiled", "compiled_train_step", "train_step"):
+        assert rows["ssc"][f"{key}_ms"] > 0 and rows["dense"][f"{key}_speedup"] == 1.0
+    table = format_bench(result)
+    assert "compiled train ms" in table and "torch.compile mode reduce-overhead" in table
+
+    variants = build_variants(
+        "cifar_resnet20", 0.2, in_channels=1, num_classes=10, variants=("dense", "ssc")
+    )
+    variants[1].model._fail_compile = True
+    result = bench_variants(variants, (1, 16, 16), batch=2, repeats=2, train=True, compile=True)
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert "simulated compiler failure" in rows["ssc"]["compiled_train_step_error"]
+    assert rows["dense"]["compiled_train_step_ms"] > 0 and result["compile_mode"] == "default"
+    assert "failed (see log)" in format_bench(result)
+
+    with pytest.raises(ValueError, match="cuda_graphs needs a CUDA device"):
+        bench_variants(variants, (1, 16, 16), batch=2, repeats=2, cuda_graphs=True)
+    assert main(["bench", "cifar_resnet20", "--cuda-graphs"]) == 2
+    assert "--cuda-graphs needs a GPU" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse's choices
+        main(["bench", "cifar_resnet20", "--compile", "fastest"])
+    assert exc.value.code == 2 and "invalid choice: 'fastest'" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_bench_cuda_graphs_and_reduce_overhead_on_cuda():
+    variants = build_variants("cifar_resnet20", 0.1, variants=("dense", "ssc"))
+    result = bench_variants(
+        variants,
+        (3, 32, 32),
+        batch=8,
+        repeats=3,
+        device="cuda",
+        train=True,
+        cuda_graphs=True,
+        compile="reduce-overhead",
+    )
+    for r in result["rows"]:
+        for key in ("graphed", "graphed_train_step", "compiled", "compiled_train_step"):
+            assert r.get(f"{key}_ms", 0) > 0 or f"{key}_error" in r, (key, r)
+        assert r["graphed_ms"] > 0, r  # inference of a frozen model always captures

@@ -3,17 +3,16 @@ latency spread and machine), checked on the matplotlib figures, never on pixels.
 
 import json
 import math
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import matplotlib
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_hex
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.colors import to_hex  # noqa: E402
-
-from ssconv.report.plots import (  # noqa: E402
+from ssconv.report.plots import (
     DENSE_COLOR,
     FAMILY_MARKERS,
     OKABE_ITO,
@@ -23,7 +22,7 @@ from ssconv.report.plots import (  # noqa: E402
     method_styles,
     plot_all,
 )
-from ssconv.report.results import Group, Run  # noqa: E402
+from ssconv.report.results import Group, Run
 
 MACHINE = {"processor": "Test CPU 9000", "threads": 2, "device": "cpu"}
 
@@ -61,15 +60,9 @@ def grid(epochs=3, **latency_keys):
 def figures(gs):
     out = {}
     for name, fig in make_figures(gs):
-        fig.canvas.draw()
+        FigureCanvasAgg(fig).draw()  # the figures carry no canvas of their own: no pyplot
         out[name.split("_fmnist")[0]] = fig
     return out
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
 
 
 def test_families():
@@ -202,6 +195,36 @@ def test_plot_all_writes_pngs(tmp_path):
         "curves",
     ]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_plots_leave_the_users_backend_alone(tmp_path):
+    """A notebook user's backend (here: svg, chosen first) is unchanged after each plot, and
+    pyplot is not imported by the plots (no figure manager, nothing to close)."""
+    from torch import nn
+
+    from ssconv import SSConv2d
+    from ssconv.report.pattern_plot import plot_pattern
+
+    before = matplotlib.get_backend()
+    had_pyplot = "matplotlib.pyplot" in sys.modules
+    try:
+        matplotlib.use("svg")
+        paths = plot_all(grid(epochs=2, latency_spread=0.1), tmp_path / "report")
+        assert len(paths) == 4 and all(p.stat().st_size > 1000 for p in paths)
+        assert matplotlib.get_backend() == "svg"
+        for layer, name in (
+            (SSConv2d(16, 16, 3, period=4), "ssc.svg"),
+            (nn.Conv2d(4, 4, 1), "d.png"),
+        ):
+            assert plot_pattern(layer, tmp_path / name).stat().st_size > 1000
+            assert matplotlib.get_backend() == "svg"
+        for _, fig in make_figures(grid(epochs=1)):
+            assert fig.canvas.manager is None  # not registered with pyplot
+        assert matplotlib.get_backend() == "svg"
+        if not had_pyplot:
+            assert "matplotlib.pyplot" not in sys.modules
+    finally:
+        matplotlib.use(before)
 
 
 def test_latency_records_quartiles_and_machine(tmp_path, monkeypatch):

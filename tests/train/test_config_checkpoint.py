@@ -51,6 +51,7 @@ def test_yaml_and_toml_files_with_overrides(tmp_path):
         ({"keep": ["stem", "head"]}, "keep: unknown rule"),
         ({"device": "tpu"}, "device: expected auto, cpu, cuda"),
         ({"ssc_pointwise": 1}, "expected true, false or auto"),
+        ({"compile_mode": "fast"}, "compile_mode: 'fast' is not one of"),
     ],
 )
 def test_strict_validation_names_the_key(data, message):
@@ -143,8 +144,9 @@ def test_keys_added_later_keep_old_runs_identity():
         "crop_padding": None,
         "pretrained": False,
         "init_checkpoint": None,
+        "compile_mode": "default",
     }
-    # The data and weights keys' defaults are their neutral values: a default run keeps its
+    # The data, weights and compile keys' defaults are their neutral values: a default run keeps its
     # old digest.
     for key in (
         "in_channels",
@@ -153,6 +155,7 @@ def test_keys_added_later_keep_old_runs_identity():
         "crop_padding",
         "pretrained",
         "init_checkpoint",
+        "compile_mode",
     ):
         assert getattr(TrainConfig(), key) == NEUTRAL[key]
     # (ssc_shuffle: false, not the default null, which since 2026-12-02 means "mix" for ssc.)
@@ -162,3 +165,32 @@ def test_keys_added_later_keep_old_runs_identity():
     assert old.init_scale == "as_built" and old.digest() == new.digest()
     # A value other than the neutral one is part of the identity.
     assert TrainConfig.from_dict({"method": "ssc", "init_scale": "dense"}).digest() != new.digest()
+
+
+def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
+    """compile_mode is handed to torch.compile (the compiler itself is replaced: inductor's
+    first compile takes minutes on this machine; a GPU check runs it for real)."""
+    from ssconv.train.trainer import Trainer
+
+    modes = []
+
+    def fake_compile(model, mode=None):
+        modes.append(mode)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    base = {
+        "dataset": "synthetic:3:16:16:4:48:16",
+        "model": "cifar_resnet20",
+        "model_kwargs": {"width": 4},
+        "epochs": 1,
+        "batch_size": 8,
+        "max_steps": 1,
+        "workers": 0,
+        "latency_batch": 0,
+        "compile": True,
+    }
+    for mode, expected in (("default", None), ("reduce-overhead", "reduce-overhead")):
+        cfg = TrainConfig.from_dict({**base, "compile_mode": mode})
+        Trainer(cfg, tmp_path / mode, progress=False).run()
+        assert modes[-1] == expected

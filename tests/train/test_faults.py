@@ -22,7 +22,14 @@ import pytest
 import torch
 
 from ssconv.cli.main import main
-from ssconv.train.checkpoint import TEST_DELAY_ENV, list_checkpoints, load_checkpoint
+from ssconv.train.checkpoint import (
+    BEST_WEIGHTS,
+    FINAL_WEIGHTS,
+    TEST_DELAY_ENV,
+    list_checkpoints,
+    load_checkpoint,
+    load_weights,
+)
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="fork, SIGKILL and /proc: Linux"
@@ -202,6 +209,11 @@ def test_kill_9_anywhere_then_resume_is_bit_identical(tmp_path, workers):
         for d in (out, ref)
     )
     assert final == final_ref and final["complete"]
+    for name in (BEST_WEIGHTS, FINAL_WEIGHTS):  # the weights-only files too
+        weights, meta = load_weights(out / name)
+        weights_ref, meta_ref = load_weights(ref / name)
+        _same(weights, weights_ref, name)
+        assert meta == meta_ref
     assert [p.name for p in list_checkpoints(ckpts)] == [LAST, "ckpt-e0001-s000000008.pt"]
     assert not list(out.rglob("*.tmp")), "temporary files of killed writes are cleaned up"
 

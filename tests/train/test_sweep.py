@@ -5,7 +5,7 @@ import yaml
 
 from ssconv.cli.main import main
 from ssconv.train.config import ConfigError
-from ssconv.train.sweep import cell_status, claim, load_sweep, release
+from ssconv.train.sweep import RECORDED, cell_status, claim, load_sweep, release
 
 BASE = {
     "dataset": "synthetic:3:16:16:4:48:16",
@@ -388,3 +388,57 @@ def test_torn_final_json_and_disk_full_in_a_sweep(tmp_path, monkeypatch, capsys)
     assert "ENOSPC" in err and str(cells[1].folder / "checkpoints") in err
     assert not (cells[1].folder / "sweep.lock").exists()
     assert not (cells[1].folder / "failed.json").exists()
+
+
+def test_results_records_finished_cells_beyond_their_run_folders(tmp_path, capsys):
+    import shutil
+
+    kept = tmp_path / "results"
+    path = write_sweep(tmp_path, {"method": ["dense", "ssc"], "seed": [0, 1]}, results=str(kept))
+    assert main(["sweep", str(path)]) == 0
+    assert "recorded in" in capsys.readouterr().out
+    cells = load_sweep(path).cells()
+    for cell in cells:
+        assert cell.record == kept.joinpath(*cell.folder.relative_to(tmp_path / "runs").parts)
+        names = {p.name for p in cell.record.iterdir()}
+        assert names == {n for n in RECORDED if (cell.folder / n).is_file()}
+        assert {"config.yaml", "final.json", "metrics.jsonl", "profile.txt"} <= names
+        assert (cell.record / "final.json").read_bytes() == (
+            cell.folder / "final.json"
+        ).read_bytes()
+    # Both folders reported together: each run counts once.
+    assert main(["report", str(tmp_path / "runs"), str(kept), "-o", str(tmp_path / "r1")]) == 0
+    both = (tmp_path / "r1" / "results.csv").read_text()
+    # A fresh clone: the run folders are gone, the records make every cell done.
+    shutil.rmtree(tmp_path / "runs")
+    assert {cell_status(c) for c in cells} == {"done"}
+    capsys.readouterr()
+    assert main(["sweep", str(path)]) == 0
+    assert "->" not in capsys.readouterr().out  # nothing trained again
+    assert main(["sweep", str(path), "--status"]) == 0
+    assert "4 done, 0 running, 0 left" in capsys.readouterr().out
+    assert main(["report", str(kept), "-o", str(tmp_path / "r2")]) == 0
+    assert (tmp_path / "r2" / "results.csv").read_text() == both
+    # A record of other settings is not this cell's: the cell is pending again.
+    changed = load_sweep(path, overrides={"lr": 0.05}).cells()
+    assert {cell_status(c) for c in changed} == {"pending"}
+
+
+def test_record_backfills_and_errors(tmp_path, capsys):
+    path = write_sweep(tmp_path, {"method": ["ssc"], "seed": [0]})
+    assert main(["sweep", str(path)]) == 0
+    assert main(["sweep", str(path), "--record"]) == 2
+    assert "names no results folder" in capsys.readouterr().err
+    kept = tmp_path / "kept"
+    assert main(["sweep", str(path), "--results", str(kept), "--record"]) == 0
+    out = capsys.readouterr().out
+    assert "cell 0 recorded" in out and "1 of 1 cells done and recorded" in out
+    assert (kept / "method=ssc" / "seed=0" / "final.json").is_file()
+    assert main(["sweep", str(path), "--results", str(kept), "--record"]) == 0
+    assert "cell 0 recorded" not in capsys.readouterr().out  # already up to date
+    same = write_sweep(tmp_path, {"method": ["ssc"]}, results=str(tmp_path / "runs"))
+    with pytest.raises(ConfigError, match="must differ from out"):
+        load_sweep(same)
+    bad = write_sweep(tmp_path, {"method": ["ssc"]}, results=["a"])
+    with pytest.raises(ConfigError, match="results must be a folder path"):
+        load_sweep(bad)

@@ -81,12 +81,18 @@ FAST_BACKENDS = tuple(b for b in STOCK_BACKENDS if b != "masked")
 
 
 def fast_backends(device: str) -> tuple[str, ...]:
-    """The fast backends to time: the stock ones, and the fused kernel on CPU where it builds."""
+    """The fast backends to time: the stock ones, the fused kernel on CPU where it builds and
+    the Triton kernels on CUDA where triton is installed."""
     if torch.device(device).type == "cpu":
         from ssconv.kernels import fused
 
         if fused.available():
             return (*FAST_BACKENDS, "fused")
+    if torch.device(device).type == "cuda":
+        from ssconv.kernels import triton_ssc
+
+        if triton_ssc.available():
+            return (*FAST_BACKENDS, "triton")
     return FAST_BACKENDS
 
 
@@ -293,6 +299,7 @@ def summarize(rows: list[dict], max_density: float = 0.35) -> dict:
         "decomposed_eff",
         "split_eff",
         "fused_eff",
+        "triton_eff",
         "auto_eff",
         "best_eff",
         "in_chain_eff",
@@ -314,8 +321,8 @@ def format_markdown(rows: list[dict]) -> str:
 
     head = (
         "| layer | G | P | pw | spatial | density | dense ms | masked ms | decomposed ms | "
-        "split ms | fused ms | in-chain ms | eff. masked | eff. decomposed | eff. split | "
-        "eff. fused | auto | eff. best | eff. in chain |"
+        "split ms | fused ms | triton ms | in-chain ms | eff. masked | eff. decomposed | "
+        "eff. split | eff. fused | eff. triton | auto | eff. best | eff. in chain |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -323,9 +330,9 @@ def format_markdown(rows: list[dict]) -> str:
             f"| {r['shape']} | {r['groups']} | {r['period']} | {'y' if r['pointwise'] else 'n'} "
             f"| {r['spatial']} | {r['density']:.3f} | {r['dense_ms']:.2f} | {r['masked_ms']:.2f} "
             f"| {r['decomposed_ms']:.2f} | {r['split_ms']:.2f} | {opt(r, 'fused_ms')} "
-            f"| {r['in_chain_ms']:.2f} "
+            f"| {opt(r, 'triton_ms')} | {r['in_chain_ms']:.2f} "
             f"| {r['masked_eff']:.2f} | {r['decomposed_eff']:.2f} | {r['split_eff']:.2f} "
-            f"| {opt(r, 'fused_eff')} "
+            f"| {opt(r, 'fused_eff')} | {opt(r, 'triton_eff')} "
             f"| {r['auto_backend']} {r['auto_eff']:.2f} | {r['best_eff']:.2f} "
             f"({r['best_backend']}) | {r['in_chain_eff']:.2f} |"
         )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from ssconv import profile
 from ssconv.conversion import build_rival, convert
@@ -124,14 +124,23 @@ def bench_variants(
     channels_last: bool = True,
     repeats: int = 11,
     tune: bool = False,
-    compile: bool = False,
+    compile: bool | str = False,
+    cuda_graphs: bool = False,
 ) -> dict:
     """Measure every variant; returns a JSON-ready dict (rows + machine).
 
-    ``compile``: also time each frozen model under ``torch.compile`` (inductor), whose
-    compilation is excluded from the timings.
+    ``compile``: also time each frozen model (and, with ``train``, each training step) under
+    ``torch.compile`` (inductor; a mode name such as ``"reduce-overhead"``, or True for the
+    default mode), compilation excluded from the timings. ``cuda_graphs`` (CUDA only): also
+    time each frozen model, and with ``train`` each whole training step (forward, backward,
+    SGD update), captured once in a CUDA graph and replayed, so that kernel launches are not
+    what is measured. A variant that cannot be compiled or captured is reported with the
+    reason (``compiled_error`` / ``graphed_error``), the others are still timed.
     """
     dev = torch.device(device)
+    if cuda_graphs and dev.type != "cuda":
+        raise ValueError(f"cuda_graphs needs a CUDA device, got device {device!r}")
+    mode = None if compile in (True, "default") else (compile or None)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(batch, *input_size, device=dev).contiguous(memory_format=fmt)
     for v in variants:
@@ -159,17 +168,23 @@ def bench_variants(
     for v in variants:
         v.results["latency"] = stats[v.name]
     if compile:
-        compiled = {n: torch.compile(m) for n, m in frozen.items()}
         with torch.inference_mode():
-            for m in compiled.values():
-                m(x)  # compile outside the timed region
-            cstats = measure(
-                {n: (lambda m=m: m(x)) for n, m in compiled.items()}, repeats=repeats, device=dev
-            )
-        for v in variants:
-            v.results["compiled"] = cstats[v.name]
+            calls = {
+                # the first call compiles, outside the timings
+                v.name: _prepared(
+                    v, "compiled", lambda m=frozen[v.name]: _call(torch.compile(m, mode=mode), x)
+                )
+                for v in variants
+            }
+            _measure_into(variants, "compiled", calls, repeats=repeats, device=dev)
+    if cuda_graphs:
+        with torch.inference_mode():
+            calls = {
+                v.name: _graphed(v, "graphed", lambda m=frozen[v.name]: m(x)) for v in variants
+            }
+        _measure_into(variants, "graphed", calls, repeats=repeats, device=dev)
     if train:
-        steps = {}
+        steps, compiled_steps, graphed_steps = {}, {}, {}
         y = torch.randint(0, 10, (batch,), device=dev)
         for v in variants:
             model = v.model.train()
@@ -177,19 +192,23 @@ def bench_variants(
                 from ssconv.layers.tuning import autotune
 
                 autotune(model, x, training=True)
-            opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-            n_out = model(x[:1]).shape[1]
-
-            def step(model=model, opt=opt, n_out=n_out):
-                loss = F.cross_entropy(model(x), y % n_out)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-
-            steps[v.name] = step
-        train_stats = measure(steps, repeats=max(3, repeats // 2), warmup=2, device=dev)
-        for v in variants:
-            v.results["train_step"] = train_stats[v.name]
+            steps[v.name] = _train_step(model, x, y)
+            if compile:
+                compiled_steps[v.name] = _prepared(
+                    v,
+                    "compiled_train_step",
+                    lambda model=model: _train_step(torch.compile(model, mode=mode), x, y),
+                )
+            if cuda_graphs:
+                step = _train_step(model, x, y, graphed=True)
+                graphed_steps[v.name] = _graphed(v, "graphed_train_step", step)
+        train_repeats = max(3, repeats // 2)
+        _measure_into(variants, "train_step", steps, repeats=train_repeats, device=dev)
+        for key, calls in (
+            ("compiled_train_step", compiled_steps),
+            ("graphed_train_step", graphed_steps),
+        ):
+            _measure_into(variants, key, calls, repeats=train_repeats, device=dev)
     if onnx:
         _bench_onnx(variants, frozen, x, repeats)
     dense = next((v for v in variants if v.name == "dense"), None)
@@ -204,9 +223,10 @@ def bench_variants(
             "effective_macs": r["effective_macs"],
             "executed_macs": r["executed_macs_frozen"],
         }
-        if "onnx_error" in r:
-            row["onnx_error"] = r["onnx_error"]
-        for key in ("latency", "compiled", "train_step", "onnx"):
+        for key in TIMED:
+            if f"{key}_error" in r:
+                row[f"{key}_error"] = r[f"{key}_error"]
+        for key in TIMED:
             if key in r:
                 s: Stats = r[key]
                 row[f"{key}_ms"] = s.median * 1e3
@@ -221,7 +241,84 @@ def bench_variants(
         "memory_format": "channels_last" if channels_last else "NCHW",
         "rows": rows,
         "tuned": tune,
+        "compile_mode": (mode or "default") if compile else None,
+        "cuda_graphs": cuda_graphs,
     }
+
+
+#: What :func:`bench_variants` times (each a ``<key>_ms`` column of a row).
+TIMED = (
+    "latency",
+    "compiled",
+    "graphed",
+    "train_step",
+    "compiled_train_step",
+    "graphed_train_step",
+    "onnx",
+)
+
+
+def _train_step(model: nn.Module, x: Tensor, y: Tensor, *, graphed: bool = False):
+    """One SGD step (forward, cross-entropy, backward, update) of ``model`` on ``(x, y)``;
+    ``graphed``: the gradients are zeroed in place instead of freed, so that a CUDA graph's
+    replays accumulate into the tensors it captured."""
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    n_out = model(x[:1]).shape[1]
+    target = y % n_out
+
+    def step():
+        loss = F.cross_entropy(model(x), target)
+        opt.zero_grad(set_to_none=not graphed)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _call(model: nn.Module, x: Tensor):
+    """``model(x)`` as a callable without arguments."""
+    return lambda: model(x)
+
+
+def _prepared(v: Variant, key: str, make):
+    """The callable ``make()`` returns, after a first call (compilation), or None with the
+    error stored in the variant (``<key>_error``)."""
+    try:
+        fn = make()
+        fn()
+    except Exception as exc:  # one variant's failure must not lose the others' figures
+        log.warning("%s: %s not timed: %s", key, v.name, exc)
+        v.results[f"{key}_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+        return None
+    return fn
+
+
+def _graphed(v: Variant, key: str, fn):
+    """``fn`` captured in a CUDA graph (after warm-up calls on a side stream, as PyTorch's
+    CUDA-graph recipe does); returns the graph's replay, or None with the error stored."""
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+    except Exception as exc:
+        log.warning("%s: %s not timed: %s", key, v.name, exc)
+        v.results[f"{key}_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+        return None
+    return graph.replay
+
+
+def _measure_into(variants, key: str, calls: dict, **kwargs) -> None:
+    calls = {n: c for n, c in calls.items() if c is not None}
+    stats = measure(calls, **kwargs) if calls else {}
+    for v in variants:
+        if v.name in stats:
+            v.results[key] = stats[v.name]
 
 
 def _bench_onnx(variants, frozen, x, repeats) -> None:
@@ -255,40 +352,47 @@ def _bench_onnx(variants, frozen, x, repeats) -> None:
             v.results["onnx"] = stats[v.name]
 
 
+#: Column titles of the timed figures in :func:`format_bench`: (time, speed-up).
+_TITLES = {
+    "latency": ("latency ms", "speed-up"),
+    "compiled": ("compiled ms", "compiled speed-up"),
+    "graphed": ("CUDA graph ms", "graph speed-up"),
+    "train_step": ("train step ms", "train speed-up"),
+    "compiled_train_step": ("compiled train ms", "compiled train speed-up"),
+    "graphed_train_step": ("graphed train ms", "graphed train speed-up"),
+    "onnx": ("onnxruntime ms", "ort speed-up"),
+}
+
+
 def format_bench(result: dict) -> str:
     from ssconv.utils.text import format_count
 
-    cols = ["variant", "params", "density", "eff. MACs", "exec. MACs", "latency ms", "speed-up"]
-    has_train = any("train_step_ms" in r for r in result["rows"])
-    has_onnx = any("onnx_ms" in r for r in result["rows"])
-    has_compiled = any("compiled_ms" in r for r in result["rows"])
-    if has_compiled:
-        cols += ["compiled ms", "compiled speed-up"]
-    if has_train:
-        cols += ["train step ms", "train speed-up"]
-    if has_onnx:
-        cols += ["onnxruntime ms", "ort speed-up"]
+    rows = result["rows"]
+    keys = [
+        k for k in TIMED if k == "latency" or any(f"{k}_ms" in r or f"{k}_error" in r for r in rows)
+    ]
+    cols = ["variant", "params", "density", "eff. MACs", "exec. MACs"]
+    for k in keys:
+        cols += list(_TITLES[k])
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in result["rows"]:
+    for r in rows:
         cells = [
             r["variant"],
             format_count(r["params"]),
             f"{r['density']:.4f}",
             format_count(r["effective_macs"]),
             format_count(r["executed_macs"]),
-            f"{r['latency_ms']:.2f} ± {r['latency_spread'] * 100:.0f}%",
-            f"{r.get('latency_speedup', 1.0):.2f}x",
         ]
-        if has_compiled:
-            cells += [f"{r['compiled_ms']:.2f}", f"{r.get('compiled_speedup', 1.0):.2f}x"]
-        if has_train:
-            cells += [
-                f"{r['train_step_ms']:.1f} ± {r['train_step_spread'] * 100:.0f}%",
-                f"{r.get('train_step_speedup', 1.0):.2f}x",
-            ]
-        if has_onnx:
-            if "onnx_ms" in r:
-                cells += [f"{r['onnx_ms']:.2f}", f"{r.get('onnx_speedup', 1.0):.2f}x"]
+        for k in keys:
+            if f"{k}_ms" in r:
+                digits = 1 if "train" in k else 2
+                spread = (
+                    f" ± {r[f'{k}_spread'] * 100:.0f}%" if k in ("latency", "train_step") else ""
+                )
+                cells += [
+                    f"{r[f'{k}_ms']:.{digits}f}{spread}",
+                    f"{r.get(f'{k}_speedup', 1.0):.2f}x",
+                ]
             else:
                 cells += ["failed (see log)", "-"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -299,6 +403,7 @@ def format_bench(result: dict) -> str:
         f"torch {m['torch']}, {m['date']}; median of interleaved repeats ± interquartile range "
         f"(relative); inference on the frozen (deployable) models"
         + (", backends autotuned" if result.get("tuned") else "")
+        + (f"; torch.compile mode {result['compile_mode']}" if result.get("compile_mode") else "")
     )
     return "\n".join(lines)
 

@@ -19,6 +19,7 @@ from ssconv.cli.common import (
     emit_json,
     positive_int,
 )
+from ssconv.train.config import COMPILE_MODES
 
 
 def register(sub) -> None:
@@ -59,7 +60,21 @@ def register(sub) -> None:
         "--onnx", action="store_true", help="also time the ONNX export with onnxruntime (CPU)"
     )
     p.add_argument(
-        "--compile", action="store_true", help="also time the frozen models under torch.compile"
+        "--compile",
+        nargs="?",
+        const="default",
+        default=None,
+        choices=COMPILE_MODES,
+        metavar="MODE",
+        help="also time the frozen models (and with --train the training step) under "
+        "torch.compile, in MODE: default, reduce-overhead (CUDA graphs on a GPU), max-autotune, "
+        "max-autotune-no-cudagraphs (default MODE: default)",
+    )
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="also time each frozen model (and with --train the whole training step) captured "
+        "once in a CUDA graph and replayed, so kernels and not launches are measured (CUDA)",
     )
     p.add_argument(
         "--tune",
@@ -113,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.output, "-o/--output", (".json",))
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CLIError(f"--device {args.device}: CUDA is not available on this machine")
+    if args.cuda_graphs and not args.device.startswith("cuda"):
+        raise CLIError(f"--cuda-graphs needs a GPU: add --device cuda (got --device {args.device})")
     apply_threads(args)
     size = default_input_size(args.model, args.in_channels)
     if args.input_size:
@@ -153,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
         channels_last=not args.nchw,
         repeats=args.repeats,
         tune=args.tune,
-        compile=args.compile,
+        compile=args.compile or False,
+        cuda_graphs=args.cuda_graphs,
     )
     result.update(model=args.model, target_density=args.density)
     if args.output:

@@ -28,6 +28,21 @@ def register(sub) -> None:
         "--out", default=None, help="override the file's output folder (default: the file's out)"
     )
     p.add_argument(
+        "--results",
+        default=None,
+        metavar="DIR",
+        help="override the file's results folder, where each finished cell's config.yaml, "
+        "final.json, metrics.jsonl, profile.txt and method.json are copied (to commit; a "
+        "cell recorded there is done even without its run folder) (default: the file's "
+        "results, if any)",
+    )
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="copy every finished cell of the output folder to the results folder and exit "
+        "(runs nothing; a normal run also records finished cells)",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -84,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         load_sweep,
         print_cells,
         print_progress,
+        record,
         release,
         run_cell,
         schedule_change,
@@ -97,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
     )
 
     try:
-        spec = load_sweep(args.sweep_file, args.out, overrides=parse_set(args.set))
+        spec = load_sweep(
+            args.sweep_file, args.out, overrides=parse_set(args.set), results=args.results
+        )
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
     cells = spec.cells()
@@ -117,11 +135,38 @@ def run(args: argparse.Namespace) -> int:
     if args.status:
         print_progress(cells)
         return 0
+    if args.record and spec.results is None:
+        raise CLIError(
+            f"--record: {args.sweep_file} names no results folder; add `results: DIR` to it "
+            "or pass --results DIR"
+        )
+
+    def keep(cell) -> None:  # copy a finished cell to results; a failure loses nothing
+        try:
+            if record(cell):
+                print(f"sweep: cell {cell.index} recorded in {cell.record}", flush=True)
+        except OSError as exc:
+            print(
+                f"sweep: could not record cell {cell.index} in {cell.record}: "
+                f"{describe_os_error(exc, cell.record)}; its run folder {cell.folder} still "
+                "holds it (run `ssconv sweep --record` later)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    if args.record:
+        for cell in cells:
+            keep(cell)
+        n = sum(cell_status(c) == "done" and c.record is not None for c in cells)
+        print(f"sweep: {n} of {len(cells)} cells done and recorded in {spec.results}")
+        return 0
     failed = 0
     ran = 0
     start = time.time()
     for cell in cells:
         status = cell_status(cell)
+        if status == "done":
+            keep(cell)
         if status in ("done", "skipped", "running"):
             continue
         if status == "changed":
@@ -163,6 +208,8 @@ def run(args: argparse.Namespace) -> int:
             status = "failed"
         finally:
             release(cell)
+        if status == "done":
+            keep(cell)
         ran += 1
         failed += status == "failed"
         print(f"[{cell.index + 1}] {status} after {time.time() - start:.0f} s total", flush=True)

@@ -24,6 +24,7 @@ from ssconv.cli.common import (
     period_arg,
 )
 from ssconv.train.config import (
+    COMPILE_MODES,
     METHODS,
     ConfigError,
     TrainConfig,
@@ -58,6 +59,7 @@ _FLAGS = {
     "label_smoothing": float,
     "seed": int,
     "workers": int,
+    "compile_mode": str,
     "device": str,
     "log_every": int,
     "checkpoint_steps": int,
@@ -134,6 +136,8 @@ def register(sub) -> None:
             kwargs["choices"] = METHODS
         if key == "in_channels":
             kwargs["choices"] = (1, 3)
+        if key == "compile_mode":
+            kwargs["choices"] = COMPILE_MODES
         p.add_argument("--" + key.replace("_", "-"), dest=key, **kwargs)
     p.add_argument(
         "--period", dest="ssc_period", type=period_arg, default=None, help=helps["ssc_period"]

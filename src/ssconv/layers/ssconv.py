@@ -26,6 +26,12 @@ Execution backends (same outputs and gradients):
   over pixels so that narrow residue classes waste nothing (float32, and float64 for
   gradcheck). Strided layers in training, other devices, tracing and ``torch.compile`` run the
   ``"auto"`` choice of stock kernels instead.
+* ``"triton"``: Triton kernels for GPUs (:mod:`ssconv.kernels.triton_ssc`): forward, input
+  gradient and weight gradient as implicit GEMMs over each class of equal support, one launch
+  per layer, spatial and 1 x 1 weights together (float32 accumulation; float32, bfloat16 and
+  float16; NCHW and channels_last). CUDA tensors; CPU tensors only in Triton's interpreter
+  (``TRITON_INTERPRET=1``, for tests), else it raises ``TritonUnavailableError``. Tested
+  under the interpreter, not yet measured on a GPU: ``"auto"`` never picks it.
 * ``"auto"`` (default): on CPU, gradient-needing float32 calls of stride-1 layers use the fused
   training kernels where they are built (:meth:`SSConv2d.trains_fused`); inference (no
   gradients, float32) uses the fused kernel where the layer is wide enough; otherwise the
@@ -75,7 +81,7 @@ def init_variance(nonzero_fan_in: float, dense_fan_in: float, init_scale: str) -
     return 2.0 / (nonzero_fan_in ** (1.0 - a) * dense_fan_in**a)
 
 
-BACKENDS = ("auto", "masked", "decomposed", "split", "fused")
+BACKENDS = ("auto", "masked", "decomposed", "split", "fused", "triton")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 #: The backends built from stock PyTorch convolutions (what ``auto`` picks among where no
@@ -158,8 +164,10 @@ class SSConv2d(nn.Module):
     pointwise=True`` is HetConv with part ``P``.
 
     Args:
-        backend: ``"auto"``, ``"masked"`` (reference), ``"decomposed"`` (fast path) or
-            ``"split"`` (fast path with one dense conv per residue class, for narrow groups).
+        backend: ``"auto"``, ``"masked"`` (reference), ``"decomposed"`` (fast path),
+            ``"split"`` (fast path with one dense conv per residue class, for narrow groups),
+            ``"fused"`` (native CPU kernels) or ``"triton"`` (Triton kernels on CUDA; never
+            chosen by ``"auto"`` until measured on a GPU). See the module docstring.
         dense_groups: the ``groups`` of the dense layer this one stands for (set by
             :meth:`from_conv2d`); only used by model-level density accounting
             (:attr:`dense_weight_count`). A divisor of ``groups``.
@@ -533,6 +541,12 @@ class SSConv2d(nn.Module):
             padding = (0, 0)
         else:
             padding = self.padding
+        if self._backend == "triton":
+            # Imported on first use: its torch.compiler.disable wrappers load torch._dynamo
+            # (seconds), which `import ssconv` must not pay.
+            from ssconv.kernels import triton_ssc
+
+            return triton_ssc.layer_forward(self, x, padding)
         inference = self._is_inference_call(x)
         if not inference and self._trains_fused(x):
             return self._forward_fused_train(x, padding)

@@ -74,11 +74,8 @@ def plot_pattern(
     Shows at most ``max_channels`` output and input channels (the top-left corner) so that
     individual kernels stay visible; the title says when the map is cropped.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     image = kernel_type_image(layer)
@@ -89,7 +86,9 @@ def plot_pattern(
         crop = f" (first {image.shape[0]} x {image.shape[1]} of {c_out} x {c_in})"
     present = sorted(set(image.unique().tolist()))
     fig_w = 7.5 if layer.kernel_size != (1, 1) else 6.5
-    fig, ax = plt.subplots(figsize=(fig_w, 5.2), constrained_layout=True)
+    # A bare Figure (no pyplot): the user's matplotlib backend is left as it is.
+    fig = Figure(figsize=(fig_w, 5.2), layout="constrained")
+    ax = fig.subplots()
     ax.imshow(
         image.numpy(),
         cmap=ListedColormap(_COLORS),
@@ -120,5 +119,4 @@ def plot_pattern(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)
     return path

@@ -276,27 +276,30 @@ def _finish(ax, families: dict[str, str], title: str, legend_kw: dict | None = N
 
 
 def plot_all(groups: list[Group], folder: str | Path) -> list[Path]:
-    """Write the report's figures into ``folder``; returns their paths."""
-    import matplotlib.pyplot as plt
+    """Write the report's figures into ``folder``; returns their paths.
 
+    The figures are :class:`matplotlib.figure.Figure` objects drawn without ``pyplot``: the
+    user's matplotlib backend (a notebook's inline one, say) is left as it is.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for name, fig in make_figures(groups):
         path = folder / name
         fig.savefig(path, dpi=130)
-        plt.close(fig)
         written.append(path)
     return written
 
 
 def make_figures(groups: list[Group]):
-    """The report's figures, as ``(file name, matplotlib Figure)`` pairs (a generator: each
-    figure is made when asked for; the caller closes it)."""
-    import matplotlib
+    """The report's figures, as ``(file name, matplotlib.figure.Figure)`` pairs (a generator:
+    each figure is made when asked for).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    The figures are made without ``pyplot`` and belong to no backend's figure manager: nothing
+    needs closing, and the global backend is untouched. To show one in a notebook, return it
+    from a cell (or ``display(fig)``); to save one, ``fig.savefig(path)``.
+    """
+    from matplotlib.figure import Figure
     from matplotlib.ticker import FixedLocator, MaxNLocator
 
     for (dataset, model), gs in _by_dataset_model(groups).items():
@@ -315,7 +318,8 @@ def make_figures(groups: list[Group]):
             ("effective_macs", "effective MACs per image", "acc_vs_macs"),
             ("latency_ms", "measured inference latency (ms per batch)", "acc_vs_latency"),
         ):
-            fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+            fig = Figure(figsize=(8, 4.5), layout="constrained")
+            ax = fig.subplots()
             plotted, y_lo, y_hi = False, [], []
             # Methods at the same target density are offset sideways (a few % on the log
             # axis), so that their points and seed bars do not hide each other.
@@ -366,7 +370,6 @@ def make_figures(groups: list[Group]):
                 )
                 plotted = True
             if not plotted:
-                plt.close(fig)
                 continue
             if xkey == "density":
                 # Ticks at the target densities (0.05, 0.1), not at the achieved 0.0499.
@@ -393,14 +396,8 @@ def make_figures(groups: list[Group]):
         )
         if not densities:
             continue
-        fig, axes = plt.subplots(
-            1,
-            len(densities),
-            figsize=(4.6 * len(densities) + 2.2, 4.2),
-            squeeze=False,
-            sharey=True,
-            constrained_layout=True,
-        )
+        fig = Figure(figsize=(4.6 * len(densities) + 2.2, 4.2), layout="constrained")
+        axes = fig.subplots(1, len(densities), squeeze=False, sharey=True)
         n_max, values = 0, []
         for ax, density in zip(axes[0], densities):
             for g in [*dense, *(g for g in gs if g.target_density == density)]:
@@ -437,7 +434,6 @@ def make_figures(groups: list[Group]):
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)
         if not values:
-            plt.close(fig)
             continue
         for ax in axes[0]:
             # Integer epochs, and room either side: a 1- or 2-epoch curve is not squeezed

@@ -128,9 +128,14 @@ def _read_run(folder: Path) -> Run | None:
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Run]:
-    """Every finished run under ``paths`` (run folders or folders containing them)."""
+    """Every finished run under ``paths`` (run folders or folders containing them).
+
+    A run found twice (its run folder and a sweep's record of it, both with the same config
+    digest and epochs) counts once: the first found.
+    """
     runs: list[Run] = []
     seen: set[Path] = set()
+    digests: set[tuple] = set()
     for path in paths:
         path = Path(path)
         if not path.exists():
@@ -146,8 +151,13 @@ def find_runs(paths: Iterable[str | Path]) -> list[Run]:
                 continue
             seen.add(folder)
             run = _read_run(folder)
-            if run is not None:
-                runs.append(run)
+            if run is None:
+                continue
+            same = (run.final.get("config_digest"), run.final.get("epochs"))
+            if same[0] is not None and same in digests:
+                continue
+            digests.add(same)
+            runs.append(run)
     return runs
 
 

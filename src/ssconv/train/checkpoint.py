@@ -14,6 +14,11 @@
 * :func:`atomic_write_text` writes small state files (``final.json``, ``config.yaml``, ...) the
   same way: a reader, or a resume after ``kill -9``, sees the old file or the new one, never a
   torn one.
+* :func:`save_weights` writes a weights-only file (``best.safetensors``, ``model.safetensors``)
+  the same way: the model's state_dict in the `safetensors <https://github.com/huggingface/
+  safetensors>`_ format (tensors only: loading it can run no code, and other tools read it),
+  with what is needed to rebuild the model (its config, input size, classes) as metadata;
+  :func:`load_weights` reads it back.
 
 Test hook: ``SSCONV_TEST_WRITE_DELAY_S=SECONDS[@GLOB]`` makes every write of this module (of
 the files whose name matches ``GLOB``) pause once in its middle, after part of the temporary file
@@ -25,15 +30,18 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import json
 import logging
 import os
 import re
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 __all__ = [
     "FORMAT_VERSION",
@@ -44,6 +52,11 @@ __all__ = [
     "list_checkpoints",
     "checkpoint_name",
     "atomic_write_text",
+    "save_weights",
+    "load_weights",
+    "BEST_WEIGHTS",
+    "FINAL_WEIGHTS",
+    "WEIGHTS_FORMAT",
     "fsync_path",
     "with_filename",
     "remove_temporaries",
@@ -57,6 +70,12 @@ _NAME = re.compile(r"^ckpt-e(\d+)-s(\d+)\.pt$")
 #: Temporary files of writes that never finished (a kill inside ``save_checkpoint``).
 _TEMPORARY = re.compile(r"^\..+\.tmp$")
 TEST_DELAY_ENV = "SSCONV_TEST_WRITE_DELAY_S"
+#: File names of a run folder's weights-only files: the weights of the epoch with the best
+#: validation top-1 so far, and the final weights.
+BEST_WEIGHTS = "best.safetensors"
+FINAL_WEIGHTS = "model.safetensors"
+#: The ``format`` metadata entry of the weights-only files this version writes.
+WEIGHTS_FORMAT = "ssconv-weights-1"
 
 
 class CheckpointError(RuntimeError):
@@ -117,6 +136,67 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
     _write_atomic(path, write)
     return path
+
+
+def save_weights(
+    state: Mapping[str, Tensor], path: str | Path, *, metadata: Mapping[str, Any] | None = None
+) -> Path:
+    """Atomically write ``state`` (a state_dict) to ``path`` as a safetensors file.
+
+    The tensors are copied to the CPU (each into storage of its own: safetensors refuses
+    tensors that share memory); every ``metadata`` value is stored JSON-encoded under its key,
+    next to ``format`` (:data:`WEIGHTS_FORMAT`). Read it back with :func:`load_weights`.
+    """
+    from safetensors.torch import save
+
+    path = Path(path)
+    bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise TypeError(f"save_weights: entries {bad[:5]} of the state_dict are not tensors")
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+    meta = {"format": WEIGHTS_FORMAT}
+    meta.update({k: json.dumps(v) for k, v in (metadata or {}).items()})
+    data = save(tensors, metadata=meta)
+    _mkdir(path.parent)
+
+    def write(fh) -> None:
+        _Sink(fh, path.name).write(data)
+
+    _write_atomic(path, write)
+    return path
+
+
+def load_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``(state_dict, metadata)`` of a file written by :func:`save_weights`, on the CPU.
+
+    Raises :class:`CheckpointError` when the file is missing, truncated or not one of ssconv's
+    weights files (a plain safetensors file without ssconv's metadata: load it with
+    ``safetensors.torch.load_file``).
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            raw = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (no dict)
+    except Exception as exc:  # truncated header or data, not a safetensors file
+        raise CheckpointError(
+            f"weights file {str(path)!r} cannot be loaded ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); it may be truncated"
+        ) from None
+    if raw.get("format") != WEIGHTS_FORMAT:
+        raise CheckpointError(
+            f"{str(path)!r} is not an ssconv weights file (format {raw.get('format')!r}, "
+            f"expected {WEIGHTS_FORMAT!r})"
+        )
+    try:
+        metadata = {k: json.loads(v) for k, v in raw.items() if k != "format"}
+    except ValueError as exc:
+        raise CheckpointError(f"{str(path)!r}: unreadable metadata ({exc})") from None
+    return state, metadata
 
 
 def remove_temporaries(folder: str | Path) -> list[Path]:

@@ -49,6 +49,8 @@ SSC_PRESETS: dict[str, dict] = {
     "group_conv": {"ssc_period": 1, "ssc_spatial": "full", "ssc_shuffle": False},
 }
 STRUCTURED_BASELINES = STRUCTURED_RIVALS
+#: ``torch.compile`` modes (``compile_mode``; ``ssconv bench --compile MODE``).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 METHODS = ("dense", *SSC_PRESETS, *STRUCTURED_BASELINES, *PRUNING_METHOD_NAMES)
 
 
@@ -237,6 +239,14 @@ class TrainConfig:
     amp: bool = _f(False, "mixed precision (bfloat16 on CPU, float16 on CUDA)", kind=bool)
     channels_last: bool = _f(False, "channels_last memory format", kind=bool)
     compile: bool = _f(False, "torch.compile the model", kind=bool)
+    compile_mode: str = _f(
+        "default",
+        "torch.compile mode when compile is on: default, reduce-overhead (CUDA graphs on a "
+        "GPU: launch overhead removed), max-autotune or max-autotune-no-cudagraphs",
+        kind=str,
+        choices=COMPILE_MODES,
+        neutral="default",
+    )
     # Outputs
     log_every: int = _f(
         0, "also log a metrics row every N steps (0: per epoch only)", kind=int, lo=0

@@ -21,9 +21,21 @@ each variant is crossed with the grid, and its name is the first part of the cel
       density: [0.1]
 
 Each cell is a normal run in ``out/<key>=<value>/...``. Finished cells are skipped, unfinished
-ones resumed from their checkpoints. Several processes (or machines sharing the folder) can
-work on one grid: a cell is claimed by creating its lock file atomically, so two workers never
-train the same cell; ``--shard K/N`` splits the grid statically instead.
+ones resumed from their checkpoints.
+
+An optional ``results`` folder keeps what a finished cell measured beyond the life of its run
+folder: when a cell finishes, its ``config.yaml``, ``final.json``, ``metrics.jsonl``,
+``profile.txt`` and ``method.json`` (:data:`RECORDED`, about 15 kB, no weights) are copied to
+``results/<key>=<value>/...``, a folder meant to be committed
+with the sweep file. A cell recorded there counts as done even where ``out`` is missing (a fresh
+clone, another machine), so a grid spread over several machines or sessions is finished by
+committing the records and running the same command; ``ssconv report RESULTS`` reads them like
+run folders. :func:`record` copies a cell's files (``ssconv sweep --record`` does it for every
+finished cell, e.g. those finished by an older version).
+
+Several processes (or machines sharing the folder) can work on one grid: a cell is claimed by
+creating its lock file atomically, so two workers never train the same cell; ``--shard K/N``
+splits the grid statically instead.
 
 Locks: a lock file is created complete (written to a temporary file, then hard-linked into
 place, which fails if a lock exists), names its process (host, pid, the process's start time)
@@ -64,6 +76,8 @@ __all__ = [
     "Cell",
     "load_sweep",
     "cell_status",
+    "done_folder",
+    "record",
     "schedule_change",
     "run_cell",
     "claim",
@@ -77,6 +91,9 @@ log = logging.getLogger(__name__)
 LOCK = "sweep.lock"
 SKIPPED = "skipped.json"
 FAILED = "failed.json"
+#: The files of a finished run that :func:`record` keeps: what ``ssconv report`` reads, and
+#: the evidence of the budget (the per-layer profile; a pruning or structured method's report).
+RECORDED = ("config.yaml", "final.json", "metrics.jsonl", "profile.txt", "method.json")
 
 
 @dataclass(frozen=True)
@@ -85,6 +102,7 @@ class Cell:
     values: dict[str, Any]  # the grid values of this cell
     config: TrainConfig
     folder: Path
+    record: Path | None = None  # where the finished cell's results are kept (``results``)
 
     def label(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.values.items())
@@ -97,6 +115,7 @@ class SweepSpec:
     grid: dict[str, list]
     source: str
     variants: dict[str, dict[str, Any]] | None = None
+    results: Path | None = None
 
     def cells(self) -> list[Cell]:
         """Every distinct cell (dense runs do not depend on density: one per other value)."""
@@ -120,8 +139,9 @@ class SweepSpec:
             if digest in seen:
                 continue
             seen.add(digest)
-            folder = self.out.joinpath(*(_slug(k, v) for k, v in values.items()))
-            cells.append(Cell(len(cells), values, config, folder))
+            parts = [_slug(k, v) for k, v in values.items()]
+            record = None if self.results is None else self.results.joinpath(*parts)
+            cells.append(Cell(len(cells), values, config, self.out.joinpath(*parts), record))
         return cells
 
 
@@ -132,21 +152,25 @@ def _slug(key: str, value: Any) -> str:
 
 
 def load_sweep(
-    path: str | Path, out: str | Path | None = None, overrides: dict[str, Any] | None = None
+    path: str | Path,
+    out: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    results: str | Path | None = None,
 ) -> SweepSpec:
     """Read and validate a sweep file; every cell's config is checked up front.
 
     ``overrides`` replace keys of ``base`` (a key the grid or a variant sets cannot be
-    overridden: that would silently change what the grid compares).
+    overridden: that would silently change what the grid compares). ``out`` and ``results``
+    replace the file's folders.
     """
     path = Path(path)
     data = read_config_file(path, "sweep file")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with out, base and grid")
-    unknown = set(data) - {"out", "base", "grid", "variants", "description"}
+    unknown = set(data) - {"out", "results", "base", "grid", "variants", "description"}
     if unknown:
         raise ConfigError(
-            f"{path}: unknown top-level key(s) {sorted(unknown)}; expected out, "
+            f"{path}: unknown top-level key(s) {sorted(unknown)}; expected out, results, "
             f"base, grid, variants, description"
         )
     base = data.get("base") or {}
@@ -183,7 +207,17 @@ def load_sweep(
         for v in values:
             _check_items({key: v}, f"{path}: grid")
     folder = Path(out) if out is not None else Path(data.get("out") or "runs/sweep")
-    spec = SweepSpec(folder, base, grid, str(path), variants)
+    if results is None:
+        results = data.get("results")
+        if results is not None and not isinstance(results, str):
+            raise ConfigError(f"{path}: results must be a folder path, got {results!r}")
+    kept = None if results is None else Path(results)
+    if kept is not None and kept.resolve() == folder.resolve():
+        raise ConfigError(
+            f"{path}: results ({kept}) must differ from out: it keeps copies of the finished "
+            "run folders"
+        )
+    spec = SweepSpec(folder, base, grid, str(path), variants, kept)
     spec.cells()  # validate every combination now, not hours later
     return spec
 
@@ -196,35 +230,54 @@ def _read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def schedule_change(cell: Cell) -> str | None:
-    """Why the run in the cell's folder cannot continue as this cell (its saved ``epochs``
-    differ in a way that changes the learning-rate schedule of what it trained), else None."""
+def schedule_change(cell: Cell, folder: Path | None = None) -> str | None:
+    """Why the run in ``folder`` (default: the cell's run folder) cannot continue as this cell
+    (its saved ``epochs`` differ in a way that changes the learning-rate schedule of what it
+    trained), else None."""
     from ssconv.train.trainer import schedule_changes
 
+    folder = cell.folder if folder is None else folder
     try:
-        saved = yaml.safe_load((cell.folder / "config.yaml").read_text())
+        saved = yaml.safe_load((folder / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
         return None
     if not isinstance(saved, dict):
         return None
-    final = _read_json(cell.folder / "final.json") or {}
-    started = max(int(final.get("epochs") or 0), _epochs_done(cell))
+    final = _read_json(folder / "final.json") or {}
+    trained = _epochs_done(cell) if folder == cell.folder else 0
+    started = max(int(final.get("epochs") or 0), trained)
     changes = schedule_changes(saved, cell.config, started)
     return "; ".join(changes) or None
 
 
-def cell_status(cell: Cell) -> str:
-    """done, running (locked), skipped, failed, changed (see the module docstring), partial
-    (checkpoints) or pending."""
-    final = _read_json(cell.folder / "final.json")
-    has_checkpoints = any((cell.folder / "checkpoints").glob("ckpt-*.pt"))
-    if (
+def _finished_in(folder: Path, cell: Cell) -> bool:
+    """Whether ``folder`` holds a complete run of exactly this cell (digest and epochs)."""
+    final = _read_json(folder / "final.json")
+    return (
         final is not None
-        and final.get("complete")
+        and bool(final.get("complete"))
         and final.get("config_digest") == cell.config.digest()
         and final.get("epochs", cell.config.epochs) == cell.config.epochs
-        and schedule_change(cell) is None
-    ):
+        and schedule_change(cell, folder) is None
+    )
+
+
+def done_folder(cell: Cell) -> Path | None:
+    """The folder holding the cell's finished run: its run folder, else its record (the
+    sweep's ``results``), else None."""
+    if _finished_in(cell.folder, cell):
+        return cell.folder
+    if cell.record is not None and _finished_in(cell.record, cell):
+        return cell.record
+    return None
+
+
+def cell_status(cell: Cell) -> str:
+    """done (in the run folder or recorded in ``results``), running (locked), skipped, failed,
+    changed (see the module docstring), partial (checkpoints) or pending."""
+    final = _read_json(cell.folder / "final.json")
+    has_checkpoints = any((cell.folder / "checkpoints").glob("ckpt-*.pt"))
+    if done_folder(cell) is not None:
         return "done"
     if (cell.folder / SKIPPED).is_file():
         return "skipped"
@@ -238,6 +291,29 @@ def cell_status(cell: Cell) -> str:
     if has_checkpoints:
         return "partial"
     return "pending"
+
+
+def record(cell: Cell) -> bool:
+    """Copy the finished run's :data:`RECORDED` files to the cell's record folder.
+
+    Returns False when there is nothing to do (no ``results`` folder, the run folder holds no
+    finished run, or the record is already up to date). Each file is written atomically and
+    ``final.json`` last, so a record torn by a kill never counts as done.
+    """
+    from ssconv.train.checkpoint import atomic_write_text
+
+    if cell.record is None or not _finished_in(cell.folder, cell):
+        return False
+    kept = cell.record / "final.json"
+    if kept.is_file() and kept.read_bytes() == (cell.folder / "final.json").read_bytes():
+        return False
+    cell.record.mkdir(parents=True, exist_ok=True)
+    (cell.record / "final.json").unlink(missing_ok=True)
+    for name in sorted(RECORDED, key=lambda n: n == "final.json"):
+        source = cell.folder / name
+        if source.is_file():
+            atomic_write_text(cell.record / name, source.read_text())
+    return True
 
 
 #: An empty or unreadable lock younger than this may be one being written (older versions
@@ -461,12 +537,10 @@ def progress(cells: list[Cell]) -> dict[str, Any]:
     label = {cell.index: cell.config.label or cell.config.method for cell in cells}
     walls: dict[str, list[float]] = {}
     for cell in cells:
-        if status[cell.index] == "done":
-            try:
-                final = json.loads((cell.folder / "final.json").read_text())
-            except (OSError, ValueError):
-                continue
-            if final.get("wall_time_s"):
+        folder = done_folder(cell) if status[cell.index] == "done" else None
+        if folder is not None:
+            final = _read_json(folder / "final.json")
+            if final and final.get("wall_time_s"):
                 walls.setdefault(label[cell.index], []).append(float(final["wall_time_s"]))
     every = [w for ws in walls.values() for w in ws]
     left_s: float | None = 0.0 if every else None

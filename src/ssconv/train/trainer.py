@@ -8,6 +8,8 @@ A run writes a folder::
       metrics.jsonl     one JSON row per epoch (and per N steps with log_every)
       profile.txt/json  per-layer params and MACs of the trained model
       final.json        final and best accuracy, params, MACs, time
+      best.safetensors  weights only, of the epoch with the best validation top-1 so far
+      model.safetensors weights only, final (both: ssconv.train.checkpoint.save_weights)
       checkpoints/      atomic, rotated checkpoints (see ssconv.train.checkpoint)
       tb/               TensorBoard events when tensorboard is installed
 
@@ -59,6 +61,8 @@ from torch.utils.data import DataLoader
 
 from ssconv import profile
 from ssconv.train.checkpoint import (
+    BEST_WEIGHTS,
+    FINAL_WEIGHTS,
     CheckpointError,
     atomic_write_text,
     checkpoint_name,
@@ -66,8 +70,10 @@ from ssconv.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    load_weights,
     remove_temporaries,
     save_checkpoint,
+    save_weights,
     with_filename,
 )
 from ssconv.train.config import RUNTIME_KEYS, ConfigError, TrainConfig, with_neutral_defaults
@@ -376,6 +382,7 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.step_in_epoch = 0  # batches done in the current epoch
         self.best_acc = 0.0
+        self.best_epoch: int | None = None  # the epoch best.safetensors holds (None: none yet)
         self._stop_signal: int | None = None
 
     # ---------------------------------------------------------------- folder
@@ -709,7 +716,8 @@ class Trainer:
             ddp_ids = [device.index] if device.type == "cuda" else None
             train_model = nn.parallel.DistributedDataParallel(model, device_ids=ddp_ids)
         if cfg.compile:
-            train_model = torch.compile(train_model)
+            mode = None if cfg.compile_mode == "default" else cfg.compile_mode
+            train_model = torch.compile(train_model, mode=mode)
         self.train_model = train_model
 
         writer = self._tensorboard()
@@ -863,7 +871,10 @@ class Trainer:
             "epoch_time_s": elapsed,
             "wall_time": time.time(),
         }
-        self.best_acc = max(self.best_acc, val["acc1"])
+        # The first epoch with the highest top-1 (ties keep the earlier one).
+        improved = self.best_epoch is None or val["acc1"] > self.best_acc
+        if improved:
+            self.best_acc, self.best_epoch = val["acc1"], self.epoch
         self._log_row(row, writer)
         log.info(
             "epoch %d/%d  loss %.4f  train acc %.4f  val acc %.4f (top-5 %.4f)  %.0f img/s",
@@ -875,7 +886,7 @@ class Trainer:
             row["val_acc5"],
             row["images_per_s"],
         )
-        self._save()
+        self._save(best=improved)
         return row
 
     def evaluate(self, dataset) -> dict[str, float]:
@@ -905,12 +916,13 @@ class Trainer:
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "best_acc": self.best_acc,
+            "best_epoch": self.best_epoch,
             "epoch_sums": getattr(self, "_epoch_sums", None),
-            "data_info": {
-                "num_classes": self.info.num_classes,
-                "input_size": list(self.info.input_size),
-            },
+            "data_info": self._data_info(),
         }
+
+    def _data_info(self) -> dict[str, Any]:
+        return {"num_classes": self.info.num_classes, "input_size": list(self.info.input_size)}
 
     def _load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -922,11 +934,13 @@ class Trainer:
         self.step_in_epoch = state["step_in_epoch"]
         self.global_step = state["global_step"]
         self.best_acc = state["best_acc"]
+        # 0: a checkpoint from before best.safetensors (its best epoch is not known).
+        self.best_epoch = state.get("best_epoch", 0)
         self._epoch_sums = state.get("epoch_sums")
         if self.is_main:
             self._truncate_metrics(self.epoch, self.global_step)
 
-    def _save(self) -> Path | None:
+    def _save(self, best: bool = False) -> Path | None:
         # Never a checkpoint of a diverged model: it would rotate the good ones away.
         finite = _all_finite(v for v in self.model.state_dict().values() if v.is_floating_point())
         if self.world > 1:  # every process stops, or none
@@ -943,10 +957,24 @@ class Trainer:
         if not self.is_main:
             return None
         self._sync_metrics()  # the rows this checkpoint covers are on disk before it
+        if best:  # before the checkpoint: a resume from it never misses the best weights
+            self._save_weights(BEST_WEIGHTS)
         name = checkpoint_name(self.epoch, self.global_step)
         return save_checkpoint(
             self.state_dict(), self.out / "checkpoints", name, keep=self.cfg.keep_checkpoints
         )
+
+    def _save_weights(self, name: str) -> Path:
+        """The model's weights only, with what rebuilds it (see :func:`ssconv.load_run`)."""
+        meta = {
+            "config": self.cfg.to_dict(),
+            "data_info": self._data_info(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "best_epoch": self.best_epoch,
+            "best_acc1": self.best_acc,
+        }
+        return save_weights(self.model.state_dict(), self.out / name, metadata=meta)
 
     def _truncate_metrics(self, epoch: int, step: int) -> None:
         """Keep exactly the metric rows the checkpoint we resume from covers: epoch rows of its
@@ -1029,6 +1057,7 @@ class Trainer:
                 "final_acc1": epochs[-1]["val_acc1"] if epochs else None,
                 "final_acc5": epochs[-1]["val_acc5"] if epochs else None,
                 "best_acc1": max((r["val_acc1"] for r in epochs), default=None),
+                "best_epoch": self.best_epoch,
                 "mean_epoch_time_s": (
                     sum(r["epoch_time_s"] for r in epochs) / len(epochs) if epochs else None
                 ),
@@ -1041,6 +1070,7 @@ class Trainer:
                 "complete": self.epoch >= self.cfg.epochs,
                 "config_digest": self.cfg.digest(),
             }
+            self._save_weights(FINAL_WEIGHTS)
             atomic_write_text(self.out / "final.json", json.dumps(final, indent=2))
         return final
 
@@ -1155,13 +1185,20 @@ def load_trained_model(
 ) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
     """Rebuild a trained model from a run folder (its newest valid checkpoint) or a file.
 
+    The file is a checkpoint or a run's weights-only ``.safetensors`` file (``best``,
+    ``model``: its state then holds ``model``, ``config``, ``data_info`` and ``epoch``).
     Returns ``(model, config, checkpoint state)``; the model is in eval mode on the CPU (or
     ``map_location``).
     """
     from ssconv.pruning import prepare_masks
 
     path = Path(run_or_checkpoint)
-    if path.is_dir():
+    if path.suffix == ".safetensors" and not path.is_dir():
+        weights, meta = load_weights(path)
+        if "config" not in meta or "data_info" not in meta:
+            raise CheckpointError(f"{str(path)!r} lacks the config of its run")
+        state = {**meta, "model": weights}
+    elif path.is_dir():
         found = latest_checkpoint(
             path / "checkpoints" if (path / "checkpoints").is_dir() else path, map_location
         )
