@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ssconv.layers.ssconv import SSConv2d
 from ssconv.sparsity.counting import counted_layers, weight_mask
-from ssconv.utils.text import format_count
+from ssconv.utils.text import format_count, text_table
 
 __all__ = ["LayerProfile", "ProfileResult", "profile"]
 
@@ -133,30 +133,17 @@ class ProfileResult:
             ]
             for layer in self.layers
         ]
-        rows.append(
-            [
-                "total (conv+linear)",
-                "",
-                "",
-                "",
-                format_count(self.weight_params),
-                f"{self.density:.3f}",
-                format_count(self.effective_macs),
-                format_count(self.executed_macs),
-            ]
-        )
-        widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-        right = {4, 5, 6, 7}
-
-        def fmt(row: list) -> str:
-            cells = [
-                str(c).rjust(w) if i in right else str(c).ljust(w)
-                for i, (c, w) in enumerate(zip(row, widths))
-            ]
-            return "  ".join(cells).rstrip()
-
-        rule = "  ".join("-" * w for w in widths)
-        lines = [fmt(headers), rule, *(fmt(r) for r in rows[:-1]), rule, fmt(rows[-1])]
+        total = [
+            "total (conv+linear)",
+            "",
+            "",
+            "",
+            format_count(self.weight_params),
+            f"{self.density:.3f}",
+            format_count(self.effective_macs),
+            format_count(self.executed_macs),
+        ]
+        lines = text_table(headers, rows, right={4, 5, 6, 7}, footer=total)
         lines.append(
             f"nonzero conv+linear weights (the params column): {self.weight_params:,}; stored "
             f"parameter elements (every tensor as stored: masked zeros, biases and norms "

@@ -29,6 +29,7 @@ from ssconv.sparsity.budget import AUTO, LayerSpec, solve_budget
 from ssconv.sparsity.counting import counted_layers, model_weight_counts, weight_counts
 from ssconv.sparsity.selection import KEEP_RULES, _is_same_pad_conv, select_layers
 from ssconv.utils.modules import replace_module
+from ssconv.utils.text import text_table
 
 __all__ = [
     "convert",
@@ -186,9 +187,7 @@ class ConversionReport:
                     str(d.params),
                 ]
             )
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines = text_table(header, rows)
         target = "" if self.target_density is None else f"target {self.target_density:.4f}, "
         if not self.linear_in_budget:
             lines.append(

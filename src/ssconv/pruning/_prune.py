@@ -34,6 +34,7 @@ from ssconv.pruning.methods import Pruner, ScoreInputs, get_pruner
 from ssconv.sparsity.budget import DISTRIBUTIONS, LayerSpec
 from ssconv.sparsity.counting import counted_layers, weight_counts
 from ssconv.sparsity.selection import KEEP_RULES, select_layers
+from ssconv.utils.text import text_table
 
 __all__ = ["prune", "prunable_layers", "PruneReport", "LayerPruning", "SCOPES"]
 
@@ -147,9 +148,7 @@ class PruneReport:
                     f"{layer.params}/{layer.dense_params}",
                 ]
             )
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines = text_table(header, rows)
         how = self.scope if self.distribution is None else f"{self.scope}, {self.distribution}"
         iters = f", {self.iterations} rounds" if self.iterations > 1 else ""
         target = (
