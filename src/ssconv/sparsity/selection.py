@@ -54,12 +54,12 @@ def select_layers(
 ) -> list[tuple[str, nn.Conv2d, str | None]]:
     """Every ``nn.Conv2d`` of ``model`` with the reason it is kept dense (``None``: convert it).
 
-    The one place that applies the skip rules, shared by :func:`convert` and the pruning
-    baselines so that both touch the same layers at the same budget. See :func:`convert` for
-    ``skip``, ``include`` and ``keep``. Subclasses of ``nn.Conv2d`` are listed too; those
+    The one place that applies the skip rules, shared by :func:`ssconv.convert` and the pruning
+    baselines so that both touch the same layers at the same budget. See :func:`ssconv.convert`
+    for ``skip``, ``include`` and ``keep``. Subclasses of ``nn.Conv2d`` are listed too; those
     with their own ``forward`` are kept (reason ``"custom forward"``), except timm's
     ``Conv2dSame`` when ``same_padding`` is set (the caller can keep its dynamic padding, as
-    :func:`convert` does with :class:`SamePadSSConv2d`).
+    :func:`ssconv.convert` does with :class:`ssconv.conversion.SamePadSSConv2d`).
     """
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     stem = convs[0][0] if convs else None
