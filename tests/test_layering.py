@@ -66,3 +66,11 @@ def test_no_import_runs_back_up_or_sideways():
             if target != unit and LEVEL[target] >= LEVEL[unit]:
                 bad.append(f"{path.relative_to(ROOT)}:{line} imports ssconv.{target}")
     assert not bad, "\n".join(bad)
+
+
+def test_every_folder_of_modules_is_a_package():
+    """setuptools' find_packages (pyproject.toml) ships only folders with an __init__.py:
+    ssconv/train/ had none, so a built wheel had no ssconv.train."""
+    folders = {p.parent for p in ROOT.rglob("*.py")}
+    missing = sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").exists())
+    assert not missing, f"folders without __init__.py: {missing}"
