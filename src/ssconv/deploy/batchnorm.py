@@ -67,13 +67,13 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         if bn.running_mean is None or not bn.track_running_stats:
             continue
         if type(conv) is nn.Conv2d:
-            folded = fuse_conv_bn_eval(conv, bn)
+            merged = fuse_conv_bn_eval(conv, bn)
         elif isinstance(conv, SSConv2d):
-            folded = _fold_into_ssc(conv, bn)
+            merged = _fold_into_ssc(conv, bn)
         else:
             continue
-        replace_module(gm, prev.target, folded)
-        modules[prev.target] = folded
+        replace_module(gm, prev.target, merged)
+        modules[prev.target] = merged
         node.replace_all_uses_with(prev)
         gm.graph.erase_node(node)
         folded += 1
