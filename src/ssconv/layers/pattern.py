@@ -67,7 +67,7 @@ def checkerboard_taps(kernel_size: tuple[int, int], parity: int) -> torch.Tensor
 
 
 class Decomposition(NamedTuple):
-    """How a pattern runs as stock convolutions: the static structure that :class:`SSConv2d`
+    """How a pattern runs as stock convolutions: the static structure that :class:`ssconv.SSConv2d`
     and its frozen twin read in ``forward`` (plain Python values: TorchScript-friendly)."""
 
     has_spatial: bool
