@@ -28,7 +28,7 @@ from ssconv.bench.layers import (
     run_layer_train_bench,
     summarize,
 )
-from ssconv.bench.timing import machine_info
+from ssconv.utils.timing import machine_info
 
 
 def _emit(title, table, rows, summary, info, args, fmt) -> None:

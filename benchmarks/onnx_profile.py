@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from ssconv.bench.models import build_variants
-from ssconv.bench.timing import machine_info
-from ssconv.export import export_onnx
+from ssconv.deploy import export_onnx
+from ssconv.utils.timing import machine_info
 
 
 def profile_onnx(path: Path, x: torch.Tensor, threads: int, runs: int) -> dict:

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from ssconv import SSConv2d
-from ssconv.bench.timing import machine_info, measure
 from ssconv.data import dataset_info
 from ssconv.train.config import TrainConfig
 from ssconv.train.methods import build_model
+from ssconv.utils.timing import machine_info, measure
 
 
 def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):

@@ -12,7 +12,7 @@ import torch
 
 import ssconv
 from ssconv.cli.main import main
-from ssconv.export import freeze
+from ssconv.deploy import freeze
 from ssconv.pruning import get_masks, prune
 from ssconv.train.checkpoint import list_checkpoints, load_checkpoint
 

@@ -15,6 +15,15 @@ def test_import_ssconv_does_not_import_torchvision():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
+def test_import_ssconv_imports_no_benchmark_code():
+    code = (
+        "import sys, ssconv; "
+        "bench = sorted(m for m in sys.modules if m.split('.')[:2] == ['ssconv', 'bench']); "
+        "assert not bench, f'import ssconv imported {bench}'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
 def test_import_ssconv_does_not_load_the_compiler_stack():
     """torch._dynamo takes seconds to import (it came in once through a module-level
     torch.compiler.disable in the Triton backend): `import ssconv` must not load it, nor the

@@ -5,10 +5,12 @@ Si, Henao, Carin, WACV 2023, arXiv:2210.12818): convolutions whose filters carry
 structured sparsity pattern chosen before training.
 """
 
+from ssconv._profile import ProfileResult, profile
+from ssconv.conversion import convert, load_dense_state_dict
+from ssconv.deploy import export_onnx, freeze
 from ssconv.layers import SSCFactory, SSConv2d, SSCPattern, SSCTracer, symbolic_trace
 from ssconv.layers.tuning import autotune
-from ssconv.models import convert, create_model, list_models, load_dense_state_dict
-from ssconv.profile import ProfileResult, profile
+from ssconv.models import create_model, list_models
 from ssconv.runs import load_run
 
 __version__ = "0.1.0"
@@ -23,6 +25,8 @@ __all__ = [
     "autotune",
     "convert",
     "create_model",
+    "export_onnx",
+    "freeze",
     "list_models",
     "load_dense_state_dict",
     "load_run",

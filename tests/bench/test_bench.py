@@ -9,8 +9,8 @@ import torch
 import ssconv
 from ssconv.bench.layers import LayerShape, run_layer_bench, summarize
 from ssconv.bench.models import bench_variants, build_variants, format_bench
-from ssconv.bench.timing import measure
 from ssconv.cli.main import main
+from ssconv.utils.timing import measure
 
 
 def test_measure_interleaves_and_reports_spread():
@@ -59,7 +59,7 @@ def test_bench_variants_same_budget_and_table():
 
 def test_bench_onnx_times_every_variant_and_survives_one_failure(monkeypatch):
     pytest.importorskip("onnxruntime")
-    import ssconv.export
+    import ssconv.deploy
 
     variants = build_variants("cifar_resnet20", 0.2, in_channels=1, num_classes=10)
     result = bench_variants(variants, (1, 16, 16), batch=2, repeats=2, onnx=True)
@@ -67,14 +67,14 @@ def test_bench_onnx_times_every_variant_and_survives_one_failure(monkeypatch):
     assert all(r["onnx_ms"] > 0 for r in rows.values()), rows
     assert rows["dense"]["onnx_speedup"] == 1.0
 
-    real = ssconv.export.export_onnx
+    real = ssconv.deploy.export_onnx
 
     def failing_for_ssc(model, path, *args, **kwargs):
         if str(path).endswith("ssc.onnx"):
             raise RuntimeError("simulated exporter failure")
         return real(model, path, *args, **kwargs)
 
-    monkeypatch.setattr(ssconv.export, "export_onnx", failing_for_ssc)
+    monkeypatch.setattr(ssconv.deploy, "export_onnx", failing_for_ssc)
     variants = build_variants("cifar_resnet20", 0.2, in_channels=1, num_classes=10)
     result = bench_variants(variants, (1, 16, 16), batch=2, repeats=2, onnx=True)
     rows = {r["variant"]: r for r in result["rows"]}
@@ -85,7 +85,7 @@ def test_bench_onnx_times_every_variant_and_survives_one_failure(monkeypatch):
 
 def test_export_onnx_check_raises_when_runtimes_disagree(tmp_path):
     pytest.importorskip("onnxruntime")
-    from ssconv.export import export_onnx
+    from ssconv.deploy import export_onnx
 
     model = ssconv.create_model("cifar_resnet20", in_channels=1)
     with pytest.raises(RuntimeError, match="disagrees with PyTorch"):

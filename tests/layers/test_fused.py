@@ -173,7 +173,8 @@ def test_pack_rejects_unknown_block_width():
 @needs_kernel
 @pytest.mark.parametrize("groups", [1, 2])
 def test_frozen_layer_runs_fused_in_residue_order(groups):
-    from ssconv.export import SSConv2dInference, residue_permutation
+    from ssconv.layers.channel_order import residue_permutation
+    from ssconv.layers.inference import SSConv2dInference
 
     layer = SSConv2d(64, 32, 3, padding=1, groups=groups, period=4)
     with torch.no_grad():
@@ -211,7 +212,7 @@ def test_frozen_layer_runs_fused_in_residue_order(groups):
     ],
 )
 def test_frozen_dense_weight_matches_the_layer(kwargs):
-    from ssconv.export import SSConv2dInference
+    from ssconv.layers.inference import SSConv2dInference
 
     layer = SSConv2d(48, 32, 3, padding=1, **kwargs)
     frozen = SSConv2dInference(layer)
@@ -677,7 +678,7 @@ def test_inference_of_narrow_stride1_layers_runs_the_pixel_kernel(shuffle):
     layers too (their output stays channels_last), of wider ones not."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ssconv.export import freeze
+    from ssconv.deploy import freeze
 
     torch.manual_seed(0)
     model = nn.Sequential(

@@ -14,11 +14,10 @@ import pytest
 import torch
 from torch import nn
 
+from ssconv.conversion import check_coverage, convert
 from ssconv.kernels import fused
 from ssconv.layers import SSConv2d
 from ssconv.layers.factory import SSCFactory
-from ssconv.models import convert
-from ssconv.models.coverage import check_coverage
 from ssconv.sparsity.mixing import ChannelShuffle
 from ssconv.train.config import TrainConfig
 from ssconv.train.methods import build_model, ssc_shuffle
@@ -169,7 +168,7 @@ def test_convert_and_factory_shuffle_by_default_but_never_grouped_convs():
 
 
 def test_frozen_and_onnx_shuffled_model_match(tmp_path):
-    from ssconv.export import export_onnx, freeze
+    from ssconv.deploy import export_onnx, freeze
 
     torch.manual_seed(0)
     model = nn.Sequential(

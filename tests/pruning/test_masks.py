@@ -10,8 +10,6 @@ from hypothesis import strategies as st
 from torch import nn
 
 from ssconv import create_model, profile
-from ssconv.models.budget import LayerSpec, erk_densities
-from ssconv.profile import weight_mask
 from ssconv.pruning import (
     apply_masks,
     get_masks,
@@ -21,6 +19,8 @@ from ssconv.pruning import (
     remove_masks,
     scores_to_masks,
 )
+from ssconv.sparsity.budget import LayerSpec, erk_densities
+from ssconv.sparsity.counting import weight_mask
 
 
 def test_global_masks_exact_count_and_deterministic_ties():

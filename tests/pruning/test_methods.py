@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch.autograd.functional import hessian
 from torch.func import functional_call
 
-from ssconv.models.budget import LayerSpec, erk_densities
 from ssconv.pruning import (
     GraSPPruner,
     MagnitudePruner,
@@ -22,6 +21,7 @@ from ssconv.pruning import (
     get_pruner,
     prune,
 )
+from ssconv.sparsity.budget import LayerSpec, erk_densities
 from tests.pruning.toys import ToyBNNet, ToyConvNet, ToyMLP
 
 NAMES = ["conv1", "conv2", "fc"]
@@ -195,7 +195,7 @@ def test_synflow_is_data_free_and_runs_in_float64():
 
 def test_synflow_exponential_schedule(caplog):
     model = ToyBNNet()
-    with caplog.at_level(logging.DEBUG, logger="ssconv.pruning.prune"):
+    with caplog.at_level(logging.DEBUG, logger="ssconv.pruning"):
         report = prune(model, "synflow", density=0.1, input_size=(3, 8, 8), iterations=4)
     counts = [int(m.split("kept ")[1].split()[0]) for m in caplog.messages if "round" in m]
     prunable = sum(layer.dense_params for layer in report.pruned_layers)

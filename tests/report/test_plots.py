@@ -230,7 +230,7 @@ def test_plots_leave_the_users_backend_alone(tmp_path):
 def test_latency_records_quartiles_and_machine(tmp_path, monkeypatch):
     import torch
 
-    import ssconv.export
+    import ssconv.deploy
     import ssconv.pruning
     import ssconv.train.trainer
     from ssconv.report.latency import measure_run_latency
@@ -239,7 +239,7 @@ def test_latency_records_quartiles_and_machine(tmp_path, monkeypatch):
     state = {"data_info": {"input_size": [1, 8, 8]}}
     cfg = SimpleNamespace(channels_last=False)
     monkeypatch.setattr(ssconv.train.trainer, "load_trained_model", lambda f: (model, cfg, state))
-    monkeypatch.setattr(ssconv.export, "freeze", lambda m: m)
+    monkeypatch.setattr(ssconv.deploy, "freeze", lambda m: m)
     monkeypatch.setattr(ssconv.pruning, "remove_masks", lambda m: None)
     (tmp_path / "final.json").write_text(json.dumps({"complete": True}))
     measure_run_latency(tmp_path, batch=2, repeats=3)

@@ -1,5 +1,5 @@
 """Speed measurements: timing helpers, the per-layer benchmark and model benchmarks."""
 
-from ssconv.bench.timing import Stats, machine_info, measure
+from ssconv.utils.timing import Stats, machine_info, measure
 
 __all__ = ["Stats", "machine_info", "measure"]

@@ -1,7 +1,7 @@
 """End-to-end model speed: dense vs SSC vs pruned-mask vs depthwise-separable, side by side.
 
 All variants of one model are built at the same parameter budget and measured interleaved in
-one process: inference latency of their deployable form (:func:`ssconv.export.freeze`: masks
+one process: inference latency of their deployable form (:func:`ssconv.deploy.freeze`: masks
 baked, BatchNorm folded, SSC kernels precomputed), optionally one training step (forward,
 backward, SGD update) of the trainable form, and optionally onnxruntime.
 """
@@ -18,9 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssconv.bench.timing import Stats, machine_info, measure
-from ssconv.models import convert, create_model, model_info
-from ssconv.profile import profile
+from ssconv import profile
+from ssconv.conversion import build_rival, convert
+from ssconv.errors import BudgetInfeasibleError, NoConvertibleLayerError
+from ssconv.models import create_model, model_info
+from ssconv.sparsity.selection import KEEP_RULES
+from ssconv.utils.timing import Stats, machine_info, measure
 
 __all__ = ["Variant", "build_variants", "bench_variants", "format_bench"]
 
@@ -57,11 +60,7 @@ def build_variants(
     weights (see :func:`ssconv.models.create_model`, :func:`ssconv.models.load_init_checkpoint`);
     SSC keeps them on its pattern, the pruned variant ranks and masks them.
     """
-    from ssconv.models.convert import KEEP_RULES
-
     rules = {"keep": tuple(KEEP_RULES if keep is None else keep)}
-    from ssconv.models.baselines import to_depthwise_separable
-    from ssconv.pruning import prune
 
     torch.manual_seed(seed)
     dense = create_model(
@@ -86,12 +85,19 @@ def build_variants(
             out.append(Variant("ssc", ssc.model, f"density {ssc.density:.4f}"))
         elif name == "pruned":
             pruned = copy.deepcopy(dense)
-            prune(pruned, "magnitude", num_params=ssc.weight_params, seed=seed, **rules)
+            build_rival(
+                pruned,
+                "magnitude",
+                density=density,
+                num_params=ssc.weight_params,
+                seed=seed,
+                **rules,
+            )
             out.append(Variant("pruned", pruned, "magnitude masks, same nonzero count as SSC"))
         elif name == "dw_separable":
             try:
-                dw = to_depthwise_separable(dense, density=density, **rules)
-            except ValueError as exc:
+                dw = build_rival(copy.deepcopy(dense), "dw_separable", density=density, **rules)
+            except (BudgetInfeasibleError, NoConvertibleLayerError) as exc:
                 log.warning("dw_separable skipped: %s", exc)
                 continue
             out.append(Variant("dw_separable", dw.model, f"density {dw.density:.4f}"))
@@ -101,7 +107,7 @@ def build_variants(
 
 
 def _deployable(model: nn.Module) -> nn.Module:
-    from ssconv.export import freeze
+    from ssconv.deploy import freeze
     from ssconv.pruning import remove_masks
 
     return freeze(remove_masks(copy.deepcopy(model)))
@@ -318,7 +324,7 @@ def _measure_into(variants, key: str, calls: dict, **kwargs) -> None:
 def _bench_onnx(variants, frozen, x, repeats) -> None:
     import onnxruntime as ort
 
-    from ssconv.export import export_onnx
+    from ssconv.deploy import export_onnx
 
     sessions = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -359,7 +365,7 @@ _TITLES = {
 
 
 def format_bench(result: dict) -> str:
-    from ssconv.profile import format_count
+    from ssconv.utils.text import format_count
 
     rows = result["rows"]
     keys = [

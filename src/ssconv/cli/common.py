@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
-from ssconv.models import convert, create_model, model_info
-from ssconv.models.budget import AUTO
+from ssconv.conversion import convert
+from ssconv.models import create_model, model_info
+from ssconv.sparsity.budget import AUTO, DISTRIBUTIONS
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ __all__ = [
     "add_ssc_args",
     "add_threads_arg",
     "apply_threads",
-    "build_model",
+    "model_from_args",
     "check_model",
     "check_output_dir",
     "check_output_file",
@@ -297,7 +298,7 @@ def add_ssc_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--distribution",
-        choices=["uniform", "erk"],
+        choices=DISTRIBUTIONS,
         default="uniform",
         help="layer-wise densities for --density",
     )
@@ -325,7 +326,7 @@ def ssc_requested(args: argparse.Namespace) -> bool:
     )
 
 
-def build_model(args: argparse.Namespace):
+def model_from_args(args: argparse.Namespace):
     """(model, input_size (C, H, W), conversion report or None) from the parsed options."""
     check_model(args.model)
     info = model_info(args.model)

@@ -15,7 +15,7 @@ import shutil
 import time
 
 from ssconv.cli.common import CLIError, check_model, check_output_dir, density_arg, positive_int
-from ssconv.profile import format_count
+from ssconv.utils.text import format_count, text_table
 
 METHODS = ("dense", "ssc", "dw_separable", "snip")
 
@@ -142,12 +142,7 @@ def comparison_table(results: dict[str, dict], density: float) -> str:
                 f"{f['mean_epoch_time_s']:.1f}",
             ]
         )
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-        for r in [header, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = text_table(header, rows, right=range(1, len(header)))
     lines.append(
         f"\nTarget density {density}: SSC and the pruned model hold the same number of nonzero "
         f"weights (the depthwise-separable model as close below it as its discrete sizes "

@@ -34,8 +34,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ssconv import profile
     from ssconv.data import DatasetError, build_dataset
-    from ssconv.profile import profile
     from ssconv.train.checkpoint import CheckpointError
     from ssconv.train.config import ConfigError
     from ssconv.train.trainer import evaluate_model, load_trained_model

@@ -81,8 +81,9 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ssconv.export import export_onnx, export_torchscript
-    from ssconv.models import convert, model_info
+    from ssconv.conversion import convert
+    from ssconv.deploy import export_onnx, export_torchscript
+    from ssconv.models import model_info
     from ssconv.pruning import remove_masks
     from ssconv.train.checkpoint import CheckpointError
     from ssconv.train.trainer import load_trained_model

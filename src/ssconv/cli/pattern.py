@@ -11,9 +11,9 @@ from ssconv.cli.common import (
     CLIError,
     add_model_args,
     add_ssc_args,
-    build_model,
     check_model,
     check_output_file,
+    model_from_args,
 )
 from ssconv.report.pattern_plot import plot_pattern
 
@@ -45,7 +45,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     check_model(args.model)
     check_output_file(args.output, "-o/--output", SUFFIXES)
-    model, _, _ = build_model(args)
+    model, _, _ = model_from_args(args)
     convs = {
         n: m
         for n, m in model.named_modules()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import warnings
 
 import torch
 
+from ssconv import profile
 from ssconv.cli.common import (
     CLIError,
     add_model_args,
@@ -18,9 +18,11 @@ from ssconv.cli.common import (
     emit_json,
     positive_int,
 )
-from ssconv.models import convert, model_info
-from ssconv.profile import format_count, profile
-from ssconv.pruning import DISTRIBUTIONS, PRUNING_METHODS, SCOPES, prune
+from ssconv.conversion import build_rival, ssc_weight_budget
+from ssconv.errors import SyntheticScoringWarning
+from ssconv.models import model_info
+from ssconv.pruning import DISTRIBUTIONS, PRUNING_METHODS, SCOPES
+from ssconv.utils.text import format_count
 
 _DENSE_NOTE = (
     "a masked model executes dense MACs: its pruned weights are multiplied as zeros, so "
@@ -170,21 +172,16 @@ def run(args: argparse.Namespace) -> int:
     density = args.density
     if args.match_ssc:
         try:
-            ssc = convert(
-                copy.deepcopy(model),
-                density=args.density,
-                distribution=args.distribution,
-                inplace=True,
-                warn_coverage=False,
-                **rules,
+            num_params = ssc_weight_budget(
+                model, args.density, distribution=args.distribution, **rules
             )
         except ValueError as exc:
             raise CLIError(str(exc)) from None
-        num_params, density = ssc.weight_params, None
+        density = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            report = prune(
+            report = build_rival(
                 model,
                 args.method,
                 density=density,
@@ -204,7 +201,9 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CLIError(str(exc)) from None
     for w in caught:
-        message = str(w.message).replace("pass data=...", "pass --dataset NAME")
+        message = str(w.message)
+        if isinstance(w.message, SyntheticScoringWarning):
+            message = f"{w.message.problem}; pass --dataset NAME"
         print(f"ssconv prune: warning: {message}", file=sys.stderr)
 
     result = profile(model, (1, *input_size))

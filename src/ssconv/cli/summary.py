@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ssconv.cli.common import add_model_args, add_ssc_args, build_model, emit_json
-from ssconv.profile import profile
+from ssconv import profile
+from ssconv.cli.common import add_model_args, add_ssc_args, emit_json, model_from_args
 
 
 def register(sub) -> None:
@@ -23,7 +23,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model, input_size, report = build_model(args)
+    model, input_size, report = model_from_args(args)
     result = profile(model, (args.batch, *input_size))
     if args.json:
         out = {"model": args.model, **result.to_dict()}

@@ -12,10 +12,25 @@ from torch import nn
 
 from ssconv.layers.pattern import SSCPattern
 from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, SSConv2d
+from ssconv.utils.modules import replace_module
 
-__all__ = ["ConvFactory", "SSCFactory", "dense_conv", "ssc_applicable"]
+__all__ = [
+    "DEFAULT_PERIOD",
+    "ConvFactory",
+    "SSCFactory",
+    "dense_conv",
+    "replace_convs",
+    "ssc_applicable",
+]
 
 ConvFactory = Callable[..., nn.Module]
+
+
+#: The period of the model-level tools (:class:`SSCFactory`, :func:`ssconv.convert` with fixed
+#: settings). :class:`SSConv2d` and :class:`SSCPattern` themselves default to ``period=1``, on
+#: purpose: with no SSC argument the layer is exactly ``nn.Conv2d`` (a drop-in that fits every
+#: shape), while 4 must divide each layer's group width.
+DEFAULT_PERIOD = 4
 
 
 def dense_conv(in_channels: int, out_channels: int, kernel_size, **kwargs) -> nn.Conv2d:
@@ -52,13 +67,18 @@ class SSCFactory:
     shape (e.g. ``period`` not dividing the group width), so that one factory serves a whole
     model. ``groups`` multiplies the conv's own ``groups``.
 
+    The stem rule differs from :func:`ssconv.convert`'s on purpose: the factory is called one
+    conv at a time while the model is built and cannot know which conv comes first, so it
+    treats a conv that reads the image (``in_channels <= max_stem_channels``) as the stem;
+    ``convert`` sees the built model and keeps its first conv.
+
     Example::
 
         model = create_model("cifar_resnet32", conv_layer=SSCFactory(period=4))
     """
 
     groups: int = 1
-    period: int | None = 4
+    period: int | None = DEFAULT_PERIOD
     pointwise: bool = True
     spatial: str = "full"
     backend: str = "auto"
@@ -104,3 +124,25 @@ class SSCFactory:
             shuffle=self.shuffle and conv_groups == 1,
             **kwargs,
         )
+
+
+def replace_convs(model: nn.Module, conv_layer: ConvFactory) -> nn.Module:
+    """Rebuild every ``nn.Conv2d`` of ``model`` with ``conv_layer`` (same geometry), in place.
+
+    This is how models defined elsewhere (torchvision) take a conv factory.
+    """
+    for name, conv in [(n, m) for n, m in model.named_modules() if type(m) is nn.Conv2d]:
+        new = conv_layer(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+        )
+        if new is not conv:
+            replace_module(model, name, new)
+    return model

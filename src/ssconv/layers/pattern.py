@@ -28,10 +28,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 import torch
 
-__all__ = ["SPATIAL_MODES", "SSCPattern", "KernelType", "checkerboard_taps"]
+__all__ = ["SPATIAL_MODES", "Decomposition", "SSCPattern", "KernelType", "checkerboard_taps"]
 
 SPATIAL_MODES = ("full", "checkerboard")
 
@@ -63,6 +64,20 @@ def checkerboard_taps(kernel_size: tuple[int, int], parity: int) -> torch.Tensor
     u = torch.arange(kh).view(kh, 1)
     v = torch.arange(kw).view(1, kw)
     return (u + v) % 2 == parity
+
+
+class Decomposition(NamedTuple):
+    """How a pattern runs as stock convolutions: the static structure that :class:`ssconv.SSConv2d`
+    and its frozen twin read in ``forward`` (plain Python values: TorchScript-friendly)."""
+
+    has_spatial: bool
+    has_point: bool
+    period: int  # P; 1 without spatial kernels (period=None)
+    spatial_per_filter: int  # A
+    outputs_per_residue: int  # m
+    identity_perm: bool  # P = 1 or None: the spatial part is one grouped convolution as is
+    pad_rows: bool  # the group's filters do not fill the residue classes evenly
+    checkerboard: bool
 
 
 @dataclass(frozen=True)
@@ -169,6 +184,20 @@ class SSCPattern:
         if self.period is None:
             return 0
         return math.ceil(self.out_per_group / self.period)
+
+    def decomposition(self) -> Decomposition:
+        """The static structure of the decomposed execution (see :class:`Decomposition`)."""
+        p = 1 if self.period is None else self.period
+        return Decomposition(
+            has_spatial=self.has_spatial,
+            has_point=self.has_point,
+            period=p,
+            spatial_per_filter=self.spatial_per_filter,
+            outputs_per_residue=self.outputs_per_residue,
+            identity_perm=self.period is None or self.period == 1,
+            pad_rows=self.has_spatial and self.out_per_group % p != 0,
+            checkerboard=self.spatial == "checkerboard" and self.has_spatial,
+        )
 
     # ------------------------------------------------------------- structure
     def spatial_parity(self) -> torch.Tensor:

@@ -84,6 +84,10 @@ def init_variance(nonzero_fan_in: float, dense_fan_in: float, init_scale: str) -
 BACKENDS = ("auto", "masked", "decomposed", "split", "fused", "triton")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
+#: The backends built from stock PyTorch convolutions (what ``auto`` picks among where no
+#: native kernel runs; what :func:`ssconv.autotune` times).
+STOCK_BACKENDS = ("masked", "decomposed", "split")
+
 # The static "auto" rule, from the layer benchmark (docs/benchmarks.md): one dense convolution
 # beats the decomposition above this density, for layers narrower than AUTO_MIN_CHANNELS
 # (fixed costs dominate) and when the grouped convolution's groups are narrower than
@@ -248,12 +252,7 @@ class SSConv2d(nn.Module):
                     f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}"
                 )
             self.padding_mode = padding_mode
-            self._reversed_padding_repeated_twice = [
-                self.padding[1],
-                self.padding[1],
-                self.padding[0],
-                self.padding[0],
-            ]
+            self._reversed_padding_repeated_twice = pad_arguments(self.padding)
             self.groups = groups
             if dense_groups < 1 or groups % dense_groups:
                 raise ValueError(f"dense_groups={dense_groups} must divide groups={groups}")
@@ -269,15 +268,13 @@ class SSConv2d(nn.Module):
             self.shuffle = shuffle and groups > 1
             self.backend = backend  # validated by the property setter
 
-            # Static structure, used by forward (plain Python values: TorchScript-friendly).
-            self._has_spatial = pattern.has_spatial
-            self._has_point = pattern.has_point
-            self._p = 1 if period is None else period
-            self._a = pattern.spatial_per_filter
-            self._m = pattern.outputs_per_residue
-            self._identity_perm = period is None or period == 1
-            self._pad_rows = pattern.has_spatial and pattern.out_per_group % self._p != 0
-            self._checkerboard = spatial == "checkerboard" and pattern.has_spatial
+            # Static structure, used by forward (plain Python values: TorchScript-friendly);
+            # the frozen twin (layers/inference.py) reads the same decomposition.
+            d = pattern.decomposition()
+            self._has_spatial, self._has_point = d.has_spatial, d.has_point
+            self._p, self._a, self._m = d.period, d.spatial_per_filter, d.outputs_per_residue
+            self._identity_perm, self._pad_rows = d.identity_perm, d.pad_rows
+            self._checkerboard = d.checkerboard
 
             kh, kw = self.kernel_size
             if pattern.has_spatial:
@@ -462,7 +459,7 @@ class SSConv2d(nn.Module):
         return waste
 
     def _stock_backend(self) -> str:
-        if self._backend in ("masked", "decomposed", "split"):
+        if self._backend in STOCK_BACKENDS:
             return self._backend
         if self._identity_perm:
             # P = 1 or P = None: the decomposition is already a single stock convolution.
@@ -901,7 +898,7 @@ class SSConv2d(nn.Module):
 
 class SSCTracer(torch.fx.Tracer):
     """A ``torch.fx`` tracer that keeps :class:`SSConv2d` layers (and the frozen ones of
-    :mod:`ssconv.export`) as leaf modules: one ``call_module`` node each."""
+    :mod:`ssconv.layers.inference`) as leaf modules: one ``call_module`` node each."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return (
@@ -916,6 +913,11 @@ def symbolic_trace(model: nn.Module) -> torch.fx.GraphModule:
     graph = SSCTracer().trace(model)
     name = model.__class__.__name__
     return torch.fx.GraphModule(model, graph, name)
+
+
+def pad_arguments(padding: tuple[int, int]) -> list[int]:
+    """``padding`` (pad_h, pad_w) as ``F.pad`` takes it: (left, right, top, bottom)."""
+    return [padding[1], padding[1], padding[0], padding[0]]
 
 
 def pixel_rows_suit(

@@ -17,14 +17,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ssconv.bench.timing import measure
-from ssconv.layers.ssconv import SSConv2d
+from ssconv.layers.ssconv import STOCK_BACKENDS, SSConv2d
+from ssconv.utils.timing import measure
 
 __all__ = ["autotune", "TUNABLE_BACKENDS"]
 
 log = logging.getLogger(__name__)
 
-TUNABLE_BACKENDS = ("masked", "decomposed", "split")
+TUNABLE_BACKENDS = STOCK_BACKENDS
 _CACHE: dict[tuple, str] = {}
 
 

@@ -1,15 +1,7 @@
-"""Model registry, architectures, one-call conversion to SSC and budget matching."""
+"""Model registry and architectures (CIFAR ResNets, VGG-BN, torchvision / timm models by name),
+and loading dense weights into them."""
 
 from ssconv.models import cifar_resnet, imagenet, vgg  # noqa: F401  (register the models)
-from ssconv.models.budget import candidate_patterns, erk_densities, solve_budget
-from ssconv.models.convert import (
-    ConversionReport,
-    LayerDecision,
-    convert,
-    load_dense_state_dict,
-    replace_convs,
-)
-from ssconv.models.coverage import CoverageIssue, check_coverage, model_coverage
 from ssconv.models.registry import (
     PretrainedWeightsError,
     create_model,
@@ -20,23 +12,12 @@ from ssconv.models.registry import (
 from ssconv.models.weights import WeightsError, load_init_checkpoint, read_state_dict
 
 __all__ = [
-    "ConversionReport",
-    "CoverageIssue",
-    "LayerDecision",
     "PretrainedWeightsError",
     "WeightsError",
-    "candidate_patterns",
-    "check_coverage",
-    "convert",
     "create_model",
-    "erk_densities",
     "list_models",
-    "load_dense_state_dict",
     "load_init_checkpoint",
-    "model_coverage",
     "model_info",
     "read_state_dict",
     "register_model",
-    "replace_convs",
-    "solve_budget",
 ]

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from ssconv.layers.factory import ConvFactory, dense_conv
-from ssconv.models.convert import replace_convs, replace_module
+from ssconv.layers.factory import ConvFactory, dense_conv, replace_convs
 from ssconv.models.registry import register_model
+from ssconv.utils.modules import replace_module
 
 __all__: list[str] = []
 

@@ -165,7 +165,7 @@ def _adapt_stem(model: nn.Module, in_channels: int, full: str) -> None:
     3 / in_channels, as timm's ``adapt_input_conv`` does."""
     import torch
 
-    from ssconv.models.convert import replace_module
+    from ssconv.utils.modules import replace_module
 
     name, stem = _first_conv(model)
     if stem.in_channels != 3 or stem.groups != 1:
@@ -199,7 +199,7 @@ def _adapt_stem(model: nn.Module, in_channels: int, full: str) -> None:
 def _replace_head(model: nn.Module, num_classes: int, default: int, full: str) -> None:
     """A fresh classifier of ``num_classes`` outputs in place of the last ``nn.Linear`` (or
     1 x 1 ``nn.Conv2d``, SqueezeNet) with ``default`` outputs."""
-    from ssconv.models.convert import replace_module
+    from ssconv.utils.modules import replace_module
 
     head = None
     for n, m in model.named_modules():
@@ -297,8 +297,7 @@ def create_model(
     conv_layer = kwargs.pop("conv_layer", None)
     model = _create_ecosystem(library, base, name, num_classes, in_channels, pretrained, kwargs)
     if conv_layer is not None:
-        from ssconv.layers.factory import dense_conv
-        from ssconv.models.convert import replace_convs
+        from ssconv.layers.factory import dense_conv, replace_convs
 
         if conv_layer is not dense_conv:
             replace_convs(model, conv_layer)

@@ -23,9 +23,8 @@ attaches them so that pruned weights stay exactly zero (:mod:`ssconv.pruning.mas
     print(report.table())
 """
 
+from ssconv.pruning._prune import SCOPES, LayerPruning, PruneReport, prunable_layers, prune
 from ssconv.pruning.masks import (
-    DISTRIBUTIONS,
-    WeightMask,
     apply_masks,
     get_masks,
     layer_budgets,
@@ -45,7 +44,8 @@ from ssconv.pruning.methods import (
     SynFlowPruner,
     get_pruner,
 )
-from ssconv.pruning.prune import SCOPES, LayerPruning, PruneReport, prunable_layers, prune
+from ssconv.sparsity.budget import DISTRIBUTIONS
+from ssconv.sparsity.masking import WeightMask
 
 __all__ = [
     "DISTRIBUTIONS",

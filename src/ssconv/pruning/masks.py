@@ -25,7 +25,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ssconv.models.budget import LayerSpec, erk_densities
+from ssconv.sparsity.budget import DISTRIBUTIONS, LayerSpec, erk_densities
+from ssconv.sparsity.masking import WeightMask, mask_parametrization
 
 __all__ = [
     "WeightMask",
@@ -39,37 +40,8 @@ __all__ = [
 ]
 
 #: Layer-wise density rules of :func:`layer_budgets`.
-DISTRIBUTIONS = ("uniform", "erk")
 
 _MASK_KEY = re.compile(r"^(?:(.*)\.)?parametrizations\.weight\.(\d+)\.mask$")
-
-
-class WeightMask(nn.Module):
-    """A parametrization ``weight -> where(mask, weight, 0)`` with ``mask`` a persistent buffer.
-
-    ``ssconv.profile`` counts a layer's nonzero weights from this buffer.
-    """
-
-    def __init__(self, mask: Tensor) -> None:
-        super().__init__()
-        self.register_buffer("mask", mask.detach().to(torch.bool).clone())
-
-    def forward(self, weight: Tensor) -> Tensor:
-        return torch.where(self.mask, weight, 0.0)
-
-    def right_inverse(self, weight: Tensor) -> Tensor:
-        # Assigning ``layer.weight = w`` stores ``w`` with its pruned entries zeroed.
-        return torch.where(self.mask, weight, 0.0)
-
-    def extra_repr(self) -> str:
-        kept = int(self.mask.count_nonzero())
-        return f"kept={kept}/{self.mask.numel()}"
-
-
-def _weight_mask_module(module: nn.Module) -> WeightMask | None:
-    if not parametrize.is_parametrized(module, "weight"):
-        return None
-    return next((p for p in module.parametrizations["weight"] if isinstance(p, WeightMask)), None)
 
 
 @torch.no_grad()
@@ -99,7 +71,7 @@ def apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> nn.Module:
                 f"{tuple(weight.shape)}"
             )
         mask = mask.detach().to(device=weight.device, dtype=torch.bool)
-        existing = _weight_mask_module(module)
+        existing = mask_parametrization(module)
         if existing is not None:
             existing.mask.copy_(mask)
         else:
@@ -113,7 +85,7 @@ def get_masks(model: nn.Module) -> dict[str, Tensor]:
     """Layer name -> a copy of its boolean mask, for every layer masked by :func:`apply_masks`."""
     out = {}
     for name, module in model.named_modules():
-        wm = _weight_mask_module(module)
+        wm = mask_parametrization(module)
         if wm is not None:
             out[name] = wm.mask.detach().clone()
     return out
@@ -147,7 +119,7 @@ def prepare_masks(model: nn.Module, state_dict: Mapping[str, Tensor]) -> list[st
             raise ValueError(
                 f"state_dict has a mask for layer {name!r}, which the model does not have"
             ) from None
-        if _weight_mask_module(module) is not None:
+        if mask_parametrization(module) is not None:
             continue
         apply_masks(model, {name: torch.ones(value.shape, dtype=torch.bool)})
         names.append(name)
@@ -161,10 +133,10 @@ def remove_masks(model: nn.Module) -> nn.Module:
     or to convert the model): an optimizer built before does not follow them.
     ``ssconv.profile`` then counts them as dense.
     """
-    from ssconv.models.convert import replace_module
+    from ssconv.utils.modules import replace_module
 
     for name, module in list(model.named_modules()):
-        if _weight_mask_module(module) is not None:
+        if mask_parametrization(module) is not None:
             # A fresh plain layer instead of parametrize.remove_parametrizations: removal edits
             # the parametrized class, which a deepcopy of the model shares with the original.
             replace_module(model, name, _plain_twin(module))
@@ -211,7 +183,7 @@ def layer_budgets(
         specs: the prunable layers (a linear layer is a ``LayerSpec`` with ``kernel_size=()``).
         num_keep: weights to keep over all of ``specs``.
         distribution: ``"uniform"`` (the same density everywhere) or ``"erk"`` (ERK densities,
-            Evci et al. 2020, from :func:`ssconv.models.budget.erk_densities`; a layer's density
+            Evci et al. 2020, from :func:`ssconv.sparsity.erk_densities`; a layer's density
             is proportional to ``(C_in + C_out + kh + kw) / (C_in * C_out * kh * kw)``, capped
             at 1; for a linear layer ``(in + out) / (in * out)`` as in RigL's code).
 

@@ -158,7 +158,7 @@ class ERKPruner(RandomPruner):
     E. Elsen, ICML 2020, arXiv:1911.11134: a conv layer's density is proportional to
     ``(C_in + C_out + kh + kw) / (C_in * C_out * kh * kw)`` (a linear layer's to
     ``(in + out) / (in * out)``), scaled to meet the budget, capped at 1 (layers over 1 are made
-    dense and the scale solved again: :func:`ssconv.models.budget.erk_densities`). Inside each
+    dense and the scale solved again: :func:`ssconv.sparsity.erk_densities`). Inside each
     layer the kept weights are drawn uniformly at random. ``scope`` and ``distribution`` do not
     apply.
     """

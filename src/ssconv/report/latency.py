@@ -1,7 +1,7 @@
 """Measure the inference latency of finished runs and store it in their run folders.
 
 A run's model is loaded from its checkpoint and put in its deployable form (masks baked into
-plain weights, BatchNorm folded, SSC kernels precomputed: :func:`ssconv.export.freeze`), then
+plain weights, BatchNorm folded, SSC kernels precomputed: :func:`ssconv.deploy.freeze`), then
 timed on a batch of random images in one process, so that all runs of a report are measured
 under the same conditions (one after the other, not while other runs train).
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ssconv.bench.timing import machine_info, measure
+from ssconv.utils.timing import machine_info, measure
 
 __all__ = ["measure_run_latency"]
 
@@ -30,7 +30,7 @@ def measure_run_latency(
     (``latency_machine``: processor, threads, device, versions) are stored with it, so that
     plots can show the spread and say where it was measured.
     """
-    from ssconv.export import freeze
+    from ssconv.deploy import freeze
     from ssconv.pruning import remove_masks
     from ssconv.train.trainer import load_trained_model
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from ssconv.layers.pattern import checkerboard_taps
 from ssconv.layers.ssconv import SSConv2d
-from ssconv.profile import weight_mask
+from ssconv.sparsity.counting import weight_mask
 
 __all__ = ["kernel_type_image", "plot_pattern"]
 

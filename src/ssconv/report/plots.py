@@ -13,6 +13,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from ssconv.pruning.methods import PRUNING_METHODS
 from ssconv.report.results import Group
 
 __all__ = [
@@ -50,7 +51,7 @@ FAMILIES = {
 }
 FAMILY_MARKERS = {"dense": "D", "ssc": "o", "pruning": "^", "structured": "s", "other": "X"}
 _FAMILY_START = {"ssc": 0, "pruning": 3, "structured": 5, "other": 1}
-_PRUNING = {"snip", "grasp", "synflow", "erk", "magnitude", "random"}
+_PRUNING = set(PRUNING_METHODS)
 _STRUCTURED = {"dw_separable", "group_conv"}
 
 
@@ -187,7 +188,7 @@ def _count_ticks(ax) -> None:
     """Log x axis of counts (MACs) at 1-2-3-5 steps, labelled 2M, 3M, 5M, 10M."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    from ssconv.profile import format_count
+    from ssconv.utils.text import format_count
 
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))

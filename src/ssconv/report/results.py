@@ -207,7 +207,7 @@ def _pm(mean: float | None, std: float | None, scale: float = 100.0) -> str:
 
 
 def _count(n: float | None) -> str:
-    from ssconv.profile import format_count
+    from ssconv.utils.text import format_count
 
     return "-" if n is None or (isinstance(n, float) and math.isnan(n)) else format_count(n)
 

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, SSConv2d, init_variance
+from ssconv.sparsity.masking import mask_parametrization
 
 __all__ = ["DEFAULT_INIT_SCALE", "INIT_SCALES", "rescale_init"]
 
@@ -58,8 +59,6 @@ def rescale_init(model: nn.Module, init_scale: str) -> dict[str, float]:
     layer they stand for, see ``dense_groups``), and their ``init_scale`` is updated. Do not
     call it on trained or pretrained weights: it assumes the initialization's scale.
     """
-    from ssconv.pruning.masks import _weight_mask_module
-
     if init_scale not in INIT_SCALES:
         raise ValueError(f"init_scale must be one of {INIT_SCALES}, got {init_scale!r}")
     factors: dict[str, float] = {}
@@ -77,7 +76,7 @@ def rescale_init(model: nn.Module, init_scale: str) -> dict[str, float]:
                         w.mul_(factor)
                 factors[name] = factor
             continue
-        wm = _weight_mask_module(module)
+        wm = mask_parametrization(module)
         if wm is None or init_scale == "dense":
             continue
         mask = wm.mask

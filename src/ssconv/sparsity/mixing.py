@@ -45,7 +45,7 @@ def shuffle_groups(model: nn.Module) -> list[str]:
     parameters move to ``<name>.1.``). Returns the names of the shuffled layers.
     """
     from ssconv.layers.ssconv import SSConv2d
-    from ssconv.models.convert import replace_module
+    from ssconv.utils.modules import replace_module
 
     names = [
         name

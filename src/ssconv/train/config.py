@@ -17,7 +17,11 @@ from typing import Any
 
 import yaml
 
-from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES
+from ssconv.conversion.same_budget import STRUCTURED_RIVALS
+from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, STOCK_BACKENDS
+from ssconv.pruning.methods import PRUNING_METHODS
+from ssconv.sparsity.budget import DISTRIBUTIONS
+from ssconv.sparsity.selection import KEEP_RULES
 
 __all__ = [
     "TrainConfig",
@@ -28,7 +32,7 @@ __all__ = [
     "SSC_PRESETS",
 ]
 
-PRUNING_METHOD_NAMES = ("random", "erk", "magnitude", "snip", "grasp", "synflow")
+PRUNING_METHOD_NAMES = PRUNING_METHODS  # (the pruning registry's names)
 #: SSC with some settings fixed (the solver picks the rest); group_conv is SSC with period 1.
 SSC_PRESETS: dict[str, dict] = {
     "ssc": {},
@@ -44,7 +48,7 @@ SSC_PRESETS: dict[str, dict] = {
     # The grouped-convolution baseline as usually built: no channel shuffle.
     "group_conv": {"ssc_period": 1, "ssc_spatial": "full", "ssc_shuffle": False},
 }
-STRUCTURED_BASELINES = ("dw_separable",)
+STRUCTURED_BASELINES = STRUCTURED_RIVALS
 #: ``torch.compile`` modes (``compile_mode``; ``ssconv bench --compile MODE``).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 METHODS = ("dense", *SSC_PRESETS, *STRUCTURED_BASELINES, *PRUNING_METHOD_NAMES)
@@ -150,7 +154,7 @@ class TrainConfig:
         nullable=True,
     )
     distribution: str = _f(
-        "uniform", "layer-wise densities: uniform or erk", kind=str, choices=("uniform", "erk")
+        "uniform", "layer-wise densities: uniform or erk", kind=str, choices=DISTRIBUTIONS
     )
     ssc_groups: Any = _f("auto", "SSC groups: int or auto", kind="int_or_auto")
     ssc_period: Any = _f("auto", "SSC period: int, none (no spatial kernel) or auto", kind="period")
@@ -162,11 +166,11 @@ class TrainConfig:
         choices=("auto", "full", "checkerboard"),
     )
     ssc_backend: str = _f(
-        "auto", "SSC execution backend", kind=str, choices=("auto", "masked", "decomposed", "split")
+        "auto", "SSC execution backend", kind=str, choices=("auto", *STOCK_BACKENDS)
     )
     keep: list = _f(
-        ["stem", "pointwise", "depthwise", "classifier"],
-        "default rules keeping layers dense (stem, pointwise, depthwise, classifier)",
+        list(KEEP_RULES),
+        f"default rules keeping layers dense ({', '.join(KEEP_RULES)})",
         kind=list,
     )
     skip: list = _f([], "name patterns of layers to keep dense", kind=list)
@@ -292,11 +296,10 @@ class TrainConfig:
             raise ConfigError(f"milestones: expected positive integer epochs, got {bad}")
         if self.schedule == "multistep" and not self.milestones:
             raise ConfigError("milestones: schedule 'multistep' needs milestones, e.g. [80, 120]")
-        unknown = set(self.keep) - {"stem", "pointwise", "depthwise", "classifier"}
+        unknown = set(self.keep) - set(KEEP_RULES)
         if unknown:
             raise ConfigError(
-                f"keep: unknown rule(s) {sorted(unknown)}; allowed: stem, "
-                "pointwise, depthwise, classifier"
+                f"keep: unknown rule(s) {sorted(unknown)}; allowed: {', '.join(KEEP_RULES)}"
             )
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")

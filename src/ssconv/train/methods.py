@@ -8,15 +8,22 @@ equal parameter counts.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from torch import nn
 
-from ssconv.models import convert, create_model
-from ssconv.train.config import PRUNING_METHOD_NAMES, SSC_PRESETS, ConfigError, TrainConfig
+from ssconv.conversion import convert
+from ssconv.conversion.same_budget import build_rival, ssc_weight_budget
+from ssconv.models import create_model
+from ssconv.train.config import (
+    PRUNING_METHOD_NAMES,
+    SSC_PRESETS,
+    STRUCTURED_BASELINES,
+    ConfigError,
+    TrainConfig,
+)
 
 __all__ = ["build_model", "ssc_settings"]
 
@@ -123,16 +130,14 @@ def _build_model(cfg, num_classes, in_channels, input_size, data, *, for_loading
     info: dict[str, Any] = {"method": cfg.method}
     if cfg.method == "dense" or (for_loading and cfg.method in PRUNING_METHOD_NAMES):
         return model, info
-    if cfg.method == "dw_separable":
-        from ssconv.models.baselines import to_depthwise_separable
-
+    if cfg.method in STRUCTURED_BASELINES:
         if from_weights(cfg) and not for_loading:
             log.warning(
                 "dw_separable: the layers it replaces start fresh (their dense weights do not "
                 "carry over to depthwise + pointwise); the other layers keep the given weights"
             )
-        report = to_depthwise_separable(
-            model, density=cfg.density, distribution=cfg.distribution, inplace=True, **_rules(cfg)
+        report = build_rival(
+            model, cfg.method, density=cfg.density, distribution=cfg.distribution, **_rules(cfg)
         )
         info["conversion"] = report.to_dict()
         info["target_density"] = cfg.density
@@ -160,26 +165,21 @@ def _build_model(cfg, num_classes, in_channels, input_size, data, *, for_loading
         info["shuffle"] = ssc_shuffle(cfg)
         return report.model, info
     if cfg.method in PRUNING_METHOD_NAMES:
-        from ssconv import pruning
-
         num_params = None
         if cfg.match_budget:
-            ssc = convert(
-                copy.deepcopy(model),
-                density=cfg.density,
+            num_params = ssc_weight_budget(
+                model,
+                cfg.density,
                 distribution=cfg.distribution,
-                inplace=True,
-                warn_coverage=False,
-                **ssc_settings(cfg),
+                settings=ssc_settings(cfg),
                 **_rules(cfg),
             )
-            num_params = ssc.weight_params
             info["matched_ssc_params"] = num_params
         batches = data() if (data is not None and cfg.method in ("snip", "grasp")) else None
-        report = pruning.prune(
+        report = build_rival(
             model,
             cfg.method,
-            density=None if num_params is not None else cfg.density,
+            density=cfg.density,
             num_params=num_params,
             data=batches,
             input_size=input_size,

@@ -465,6 +465,7 @@ def release(cell: Cell) -> None:
 
 def run_cell(cell: Cell, *, progress: bool | None = None) -> str:
     """Train (or resume) one claimed cell; returns its new status."""
+    from ssconv.errors import BudgetInfeasibleError, NoConvertibleLayerError
     from ssconv.train.checkpoint import atomic_write_text
     from ssconv.train.trainer import NonFiniteLossError, Trainer, TrainingInterrupted
 
@@ -474,12 +475,10 @@ def run_cell(cell: Cell, *, progress: bool | None = None) -> str:
     try:
         trainer = Trainer(cell.config, folder, resume="auto", progress=progress, ignore=(LOCK,))
         trainer.run()
-    except ValueError as exc:
-        if "cannot be met" in str(exc) or "no conv layer" in str(exc):
-            # The structure cannot reach this budget ("where shapes allow"): not a failure.
-            atomic_write_text(folder / SKIPPED, json.dumps({"reason": str(exc)}, indent=2))
-            return "skipped"
-        raise
+    except (BudgetInfeasibleError, NoConvertibleLayerError) as exc:
+        # The structure cannot reach this budget ("where shapes allow"): not a failure.
+        atomic_write_text(folder / SKIPPED, json.dumps({"reason": str(exc)}, indent=2))
+        return "skipped"
     except NonFiniteLossError as exc:
         write_failed(cell, str(exc))
         return "failed"

@@ -59,7 +59,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ssconv.profile import profile
+from ssconv import profile
 from ssconv.train.checkpoint import (
     BEST_WEIGHTS,
     FINAL_WEIGHTS,
@@ -1077,7 +1077,7 @@ class Trainer:
     @torch.inference_mode()
     def _latency(self) -> float | None:
         """Median inference time (ms) of one batch of ``latency_batch`` images, eval mode."""
-        from ssconv.bench.timing import measure
+        from ssconv.utils.timing import measure
 
         batch = self.cfg.latency_batch
         if not batch:

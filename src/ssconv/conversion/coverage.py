@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ssconv.layers.ssconv import SSConv2d
-from ssconv.profile import weight_mask
+from ssconv.sparsity.counting import weight_mask
 
 __all__ = ["CoverageIssue", "check_coverage", "model_coverage"]
 

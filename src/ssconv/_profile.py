@@ -25,17 +25,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ssconv.layers.ssconv import SSConv2d
+from ssconv.sparsity.counting import counted_layers, weight_mask
+from ssconv.utils.text import format_count, text_table
 
-__all__ = [
-    "LayerProfile",
-    "ProfileResult",
-    "counted_layers",
-    "format_count",
-    "model_weight_counts",
-    "profile",
-    "weight_counts",
-    "weight_mask",
-]
+__all__ = ["LayerProfile", "ProfileResult", "profile"]
 
 
 @dataclass
@@ -140,30 +133,17 @@ class ProfileResult:
             ]
             for layer in self.layers
         ]
-        rows.append(
-            [
-                "total (conv+linear)",
-                "",
-                "",
-                "",
-                format_count(self.weight_params),
-                f"{self.density:.3f}",
-                format_count(self.effective_macs),
-                format_count(self.executed_macs),
-            ]
-        )
-        widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-        right = {4, 5, 6, 7}
-
-        def fmt(row: list) -> str:
-            cells = [
-                str(c).rjust(w) if i in right else str(c).ljust(w)
-                for i, (c, w) in enumerate(zip(row, widths))
-            ]
-            return "  ".join(cells).rstrip()
-
-        rule = "  ".join("-" * w for w in widths)
-        lines = [fmt(headers), rule, *(fmt(r) for r in rows[:-1]), rule, fmt(rows[-1])]
+        total = [
+            "total (conv+linear)",
+            "",
+            "",
+            "",
+            format_count(self.weight_params),
+            f"{self.density:.3f}",
+            format_count(self.effective_macs),
+            format_count(self.executed_macs),
+        ]
+        lines = text_table(headers, rows, right={4, 5, 6, 7}, footer=total)
         lines.append(
             f"nonzero conv+linear weights (the params column): {self.weight_params:,}; stored "
             f"parameter elements (every tensor as stored: masked zeros, biases and norms "
@@ -174,85 +154,6 @@ class ProfileResult:
 
     def __str__(self) -> str:
         return self.table()
-
-
-def format_count(n: float) -> str:
-    """``1234567 -> '1.23M'``."""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return str(int(n))
-
-
-def weight_counts(module: nn.Module) -> tuple[int, int] | None:
-    """``(nonzero weights, dense weights)`` of a conv / linear layer, else ``None``.
-
-    Understands :class:`SSConv2d`, layers pruned with a mask buffer (``weight_mask``, as
-    ``torch.nn.utils.prune`` and :mod:`ssconv.pruning` leave them), and blocks that count their
-    own weights through an ``ssconv_weight_counts()`` method (e.g. a depthwise-separable block
-    standing in for one dense conv).
-    """
-    own = getattr(module, "ssconv_weight_counts", None)
-    if callable(own):
-        return own()
-    if isinstance(module, SSConv2d):
-        return module.num_params, module.dense_weight_count
-    if isinstance(module, (nn.Conv2d, nn.Linear, nn.Conv1d, nn.Conv3d)):
-        mask = weight_mask(module)
-        dense = _dense_weight_numel(module)
-        if mask is not None:
-            return int(mask.count_nonzero()), dense
-        return dense, dense
-    return None
-
-
-def counted_layers(model: nn.Module):
-    """``(name, module, (nonzero, dense))`` for each counted layer, every weight counted once.
-
-    Children of a block that counts its own weights are skipped.
-    """
-    inside: list[str] = []
-    for name, module in model.named_modules():
-        if any(name.startswith(prefix) for prefix in inside):
-            continue
-        counts = weight_counts(module)
-        if counts is None:
-            continue
-        if callable(getattr(module, "ssconv_weight_counts", None)):
-            inside.append(name + ".")
-        yield name, module, counts
-
-
-def model_weight_counts(model: nn.Module) -> tuple[int, int]:
-    """(nonzero, dense) weights of all conv and linear layers: the model density's terms."""
-    nonzero = dense = 0
-    for _, _, (n, d) in counted_layers(model):
-        nonzero += n
-        dense += d
-    return nonzero, dense
-
-
-def _dense_weight_numel(module: nn.Module) -> int:
-    if isinstance(module, nn.Linear):
-        return module.in_features * module.out_features
-    conv = module
-    k = 1
-    for size in conv.kernel_size:
-        k *= size
-    return conv.out_channels * (conv.in_channels // conv.groups) * k
-
-
-def weight_mask(module: nn.Module) -> torch.Tensor | None:
-    mask = getattr(module, "weight_mask", None)
-    if isinstance(mask, torch.Tensor):
-        return mask
-    parametrizations = getattr(module, "parametrizations", None)
-    if parametrizations is not None and "weight" in parametrizations:
-        for p in parametrizations["weight"]:
-            mask = getattr(p, "mask", None)
-            if isinstance(mask, torch.Tensor):
-                return mask
-    return None
 
 
 def _settings(module: nn.Module) -> str:

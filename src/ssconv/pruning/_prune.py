@@ -1,10 +1,10 @@
 """``prune``: one call from a dense model to a masked one at exactly a parameter budget.
 
-The budget is counted as :mod:`ssconv.profile` and :func:`ssconv.convert` count it (the
+The budget is counted as :func:`ssconv.profile` and :func:`ssconv.convert` count it (the
 project's specification, section 5): nonzero weights of all convolution and linear layers over
 their dense count, the layers kept dense (stem, classifier, 1 x 1 and depthwise convs by
 default, skipped layers) included. The prunable convolutions are chosen by
-:func:`ssconv.models.convert.select_layers`, the same rules that decide which convolutions
+:func:`ssconv.sparsity.select_layers`, the same rules that decide which convolutions
 :func:`ssconv.convert` turns into SSC layers, so an SSC model and a pruned model at "density
 0.10" differ only inside the same layers; with ``num_params`` a model is pruned to exactly the
 nonzero count of an SSC model. The methods are in :mod:`ssconv.pruning.methods` (random, ERK,
@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
-import json
 import logging
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -28,17 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ssconv.models.budget import LayerSpec
-from ssconv.models.convert import KEEP_RULES, select_layers
-from ssconv.profile import counted_layers, weight_counts
-from ssconv.pruning.masks import (
-    DISTRIBUTIONS,
-    apply_masks,
-    get_masks,
-    layer_budgets,
-    scores_to_masks,
-)
+from ssconv.errors import BudgetInfeasibleError, SyntheticScoringWarning
+from ssconv.pruning.masks import apply_masks, get_masks, layer_budgets, scores_to_masks
 from ssconv.pruning.methods import Pruner, ScoreInputs, get_pruner
+from ssconv.pruning.report import LayerPruning, PruneReport
+from ssconv.sparsity.budget import DISTRIBUTIONS, LayerSpec
+from ssconv.sparsity.counting import counted_layers, weight_counts
+from ssconv.sparsity.selection import KEEP_RULES, select_layers
 
 __all__ = ["prune", "prunable_layers", "PruneReport", "LayerPruning", "SCOPES"]
 
@@ -46,133 +40,6 @@ log = logging.getLogger(__name__)
 
 #: How keep counts are spread over the prunable layers.
 SCOPES = ("global", "layer")
-
-
-@dataclass
-class LayerPruning:
-    """One convolution or linear layer of a pruned model."""
-
-    name: str
-    kind: str
-    weight_shape: tuple[int, ...]
-    pruned: bool  # whether the layer was prunable (it carries a mask)
-    reason: str  # "pruned", or why the layer stayed dense
-    params: int  # nonzero (unmasked) weights
-    dense_params: int
-    target_density: float | None = None  # the layer's own target (per-layer scopes)
-
-    @property
-    def density(self) -> float:
-        return self.params / self.dense_params if self.dense_params else 1.0
-
-    @property
-    def collapsed(self) -> bool:
-        """A prunable layer left with no weight at all (layer collapse).
-
-        The network is cut there, unless a shortcut bypasses the layer (a residual branch).
-        """
-        return self.pruned and self.params == 0
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["weight_shape"] = list(self.weight_shape)
-        d["density"] = self.density
-        d["collapsed"] = self.collapsed
-        return d
-
-
-@dataclass
-class PruneReport:
-    """What :func:`prune` did: the method, the budget, and one :class:`LayerPruning` per layer."""
-
-    model: nn.Module
-    method: str
-    scope: str  # "global" (one ranking) or "layer" (per-layer keep counts)
-    distribution: str | None  # per-layer densities ("uniform" / "erk"); None for global
-    layers: list[LayerPruning]
-    target_density: float | None  # as asked (None when num_params was asked)
-    target_params: int  # nonzero conv+linear weights aimed at (kept layers included)
-    weight_params: int  # achieved
-    dense_weight_params: int
-    iterations: int
-    data: str  # "given", "synthetic" or "none"
-    batches: int  # batches scored (0 for data-free methods)
-    seed: int | None
-    options: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def density(self) -> float:
-        """Achieved model density: nonzero over dense weights of all conv and linear layers."""
-        return self.weight_params / self.dense_weight_params if self.dense_weight_params else 1.0
-
-    @property
-    def collapsed(self) -> list[str]:
-        """Names of the prunable layers left with no weight (layer collapse)."""
-        return [layer.name for layer in self.layers if layer.collapsed]
-
-    @property
-    def pruned_layers(self) -> list[LayerPruning]:
-        return [layer for layer in self.layers if layer.pruned]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "options": dict(self.options),
-            "scope": self.scope,
-            "distribution": self.distribution,
-            "iterations": self.iterations,
-            "data": self.data,
-            "batches": self.batches,
-            "seed": self.seed,
-            "target_density": self.target_density,
-            "target_params": self.target_params,
-            "density": self.density,
-            "weight_params": self.weight_params,
-            "dense_weight_params": self.dense_weight_params,
-            "collapsed": self.collapsed,
-            "execution": "masked dense layers: executed MACs are the dense MACs",
-            "layers": [layer.to_dict() for layer in self.layers],
-        }
-
-    def to_json(self, **kwargs) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
-
-    def table(self) -> str:
-        header = ["layer", "weight", "action", "target", "density", "params"]
-        rows = []
-        for layer in self.layers:
-            rows.append(
-                [
-                    layer.name,
-                    "x".join(map(str, layer.weight_shape)),
-                    ("pruned" if layer.pruned else f"kept ({layer.reason})")
-                    + (" COLLAPSED" if layer.collapsed else ""),
-                    "" if layer.target_density is None else f"{layer.target_density:.4f}",
-                    f"{layer.density:.4f}",
-                    f"{layer.params}/{layer.dense_params}",
-                ]
-            )
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        how = self.scope if self.distribution is None else f"{self.scope}, {self.distribution}"
-        iters = f", {self.iterations} rounds" if self.iterations > 1 else ""
-        target = (
-            f"target {self.target_density:.4f}"
-            if self.target_density is not None
-            else f"target {self.target_params:,} weights"
-        )
-        lines.append(
-            f"{self.method} ({how}{iters}, data: {self.data}): model density ({target}, "
-            f"achieved) {self.density:.4f} = {self.weight_params:,} / "
-            f"{self.dense_weight_params:,} conv+linear weights"
-        )
-        if self.collapsed:
-            lines.append(f"layer collapse: {', '.join(self.collapsed)} keep no weight")
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.table()
 
 
 def prunable_layers(
@@ -185,7 +52,7 @@ def prunable_layers(
 ) -> list[tuple[str, nn.Module, str | None]]:
     """Every conv / linear layer of ``model`` with the reason it stays dense (``None``: prune).
 
-    Convolutions (``nn.Conv2d``) follow :func:`ssconv.models.convert.select_layers` with the
+    Convolutions (``nn.Conv2d``) follow :func:`ssconv.sparsity.select_layers` with the
     same ``skip``, ``include`` and ``keep`` as :func:`ssconv.convert`. ``nn.Linear`` layers (the
     classifier) stay dense unless ``prune_classifier`` is true or a pattern of ``include``
     matches them; ``prune_classifier`` also drops the ``"classifier"`` rule for conv heads. Any
@@ -437,10 +304,10 @@ def prune(
     num_keep = target_params - fixed
     if num_keep <= 0:
         what = f"density={density}" if density is not None else f"num_params={num_params}"
-        raise ValueError(
+        raise BudgetInfeasibleError(
             f"{what} cannot be met: the layers kept dense (stem, classifier, skipped) alone hold "
-            f"{fixed} of {dense_total} weights ({fixed / dense_total:.4f}); raise the target or "
-            f"prune those layers too (include=..., prune_classifier=True)"
+            f"{fixed} of {dense_total} weights ({fixed / dense_total:.4f})",
+            "raise the target or prune those layers too (include=..., prune_classifier=True)",
         )
 
     # How keep counts are spread over the layers.
@@ -475,10 +342,11 @@ def prune(
                 f"{pruner.name} without data needs input_size=(C, H, W) for a synthetic batch"
             )
         warnings.warn(
-            f"{pruner.name}: no data given, scoring on {batches} synthetic batch(es) of "
-            f"{batch_size} random {size} inputs with random labels; pass data=... (the method "
-            f"is meant to score real training batches)",
-            UserWarning,
+            SyntheticScoringWarning(
+                f"{pruner.name}: no data given, scoring on {batches} synthetic batch(es) of "
+                f"{batch_size} random {size} inputs with random labels (the method is meant to "
+                f"score real training batches)"
+            ),
             stacklevel=2,
         )
         score_batches = _synthetic_batches(

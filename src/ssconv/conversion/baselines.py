@@ -19,15 +19,12 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ssconv.models.budget import LayerSpec, choose_per_layer
-from ssconv.models.convert import (
-    KEEP_RULES,
-    ConversionReport,
-    LayerDecision,
-    replace_module,
-    select_layers,
-)
-from ssconv.profile import counted_layers, model_weight_counts, weight_counts
+from ssconv.conversion._convert import ConversionReport, LayerDecision
+from ssconv.errors import NoConvertibleLayerError
+from ssconv.sparsity.budget import LayerSpec, choose_per_layer
+from ssconv.sparsity.counting import counted_layers, model_weight_counts, weight_counts
+from ssconv.sparsity.selection import KEEP_RULES, select_layers
+from ssconv.utils.modules import replace_module
 
 __all__ = ["DepthwiseSeparableConv2d", "to_depthwise_separable"]
 
@@ -125,7 +122,7 @@ def to_depthwise_separable(
     layers = select_layers(model, skip=skip, include=include, keep=keep)
     todo = [(n, c) for n, c, reason in layers if reason is None and c.groups == 1]
     if not todo:
-        raise ValueError("no conv layer to replace (all kept by the rules)")
+        raise NoConvertibleLayerError("no conv layer to replace (all kept by the rules)")
     todo_ids = {id(c) for _, c in todo}
     fixed = sum(n for _, m, (n, _) in counted_layers(model) if id(m) not in todo_ids)
     specs = [

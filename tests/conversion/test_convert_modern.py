@@ -10,8 +10,8 @@ import torchvision
 from torch import nn
 
 from ssconv import SSConv2d, convert
-from ssconv.models.convert import SamePadSSConv2d
-from ssconv.profile import model_weight_counts
+from ssconv.conversion import SamePadSSConv2d
+from ssconv.sparsity.counting import model_weight_counts
 
 # (model, density, linear_in_budget) -> None (converts) or a substring of the error.
 _LINEAR = "linear_in_budget=False"

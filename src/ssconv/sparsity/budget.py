@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from ssconv.errors import BudgetInfeasibleError
 from ssconv.layers.pattern import SSCPattern
 
 __all__ = [
@@ -33,9 +34,12 @@ __all__ = [
     "solve_budget",
     "choose_per_layer",
     "AUTO",
+    "DISTRIBUTIONS",
 ]
 
 AUTO = "auto"
+#: Layer-wise density distributions (of SSC, the structured baselines and pruning).
+DISTRIBUTIONS = ("uniform", "erk")
 _EPS = 1e-12
 log = logging.getLogger(__name__)
 
@@ -141,7 +145,7 @@ def uniform_densities(layers: Sequence[LayerSpec], target: float, fixed_params: 
     free = sum(layer.dense_params for layer in layers)
     budget = target * total - fixed_params
     if budget <= 0 or free == 0:
-        raise ValueError(_infeasible(target, fixed_params, total))
+        raise _infeasible(target, fixed_params, total)
     return [min(1.0, budget / free)] * len(layers)
 
 
@@ -153,7 +157,7 @@ def erk_densities(layers: Sequence[LayerSpec], target: float, fixed_params: int)
     total = sum(layer.dense_params for layer in layers) + fixed_params
     budget = target * total - fixed_params
     if budget <= 0:
-        raise ValueError(_infeasible(target, fixed_params, total))
+        raise _infeasible(target, fixed_params, total)
     score = [
         (layer.in_channels + layer.out_channels + sum(layer.kernel_size))
         / (layer.in_channels * layer.out_channels * math.prod(layer.kernel_size))
@@ -168,7 +172,7 @@ def erk_densities(layers: Sequence[LayerSpec], target: float, fixed_params: int)
             score[i] * layers[i].dense_params for i in range(len(layers)) if i not in dense_set
         )
         if remaining <= 0 or weighted == 0:
-            raise ValueError(_infeasible(target, fixed_params, total))
+            raise _infeasible(target, fixed_params, total)
         eps = remaining / weighted
         over = {i for i in range(len(layers)) if i not in dense_set and eps * score[i] > 1}
         if not over:
@@ -177,11 +181,12 @@ def erk_densities(layers: Sequence[LayerSpec], target: float, fixed_params: int)
     return [1.0 if i in dense_set else eps * score[i] for i in range(len(layers))]
 
 
-def _infeasible(target: float, fixed: int, total: int) -> str:
-    return (
+def _infeasible(target: float, fixed: int, total: int) -> BudgetInfeasibleError:
+    return BudgetInfeasibleError(
         f"density={target} cannot be met: the layers kept dense (stem, classifier, skipped) "
-        f"alone hold {fixed} of {total} weights ({fixed / total:.4f}); raise density or convert "
-        f"some of them (ssconv.convert's include= names layers, keep= drops a rule)"
+        f"alone hold {fixed} of {total} weights ({fixed / total:.4f})",
+        "raise density or convert some of them (ssconv.convert's include= names layers, keep= "
+        "drops a rule)",
     )
 
 
@@ -228,8 +233,8 @@ def solve_budget(
 
     try:
         return solve(pointwise_only=False)
-    except ValueError as exc:
-        if "cannot be met" not in str(exc) or constraints.get("period", AUTO) != AUTO:
+    except BudgetInfeasibleError:
+        if constraints.get("period", AUTO) != AUTO:
             raise
     # Even the sparsest spatial patterns exceed the budget (e.g. a dense classifier holding
     # most of it): allow layers without spatial kernels, as a last resort.
@@ -251,12 +256,12 @@ def choose_per_layer(
     ``options(layer)`` lists the layer's candidates (objects with ``num_params``), densest and
     best first, one per distinct size. Layers whose sparsest candidate is denser than their
     share of the budget get that candidate, and the others share what is left (keeping the
-    uniform / ERK proportions); :class:`ValueError` when even the sparsest choices exceed the
-    budget.
+    uniform / ERK proportions); :class:`~ssconv.errors.BudgetInfeasibleError` when even the
+    sparsest choices exceed the budget.
     """
     if not 0 < target <= 1:
         raise ValueError(f"density must be in (0, 1], got {target}")
-    if distribution not in ("uniform", "erk"):
+    if distribution not in DISTRIBUTIONS:
         raise ValueError(f"distribution must be 'uniform' or 'erk', got {distribution!r}")
     make = uniform_densities if distribution == "uniform" else erk_densities
     targets = make(layers, target, fixed_params)
@@ -265,10 +270,11 @@ def choose_per_layer(
     cand_lists = [options(layer) for layer in layers]
     floors = [c[-1].num_params for c in cand_lists]
     if sum(floors) > budget:
-        raise ValueError(
+        raise BudgetInfeasibleError(
             f"density={target} cannot be met with this structure: its sparsest choice per layer "
             f"already holds {sum(floors) + fixed_params} of {total} weights "
-            f"({(sum(floors) + fixed_params) / total:.4f}); raise density"
+            f"({(sum(floors) + fixed_params) / total:.4f})",
+            "raise density",
         )
     targets = _apply_floors(layers, targets, floors, budget)
     chosen: list[int] = []

@@ -3,60 +3,45 @@
 Works on any ``nn.Module`` (this project's models, torchvision, timm): convolutions are found
 by type, replaced in place (or on a copy), and a report says what happened to each of them.
 With ``density=...`` the per-layer settings come from the budget solver
-(:mod:`ssconv.models.budget`); otherwise the given settings are used where they fit.
+(:mod:`ssconv.sparsity.budget`); otherwise the given settings are used where they fit.
 """
 
 from __future__ import annotations
 
 import copy
-import fnmatch
-import json
 import logging
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssconv.layers.factory import ConvFactory
+from ssconv.conversion.coverage import check_coverage
+from ssconv.conversion.report import _FALLBACK_REASON, ConversionReport, LayerDecision
+from ssconv.errors import BudgetInfeasibleError, NoConvertibleLayerError
+from ssconv.layers.factory import DEFAULT_PERIOD
 from ssconv.layers.pattern import SSCPattern
 from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, SSConv2d
-from ssconv.models.budget import AUTO, LayerSpec, solve_budget
-from ssconv.models.coverage import CoverageIssue, check_coverage
-from ssconv.profile import counted_layers, model_weight_counts, weight_counts
+from ssconv.sparsity.budget import AUTO, LayerSpec, solve_budget
+from ssconv.sparsity.counting import counted_layers, model_weight_counts, weight_counts
+from ssconv.sparsity.selection import KEEP_RULES, _is_same_pad_conv, select_layers
+from ssconv.utils.modules import replace_module
 
 __all__ = [
     "convert",
     "ConversionReport",
     "LayerDecision",
-    "replace_convs",
-    "replace_module",
-    "select_layers",
     "load_dense_state_dict",
     "LoadResult",
     "SamePadSSConv2d",
-    "DEFAULT_CLASSIFIER_PATTERNS",
-    "KEEP_RULES",
 ]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CLASSIFIER_PATTERNS = (
-    "classifier",
-    "classifier.*",
-    "*.classifier*",
-    "fc",
-    "head",
-    "head.*",
-)
-#: Default rules that keep a conv dense (see :func:`convert`).
-KEEP_RULES = ("stem", "pointwise", "depthwise", "classifier")
-_DEFAULT_SETTINGS = {"groups": 1, "period": 4, "pointwise": True, "spatial": "full"}
+_DEFAULT_SETTINGS = {"groups": 1, "period": DEFAULT_PERIOD, "pointwise": True, "spatial": "full"}
 _POINTWISE_REASON = "1x1 pointwise"
-_FALLBACK_REASON = "converted (1x1 fallback)"
 
 
 def _same_pad(x: Tensor, kernel_size, stride, dilation) -> Tensor:
@@ -82,193 +67,6 @@ class SamePadSSConv2d(SSConv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(_same_pad(x, self.kernel_size, self.stride, self.dilation))
-
-
-def _is_same_pad_conv(conv: nn.Module) -> bool:
-    # timm.layers.Conv2dSame: an nn.Conv2d built with padding 0 whose forward pads the input
-    # dynamically (pad_same) before F.conv2d.
-    return type(conv).__name__ == "Conv2dSame" and tuple(conv.padding) == (0, 0)
-
-
-def _custom_forward(conv: nn.Conv2d) -> bool:
-    cls = type(conv)
-    return cls.forward is not nn.Conv2d.forward or cls._conv_forward is not nn.Conv2d._conv_forward
-
-
-@dataclass
-class LayerDecision:
-    """What :func:`convert` did with one ``nn.Conv2d``."""
-
-    name: str
-    in_channels: int
-    out_channels: int
-    kernel_size: tuple[int, int]
-    groups: int
-    converted: bool
-    reason: str
-    settings: str = ""
-    target_density: float | None = None
-    density: float = 1.0
-    params: int = 0
-    dense_params: int = 0
-
-    @classmethod
-    def unconverted(cls, name: str, conv: nn.Conv2d, reason: str | None) -> LayerDecision:
-        """``conv`` left as it is (``reason``: why, or ``None`` for a layer still to convert)."""
-        return cls(
-            name,
-            conv.in_channels,
-            conv.out_channels,
-            tuple(conv.kernel_size),
-            conv.groups,
-            converted=False,
-            reason=reason or "",
-        )
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["kernel_size"] = list(self.kernel_size)
-        return d
-
-
-@dataclass
-class ConversionReport:
-    """The converted model and one :class:`LayerDecision` per original convolution."""
-
-    model: nn.Module
-    layers: list[LayerDecision]
-    target_density: float | None
-    distribution: str
-    weight_params: int
-    dense_weight_params: int
-    coverage: list[CoverageIssue] = field(default_factory=list)
-    #: 1 x 1 layers converted because the others could not carry the budget (see ``convert``).
-    pointwise_fallback: list[str] = field(default_factory=list)
-    #: False when ``convert(..., linear_in_budget=False)`` left the nn.Linear layers out.
-    linear_in_budget: bool = True
-    budget_weight_params: int | None = None  # the budget's terms (``None``: the model's)
-    budget_dense_weight_params: int | None = None
-
-    @property
-    def density(self) -> float:
-        """Achieved model density: nonzero over dense weights of all conv and linear layers."""
-        return self.weight_params / self.dense_weight_params if self.dense_weight_params else 1.0
-
-    @property
-    def budget_density(self) -> float:
-        """The density the target was set on: :attr:`density`, or with
-        ``linear_in_budget=False`` the density of the conv layers (nn.Linear left out)."""
-        if self.budget_dense_weight_params is None:
-            return self.density
-        nonzero = self.budget_weight_params or 0
-        return nonzero / self.budget_dense_weight_params if self.budget_dense_weight_params else 1.0
-
-    @property
-    def converted(self) -> list[LayerDecision]:
-        return [d for d in self.layers if d.converted]
-
-    def to_dict(self) -> dict:
-        out = {
-            "target_density": self.target_density,
-            "density": self.density,
-            "distribution": self.distribution,
-            "weight_params": self.weight_params,
-            "dense_weight_params": self.dense_weight_params,
-            "layers": [d.to_dict() for d in self.layers],
-            "coverage": [asdict(c) for c in self.coverage],
-        }
-        if self.pointwise_fallback:
-            out["pointwise_fallback"] = list(self.pointwise_fallback)
-        if not self.linear_in_budget:
-            out["linear_in_budget"] = False
-            out["budget_density"] = self.budget_density
-        return out
-
-    def to_json(self, **kwargs) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
-
-    def table(self) -> str:
-        header = ["layer", "shape", "action", "settings", "target", "density", "params"]
-        rows = []
-        for d in self.layers:
-            k = "x".join(map(str, d.kernel_size))
-            shape = f"{d.in_channels}->{d.out_channels} {k}" + (
-                f" g{d.groups}" if d.groups > 1 else ""
-            )
-            rows.append(
-                [
-                    d.name,
-                    shape,
-                    (
-                        ("ssc (1x1 fallback)" if d.reason == _FALLBACK_REASON else "ssc")
-                        if d.converted
-                        else f"kept ({d.reason})"
-                    ),
-                    d.settings,
-                    "" if d.target_density is None else f"{d.target_density:.4f}",
-                    f"{d.density:.4f}",
-                    str(d.params),
-                ]
-            )
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        target = "" if self.target_density is None else f"target {self.target_density:.4f}, "
-        if not self.linear_in_budget:
-            lines.append(
-                f"conv density ({target}achieved; nn.Linear layers left out of the budget): "
-                f"{self.budget_density:.4f} = {self.budget_weight_params:,} / "
-                f"{self.budget_dense_weight_params:,} conv weights"
-            )
-            target = ""
-        lines.append(
-            f"model density ({target}achieved): {self.density:.4f} = "
-            f"{self.weight_params:,} / {self.dense_weight_params:,} conv+linear weights"
-        )
-        if self.pointwise_fallback:
-            lines.append(
-                f"1x1 fallback: the layers the keep rules leave cannot carry the budget, so "
-                f"{len(self.pointwise_fallback)} 1x1 convs were converted too (period=None; "
-                f"pass pointwise_fallback=False to keep them dense)"
-            )
-        lines += [f"coverage: {c.message}" for c in self.coverage]
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.table()
-
-
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the submodule called ``name`` (dotted path) by ``new``."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
-def replace_convs(model: nn.Module, conv_layer: ConvFactory) -> nn.Module:
-    """Rebuild every ``nn.Conv2d`` of ``model`` with ``conv_layer`` (same geometry), in place.
-
-    This is how models defined elsewhere (torchvision) take a conv factory.
-    """
-    for name, conv in [(n, m) for n, m in model.named_modules() if type(m) is nn.Conv2d]:
-        new = conv_layer(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-        )
-        if new is not conv:
-            replace_module(model, name, new)
-    return model
-
-
-def _matches(name: str, patterns: Sequence[str]) -> str | None:
-    return next((p for p in patterns if fnmatch.fnmatchcase(name, p)), None)
 
 
 def convert(
@@ -384,7 +182,7 @@ def convert(
             with_pw = [(n, c) for n, c, r in convs if r is None or n in extra]
             attempts.append((with_pw, {n: {"period": None} for n in extra}))
         solved = None
-        error: ValueError | None = None
+        error: BudgetInfeasibleError | None = None
         for layers, layer_constraints in attempts:
             if not layers:
                 continue
@@ -399,16 +197,16 @@ def convert(
                     constraints=explicit,
                     layer_constraints=layer_constraints,
                 )
-            except ValueError as exc:
-                if "cannot be met" not in str(exc):
-                    raise
+            except BudgetInfeasibleError as exc:
                 error = exc
                 continue
             todo = layers
             fallback = list(layer_constraints)
             break
         if solved is None:
-            raise ValueError(
+            # No attempt had layers to convert (error None), or none met the budget.
+            kind = NoConvertibleLayerError if error is None else BudgetInfeasibleError
+            raise kind(
                 _budget_hint(
                     model,
                     decisions,
@@ -533,7 +331,7 @@ def _budget_hint(
     model: nn.Module,
     decisions: dict[str, LayerDecision],
     density: float,
-    error: ValueError | None,
+    error: BudgetInfeasibleError | None,
     *,
     keep: Sequence[str],
     linear_in_budget: bool,
@@ -547,7 +345,7 @@ def _budget_hint(
             f"(kept: {', '.join(kept) or 'no nn.Conv2d in the model'})"
         )
     else:
-        head = str(error).split("; raise density")[0]
+        head = error.problem
     counts = {name: c for name, _, c in counted_layers(model)}
     linear = [n for n, m, _ in counted_layers(model) if isinstance(m, nn.Linear)]
     total = sum(d for n, (_, d) in counts.items() if linear_in_budget or n not in linear)
@@ -588,69 +386,6 @@ def _budget_hint(
     tried = " (1x1 convs included: the pointwise fallback was tried)" if tried_fallback else ""
     listing = "; ".join(parts) if parts else "none"
     return f"{head}{tried}. Dense in the budget: {listing}. Or raise density"
-
-
-def select_layers(
-    model: nn.Module,
-    *,
-    skip: Sequence[str] = (),
-    include: Sequence[str] = (),
-    keep: Sequence[str] = KEEP_RULES,
-    same_padding: bool = False,
-) -> list[tuple[str, nn.Conv2d, str | None]]:
-    """Every ``nn.Conv2d`` of ``model`` with the reason it is kept dense (``None``: convert it).
-
-    The one place that applies the skip rules, shared by :func:`convert` and the pruning
-    baselines so that both touch the same layers at the same budget. See :func:`convert` for
-    ``skip``, ``include`` and ``keep``. Subclasses of ``nn.Conv2d`` are listed too; those
-    with their own ``forward`` are kept (reason ``"custom forward"``), except timm's
-    ``Conv2dSame`` when ``same_padding`` is set (the caller can keep its dynamic padding, as
-    :func:`convert` does with :class:`SamePadSSConv2d`).
-    """
-    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    stem = convs[0][0] if convs else None
-    out = []
-    for n, m in convs:
-        reason = _skip_reason(n, m, stem, skip, include, keep)
-        if reason is None and _custom_forward(m) and not (same_padding and _is_same_pad_conv(m)):
-            reason = (
-                f"custom forward ({type(m).__name__} overrides nn.Conv2d.forward"
-                + ("; its padding is computed from the input size" if _is_same_pad_conv(m) else "")
-                + ")"
-            )
-        out.append((n, m, reason))
-    return out
-
-
-def _skip_reason(
-    name: str,
-    conv: nn.Conv2d,
-    stem: str | None,
-    skip: Sequence[str],
-    include: Sequence[str],
-    keep: Sequence[str],
-) -> str | None:
-    unknown = set(keep) - set(KEEP_RULES)
-    if unknown:
-        raise ValueError(f"keep: unknown rule(s) {sorted(unknown)}; allowed: {KEEP_RULES}")
-    pattern = _matches(name, skip)
-    if pattern is not None:
-        return f"skip pattern {pattern!r}"
-    if any(k % 2 == 0 for k in conv.kernel_size):
-        # SSC needs a centre tap (e.g. ConvNeXt's 2x2 stride-2 downsampling convs).
-        return f"even kernel {tuple(conv.kernel_size)}"
-    if _matches(name, include) is not None:
-        return None
-    if "stem" in keep and name == stem:
-        return "stem"
-    if "depthwise" in keep and conv.groups > 1 and conv.in_channels // conv.groups == 1:
-        # One input channel per group: already as sparse as a channel pattern can make it.
-        return "depthwise"
-    if "pointwise" in keep and tuple(conv.kernel_size) == (1, 1):
-        return "1x1 pointwise"
-    if "classifier" in keep and _matches(name, DEFAULT_CLASSIFIER_PATTERNS) is not None:
-        return "classifier"
-    return None
 
 
 class LoadResult(NamedTuple):

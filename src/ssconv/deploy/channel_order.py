@@ -1,0 +1,150 @@
+"""The channel-order pass: chains of frozen SSC layers run in residue channel order, with
+conversions (:class:`~ssconv.layers.channel_order.ChannelOrder`) only where orders differ."""
+
+from __future__ import annotations
+
+import logging
+import operator
+import warnings
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from ssconv.layers.channel_order import ChannelOrder
+from ssconv.layers.inference import SSConv2dInference
+from ssconv.layers.ssconv import SSCTracer
+
+__all__ = ["optimize_channel_order"]
+
+log = logging.getLogger(__name__)
+
+
+_PASS_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.Identity,
+    nn.Dropout,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.Hardswish,
+    nn.SiLU,
+    nn.GELU,
+    nn.LeakyReLU,
+)
+
+
+def _is_pass_through(node, modules) -> bool:
+    """Per-channel ops that keep any channel order."""
+
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), _PASS_MODULES)
+    if node.op == "call_function":
+        return (
+            node.target
+            in (
+                F.relu,
+                torch.relu,
+                torch.relu_,
+                F.relu6,
+                F.max_pool2d,
+                F.avg_pool2d,
+                F.hardswish,
+                F.silu,
+            )
+            or node.target is operator.neg
+        )
+    if node.op == "call_method":
+        return node.target in ("relu", "relu_")
+    return False
+
+
+def _is_add(node) -> bool:
+
+    if node.op == "call_function":
+        return node.target in (operator.add, operator.iadd, torch.add)
+    return node.op == "call_method" and node.target in ("add", "add_")
+
+
+def optimize_channel_order(model: nn.Module) -> nn.Module:
+    """Run chains of SSC layers in residue channel order, converting only where orders differ.
+
+    Each frozen SSC layer normally permutes its input into residue order and its output back.
+    Between two layers with the same ``(groups, period, channels)`` (through ReLU, pooling and
+    residual adds) both permutations cancel; this pass removes them and keeps conversions
+    (:class:`ChannelOrder`) only where orders really change. Outputs are unchanged (up to
+    floating-point summation order). Works on a ``torch.fx``-traceable frozen model; others
+    are returned unchanged with a warning.
+    """
+
+    if any(
+        isinstance(m, ChannelOrder) or (isinstance(m, SSConv2dInference) and m.residue)
+        for m in model.modules()
+    ):
+        return model  # already optimized (freezing a frozen model must not redo it)
+
+    try:
+        graph = SSCTracer().trace(model)
+    except Exception as exc:
+        warnings.warn(
+            f"optimize_channel_order: model is not traceable by torch.fx ({exc}); "
+            "channel order left as is",
+            stacklevel=2,
+        )
+        return model
+    gm = fx.GraphModule(model, graph)
+    modules = dict(gm.named_modules())
+    tags: dict = {}
+    converters: dict = {}
+    count = 0
+
+    def convert(node, target):
+        nonlocal count
+        source = tags.get(node)
+        if source == target:
+            return node
+        key = (node, target)
+        if key not in converters:
+            name = f"channel_order_{count}"
+            while hasattr(gm, name):
+                count += 1
+                name = f"channel_order_{count}"
+            count += 1
+            gm.add_submodule(name, ChannelOrder(source, target))
+            with gm.graph.inserting_after(node):
+                converters[key] = gm.graph.call_module(name, (node,))
+            tags[converters[key]] = target
+        return converters[key]
+
+    for node in list(gm.graph.nodes):
+        if node in tags or node.op in ("placeholder", "get_attr"):
+            tags.setdefault(node, None)
+            continue
+        module = modules.get(node.target) if node.op == "call_module" else None
+        args = [a for a in node.args if isinstance(a, fx.Node)]
+        if isinstance(module, SSConv2dInference) and module.residue_tags() is not None:
+            need, out = module.residue_tags()
+            node.replace_input_with(args[0], convert(args[0], need))
+            module.use_residue_order()
+            tags[node] = out
+        elif _is_pass_through(node, modules) and len(args) >= 1:
+            tags[node] = tags.get(args[0])
+        elif _is_add(node) and len(args) == 2 and not node.kwargs:
+            first = tags.get(args[0])
+            node.replace_input_with(args[1], convert(args[1], first))
+            tags[node] = first
+        else:
+            for a in args:
+                if tags.get(a) is not None:
+                    node.replace_input_with(a, convert(a, None))
+            for value in node.kwargs.values():
+                if isinstance(value, fx.Node) and tags.get(value) is not None:
+                    raise RuntimeError(
+                        "optimize_channel_order: keyword tensor inputs are not supported"
+                    )
+            tags[node] = None
+    gm.graph.lint()
+    gm.recompile()
+    log.info("channel order: %d conversions kept", len(converters))
+    return gm

@@ -1,0 +1,57 @@
+"""Residue channel order: inside each group, channels sorted by their residue modulo the period,
+the layout in which an SSC layer's spatial pairs form one grouped convolution.
+
+A chain of frozen SSC layers can run in this order end to end
+(:func:`ssconv.deploy.optimize_channel_order`); :class:`ChannelOrder` converts where orders
+differ.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ssconv.layers.ssconv import _channel_transpose, _is_channels_last
+
+__all__ = ["ChannelOrder", "residue_permutation"]
+
+
+def residue_permutation(groups: int, period: int, channels: int) -> Tensor:
+    """Residue order as a gather index: physical position -> canonical channel.
+
+    Inside each group of ``Cg = channels / groups`` channels, physical ``s * (Cg / P) + x``
+    holds canonical ``x * P + s``: channels sorted by residue ``mod P``, the layout in which an
+    SSC layer's spatial pairs form a grouped convolution.
+    """
+    cg = channels // groups
+    a = cg // period
+    g = torch.arange(groups).view(-1, 1, 1)
+    s = torch.arange(period).view(1, -1, 1)
+    x = torch.arange(a).view(1, 1, -1)
+    return (g * cg + x * period + s).reshape(-1)
+
+
+class ChannelOrder(nn.Module):
+    """Converts a tensor between channel orders: ``None`` (canonical) or a residue tag
+    ``(groups, period, channels)``. Two structured transposes at most, in the tensor's own
+    memory format (standard Reshape / Transpose operators when exported)."""
+
+    _fx_leaf = True
+
+    def __init__(self, source: tuple | None, target: tuple | None) -> None:
+        super().__init__()
+        self.source, self.target = source, target
+
+    def forward(self, x: Tensor) -> Tensor:
+
+        cl = _is_channels_last(x)
+        if self.source is not None:  # residue -> canonical: (g, s, x) -> (g, x, s)
+            g, p, c = self.source
+            x = _channel_transpose(x, g, p, c // g // p, cl)
+        if self.target is not None:  # canonical -> residue: (g, x, s) -> (g, s, x)
+            g, p, c = self.target
+            x = _channel_transpose(x, g, c // g // p, p, cl)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"{self.source} -> {self.target}"

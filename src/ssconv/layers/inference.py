@@ -1,0 +1,282 @@
+"""The frozen twin of :class:`~ssconv.SSConv2d`: precomputed kernels, standard operators only.
+
+A frozen SSC layer (:class:`SSConv2dInference`) holds its grouped K x K and 1 x 1 kernels as
+buffers and runs only standard operators: reshape / transpose for the channel order, a grouped
+convolution, a 1 x 1 convolution and an add (or, where one dense convolution is faster, that
+single convolution), so that exported graphs contain nothing but ``Conv``, ``Add``,
+``Reshape`` / ``Transpose`` and the model's own operators. :func:`ssconv.deploy.freeze` builds
+them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssconv.kernels import fused
+from ssconv.layers.channel_order import residue_permutation
+from ssconv.layers.ssconv import (
+    SSConv2d,
+    _is_channels_last,
+    centre_input,
+    pad_arguments,
+    pixel_rows_suit,
+    pixels_take_channels_last,
+    shuffle_channels,
+)
+
+__all__ = ["SSConv2dInference"]
+
+
+class SSConv2dInference(nn.Module):
+    """A frozen :class:`SSConv2d`: precomputed kernels, standard operators only.
+
+    Args:
+        layer: the trained layer.
+        mode: ``"decomposed"`` (grouped K x K + 1 x 1, executes about the effective MACs) or
+            ``"dense"`` (the folded dense weight, one convolution).
+    """
+
+    _fx_leaf = True  # one call_module node under SSCTracer
+
+    def __init__(self, layer: SSConv2d, mode: str = "decomposed") -> None:
+        super().__init__()
+        if mode not in ("decomposed", "dense"):
+            raise ValueError(f"mode must be 'decomposed' or 'dense', got {mode!r}")
+        self.mode = mode
+        # In "residue" channel order the layer reads its input and writes its output with the
+        # channels of each group ordered by residue (see residue_tag); set by
+        # optimize_channel_order so that a chain of such layers needs no transposes.
+        self.residue = False
+        self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
+        self.kernel_size = layer.kernel_size
+        self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
+        self.groups, self.padding_mode = layer.groups, layer.padding_mode
+        self.pattern = layer.pattern
+        self.dense_groups = layer.dense_groups
+        self._pad4 = pad_arguments(self.padding)
+        # The layer's static structure, from the same pattern (never its private copies).
+        d = self.pattern.decomposition()
+        self._p, self._a, self._m = d.period, d.spatial_per_filter, d.outputs_per_residue
+        self._has_spatial, self._has_point = d.has_spatial, d.has_point
+        self._identity_perm, self._pad_rows = d.identity_perm, d.pad_rows
+        # A shuffled layer shuffles its input channels first (Reshape / Transpose when
+        # exported); the fused kernel reads through the permutation instead.
+        self.shuffle = layer.shuffle
+        self.register_buffer("in_index", layer.in_index.detach().clone(), persistent=False)
+        with torch.no_grad():
+            bias = None if layer.bias is None else layer.bias.detach().clone()
+            self.register_buffer("bias", bias)
+            if mode == "dense":
+                self.register_buffer("weight", layer.to_dense().detach().clone())
+            else:
+                ws = layer.grouped_spatial_weight().detach().clone() if self._has_spatial else None
+                wp = None
+                if self._has_point:
+                    wp = layer.point_matrix().detach().view(self.out_channels, -1, 1, 1).clone()
+                self.register_buffer("weight_spatial", ws)
+                self.register_buffer("weight_point", wp)
+            # Whether eager float32 CPU calls run the fused kernel (where the layer itself would
+            # in inference); everything else (export, tracing, other devices) runs the stock
+            # operators above. Its packed weights are derived from the buffers on first use
+            # (and again after they change, e.g. by load_state_dict); they are not saved.
+            self.fused = layer.resolved_backend(inference=True) == "fused"
+            # Stride-1 NCHW calls wide enough for it run the pixel kernel instead, as the
+            # layer itself does (SSConv2d._infers_on_pixels; the width is checked per call).
+            self.pixels = (
+                layer.backend in ("auto", "fused")
+                and d.has_spatial
+                and not (layer.backend == "auto" and d.identity_perm)
+                and layer.trains_fused(None)
+            )
+            self._out_pos = layer.out_pos.detach().cpu().clone()
+
+    @property
+    def num_params(self) -> int:
+        return self.pattern.num_params
+
+    @property
+    def dense_weight_count(self) -> int:
+        kh, kw = self.kernel_size
+        return self.out_channels * (self.in_channels // self.dense_groups) * kh * kw
+
+    def residue_tags(self) -> tuple[tuple, tuple] | None:
+        """Channel-order tags (input, output) of residue mode, or None when not applicable."""
+        if (
+            self.mode != "decomposed"
+            or self.shuffle
+            or not self._has_spatial
+            or self._identity_perm
+            or self._pad_rows
+        ):
+            return None
+        return ((self.groups, self._p, self.in_channels), (self.groups, self._p, self.out_channels))
+
+    @torch.no_grad()
+    def use_residue_order(self) -> None:
+        """Switch to residue channel order: the 1 x 1 weights and the bias are permuted once."""
+        if self.residue_tags() is None:
+            raise ValueError(
+                "this layer has no residue channel order (dense mode, period 1 / "
+                "None, or padded residue classes)"
+            )
+        if self.residue:
+            return
+        out_perm = residue_permutation(self.groups, self._p, self.out_channels)
+        if self.weight_point is not None:
+            cin_g = self.in_channels // self.groups
+            local = residue_permutation(1, self._p, cin_g)
+            self.weight_point = self.weight_point[out_perm][:, local].contiguous()
+        if self.bias is not None:
+            self.bias = self.bias[out_perm].contiguous()
+        self.residue = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._pad4, mode=self.padding_mode)
+            padding = (0, 0)
+        # can_run first: it is False while tracing, where the width is not a Python int.
+        if self.pixels and fused.can_run(x, self._weights()) and self._pixels_suit(x, padding):
+            return fused.pixel_conv2d(
+                x, self._pixel_packed(), self.kernel_size, self.stride, padding, self.dilation
+            )
+        if self.fused and fused.can_run(x, self._weights()):
+            return fused.fused_conv2d(
+                x, self._fused_packed(), self.kernel_size, self.stride, padding, self.dilation
+            )
+        if self.shuffle:
+            x = shuffle_channels(x, self.groups, self.in_channels)
+        if self.residue:
+            return self._forward_residue(x, padding)
+        if self.mode == "dense":
+            return F.conv2d(
+                x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups
+            )
+        g, p, a, m = self.groups, self._p, self._a, self._m
+        out = None
+        if self._has_point:
+            out = self._point_conv(x, padding)
+        if not self._has_spatial:
+            return out
+        bias = None if self._has_point else self.bias
+        if self._identity_perm:
+            y = F.conv2d(
+                x,
+                self.weight_spatial,
+                bias if self._p == 1 else None,
+                self.stride,
+                padding,
+                self.dilation,
+                g,
+            )
+            return y if out is None else out + y
+        n, _, h, w = x.shape
+        xs = x.reshape(n, g, a, p, h, w).transpose(2, 3).reshape(n, g * a * p, h, w)
+        y = F.conv2d(xs, self.weight_spatial, None, self.stride, padding, self.dilation, g * p)
+        ho, wo = y.shape[2], y.shape[3]
+        cout_g = self.out_channels // g
+        y = y.reshape(n, g, p, m, ho, wo).transpose(2, 3).reshape(n, g, m * p, ho, wo)
+        y = y[:, :, :cout_g].reshape(n, self.out_channels, ho, wo)
+        if out is None:
+            return y if bias is None else y + bias.view(1, -1, 1, 1)
+        return out + y
+
+    @torch.no_grad()
+    def dense_weight(self) -> Tensor:
+        """The equivalent dense weight ``(C_out, C_in/G, kh, kw)`` in the layer's channel order
+        (over its logical inputs: a shuffled layer reads input channel ``in_index[q]``)."""
+        if self.mode == "dense":
+            return self.weight
+        g, p = self.groups, self._p
+        kh, kw = self.kernel_size
+        full = None
+        if self._has_spatial:
+            ws = self.weight_spatial
+            if self._identity_perm:
+                full = fused.full_weight(ws, g)
+            else:
+                full = fused.full_weight(ws, g * p)  # rows (g, s, b), columns in residue order
+                if not self.residue:
+                    cols = torch.argsort(residue_permutation(g, p, self.in_channels))
+                    full = full[self._out_pos.to(ws.device)][:, cols.to(ws.device)]
+        if self._has_point:
+            point = fused.full_weight(self.weight_point, g)[:, :, 0]
+            if full is None:
+                full = point.new_zeros(self.out_channels, self.in_channels, kh * kw)
+            full = full.clone()
+            full[:, :, (kh // 2) * kw + kw // 2] += point
+        assert full is not None
+        return fused.grouped_weight(full, g, self.kernel_size)
+
+    def dense_mask(self) -> Tensor:
+        """The pattern's structural mask, like :meth:`dense_weight` in the layer's channel order."""
+        mask = self.pattern.dense_mask()
+        if self.residue:
+            out_perm = residue_permutation(self.groups, self._p, self.out_channels)
+            local = residue_permutation(1, self._p, self.in_channels // self.groups)
+            mask = mask[out_perm][:, local]
+        return mask
+
+    def _fused_packed(self) -> fused.PackedWeight:
+        return fused.cached_pack(
+            self,
+            (self.residue, *fused.weights_key([*self._weights(), self.bias])),
+            lambda: fused.pack(
+                self.dense_weight(),
+                self.dense_mask(),
+                self.bias,
+                self.groups,
+                in_order=self.in_index.cpu() if self.shuffle else None,
+            ),
+        )
+
+    def _pixels_suit(self, x: Tensor, padding: tuple[int, int]) -> bool:
+        if x.dim() != 4 or (_is_channels_last(x) and not pixels_take_channels_last(self)):
+            return False
+        channels = min(self.in_channels, self.out_channels)
+        return pixel_rows_suit(self.kernel_size, padding, self.dilation, channels, x.shape[-1])
+
+    def _pixel_packed(self) -> fused.PixelPacked:
+        def make() -> fused.PixelPacked:
+            order = self.in_index.cpu() if self.shuffle else None
+            plan = fused.make_plan(self.dense_mask(), self.groups, kernel="pixels", in_order=order)
+            return fused.pack_pixels(self.dense_weight(), self.bias, plan)
+
+        return fused.cached_pack(
+            self,
+            (self.residue, *fused.weights_key([*self._weights(), self.bias])),
+            make,
+            slot="_fused_pixel_cache",
+        )
+
+    def _weights(self) -> list[Tensor]:
+        names = ("weight",) if self.mode == "dense" else ("weight_spatial", "weight_point")
+        return [t for t in (getattr(self, n) for n in names) if t is not None]
+
+    def _forward_residue(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
+        g, p = self.groups, self._p
+        bias = None if self._has_point else self.bias
+        y = F.conv2d(x, self.weight_spatial, bias, self.stride, padding, self.dilation, g * p)
+        if not self._has_point:
+            return y
+        return self._point_conv(x, padding) + y
+
+    def _point_conv(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
+        """The 1 x 1 kernels (bias included), reading each K x K window's centre tap."""
+        xc, pad1 = centre_input(x, self.kernel_size, self.dilation, padding)
+        return F.conv2d(xc, self.weight_point, self.bias, self.stride, pad1, 1, self.groups)
+
+    def extra_repr(self) -> str:
+        order = ", residue order" if self.residue else ""
+        if self.shuffle:
+            order += ", shuffle"
+        if self.pixels:
+            order += ", fused pixel kernel (stride-1 NCHW)"
+        if self.fused:
+            order += ", fused CPU kernel"
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, {self.pattern.describe()}, mode={self.mode}{order}"
+        )
