@@ -36,3 +36,22 @@ def test_synthetic_scoring_warning_is_typed():
     w = next(w.message for w in caught if isinstance(w.message, SyntheticScoringWarning))
     assert isinstance(w, UserWarning) and w.hint == "pass data=..."
     assert str(w) == f"{w.problem}; pass data=..." and "synthetic batch" in w.problem
+
+
+def test_remedy_names_the_library_arguments_and_renders_flags_for_the_cli():
+    import pickle
+
+    from ssconv.cli.common import CLI_NAMES, user_message
+    from ssconv.errors import RemedyError
+    from ssconv.train.trainer import RunFolderError
+
+    exc = RunFolderError(
+        "{out} {path} is not empty; pass {resume} or {overwrite}", path=repr("/runs/{a}")
+    )
+    assert isinstance(exc, ValueError) and isinstance(exc, RemedyError)
+    assert str(exc) == "out '/runs/{a}' is not empty; pass resume=True or overwrite=True"
+    assert exc.render(CLI_NAMES) == "--out '/runs/{a}' is not empty; pass --resume or --overwrite"
+    assert user_message(exc) == exc.render(CLI_NAMES)
+    again = pickle.loads(pickle.dumps(exc))  # across processes the template survives
+    assert type(again) is RunFolderError and again.render(CLI_NAMES) == exc.render(CLI_NAMES)
+    assert user_message(ValueError("plain")) == "plain"

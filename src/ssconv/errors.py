@@ -5,7 +5,65 @@ Library messages describe the problem; a caller (the CLI) adds which flag fixes 
 
 from __future__ import annotations
 
-__all__ = ["BudgetInfeasibleError", "NoConvertibleLayerError", "SyntheticScoringWarning"]
+from collections.abc import Mapping
+
+__all__ = [
+    "BudgetInfeasibleError",
+    "NoConvertibleLayerError",
+    "SyntheticScoringWarning",
+    "Remedy",
+    "RemedyError",
+    "LIBRARY_NAMES",
+    "render_template",
+]
+
+#: How a library message names the arguments that fix its problem (``{resume}`` in a
+#: :class:`Remedy` template); a caller with other means renders its own (the CLI: ``--resume``).
+LIBRARY_NAMES: dict[str, str] = {
+    "out": "out",
+    "resume": "resume=True",
+    "overwrite": "overwrite=True",
+    "allow_schedule_change": "allow_schedule_change=True",
+    "epochs": "epochs",
+    "pretrained": "pretrained=True",
+    "init_checkpoint": "init_checkpoint=PATH",
+}
+
+
+def render_template(
+    template: str, values: Mapping[str, object], names: Mapping[str, str] | None = None
+) -> str:
+    """``template`` with its argument fields named by ``names`` (default :data:`LIBRARY_NAMES`)
+    and its other fields filled from ``values``."""
+    return template.format_map({**LIBRARY_NAMES, **(names or {}), **values})
+
+
+class Remedy:
+    """A message that names the arguments fixing its problem as ``{name}`` fields of a template.
+
+    ``str()`` renders them with :data:`LIBRARY_NAMES` (``resume=True``); :meth:`render` with a
+    caller's names (the CLI passes ``{"resume": "--resume", ...}``). The message's own values
+    (paths, numbers) are ``values``, substituted as they are.
+    """
+
+    def __init__(self, template: str, **values) -> None:
+        self.template = template
+        self.values = values
+        super().__init__(self.render())
+
+    def render(self, names: Mapping[str, str] | None = None) -> str:
+        return render_template(self.template, self.values, names)
+
+    def __reduce__(self):  # pickles (multiprocessing) keep the template, not the rendering
+        return _rebuild, (type(self), self.template, self.values)
+
+
+def _rebuild(cls, template: str, values: dict):
+    return cls(template, **values)
+
+
+class RemedyError(Remedy, ValueError):
+    """A :class:`Remedy` that is a ``ValueError`` (bad arguments for the situation)."""
 
 
 class BudgetInfeasibleError(ValueError):

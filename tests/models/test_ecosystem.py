@@ -11,6 +11,7 @@ import torchvision
 from torch import nn
 
 from ssconv import SSConv2d
+from ssconv.cli.common import user_message
 from ssconv.models import (
     PretrainedWeightsError,
     WeightsError,
@@ -83,8 +84,10 @@ def test_pretrained_failure_names_model_and_init_checkpoint(monkeypatch):
         raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setattr(torchvision.models, "get_model", offline)
-    with pytest.raises(PretrainedWeightsError, match="'tv:resnet18'.*--init-checkpoint"):
+    with pytest.raises(PretrainedWeightsError, match="'tv:resnet18'.*init_checkpoint=PATH") as e:
         create_model("tv:resnet18", pretrained=True)
+    flags = user_message(e.value)
+    assert "--init-checkpoint PATH" in flags and "--pretrained" in flags
     with pytest.raises(PretrainedWeightsError, match="'tv:resnet18' has them"):
         create_model("resnet18", pretrained=True)
 

@@ -64,9 +64,11 @@ def test_file_errors_name_the_file_and_overrides_the_command_line(tmp_path):
     bad.write_text("epochs: 2\nlearning_rate: 0.1\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'learning_rate'"):
         load_config(bad)
-    with pytest.raises(ConfigError, match="command line: batch_size"):
+    with pytest.raises(ConfigError, match="overrides: batch_size"):
         load_config(None, {"batch_size": -1})
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match="command line: batch_size"):  # as the CLI names them
+        load_config(None, {"batch_size": -1}, overrides_source="command line")
+    with pytest.raises(ConfigError, match="config file .*missing.yaml' does not exist"):
         load_config(tmp_path / "missing.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("epochs: [1,\n")

@@ -8,6 +8,7 @@ import signal
 import pytest
 import torch
 
+from ssconv.cli.common import user_message
 from ssconv.train.checkpoint import list_checkpoints, load_checkpoint
 from ssconv.train.config import TrainConfig
 from ssconv.train.trainer import (
@@ -189,7 +190,11 @@ def test_resume_refuses_epochs_that_change_the_cosine_schedule(tmp_path):
         Trainer(cfg(epochs=2), run, resume=True, progress=False).run()
     text = str(exc.value)
     assert "epochs: saved 1 vs now 2" in text and "cosine" in text
-    assert "--allow-schedule-change" in text and "another --out" in text
+    # The library names its own arguments; the CLI renders them as flags.
+    assert "allow_schedule_change=True" in text and "another out" in text
+    flags = user_message(exc.value)
+    assert "--allow-schedule-change" in flags and "another --out" in flags
+    assert "(--epochs 1)" in flags
     assert "epochs: 1" in (run / "config.yaml").read_text()
     # Explicitly allowed: it continues, and config.yaml says what the run now is.
     result = Trainer(
@@ -443,7 +448,8 @@ def test_disk_full_while_writing_a_checkpoint_names_the_file_and_errno(tmp_path,
         Trainer(config, tmp_path / "run", progress=False).run()
     text = str(exc.value)
     assert "ENOSPC" in text and "ckpt-e0002-s000000006.pt" in text and "free some space" in text
-    assert "continue with --resume" in text
+    assert "continue with resume=True" in text
+    assert "continue with --resume" in user_message(exc.value)
     monkeypatch.setattr(checkpoint._Sink, "_write", real)
     kept = list_checkpoints(tmp_path / "run" / "checkpoints")
     assert [p.name for p in kept] == ["ckpt-e0001-s000000003.pt"]
@@ -547,7 +553,7 @@ def test_failed_start_leaves_nothing_that_blocks_a_rerun(tmp_path):
 
 def test_resume_with_nothing_to_resume_is_refused(tmp_path):
     """Issue 16 item 10: --resume on a missing or empty folder silently started a new run."""
-    with pytest.raises(RunFolderError, match="nothing to resume.*does not exist.*drop --resume"):
+    with pytest.raises(RunFolderError, match="nothing to resume.*does not exist.*drop resume=True"):
         Trainer(cfg(epochs=1), tmp_path / "missing", resume=True, progress=False).run()
     (tmp_path / "empty").mkdir()
     with pytest.raises(RunFolderError, match="nothing to resume.*is empty"):

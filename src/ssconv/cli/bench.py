@@ -18,6 +18,7 @@ from ssconv.cli.common import (
     density_arg,
     emit_json,
     positive_int,
+    user_message,
 )
 from ssconv.train.config import COMPILE_MODES
 
@@ -155,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
             init_checkpoint=args.init_checkpoint,
         )
     except PretrainedWeightsError as exc:
-        raise CLIError(f"--pretrained: {exc}") from None
+        raise CLIError(f"--pretrained: {user_message(exc)}") from None
     except WeightsError as exc:
         raise CLIError(f"--init-checkpoint: {exc}") from None
     except ValueError as exc:

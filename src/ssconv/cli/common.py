@@ -38,6 +38,25 @@ class CLIError(Exception):
     """A user error: printed as ``ssconv: error: ...`` with exit code 2."""
 
 
+#: The flags that stand for the library arguments a message names (ssconv.errors.Remedy).
+CLI_NAMES = {
+    "out": "--out",
+    "resume": "--resume",
+    "overwrite": "--overwrite",
+    "allow_schedule_change": "--allow-schedule-change",
+    "epochs": "--epochs",
+    "pretrained": "--pretrained",
+    "init_checkpoint": "--init-checkpoint PATH",
+}
+
+
+def user_message(exc: BaseException) -> str:
+    """An error's message for the command line: the arguments that fix it named as flags
+    (errors with a ``render(names)`` method, :class:`ssconv.errors.Remedy`), else ``str``."""
+    render = getattr(exc, "render", None)
+    return render(CLI_NAMES) if callable(render) else str(exc)
+
+
 def period_arg(value: str):
     v = value.strip().lower()
     if v == "auto":
@@ -129,7 +148,7 @@ def create_dense(
             name, num_classes=num_classes, in_channels=in_channels, pretrained=pretrained
         )
     except PretrainedWeightsError as exc:
-        raise CLIError(f"--pretrained: {exc}") from None
+        raise CLIError(f"--pretrained: {user_message(exc)}") from None
     except ValueError as exc:
         raise CLIError(f"{flag} {name!r}: {exc}") from None
     if path:

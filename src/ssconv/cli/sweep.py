@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from ssconv.cli.common import CLIError, check_model
+from ssconv.cli.common import CLI_NAMES, CLIError, check_model, user_message
 
 
 def register(sub) -> None:
@@ -146,10 +146,10 @@ def run(args: argparse.Namespace) -> int:
             if record(cell):
                 print(f"sweep: cell {cell.index} recorded in {cell.record}", flush=True)
         except OSError as exc:
+            reason = describe_os_error(exc, cell.record, CLI_NAMES)
             print(
-                f"sweep: could not record cell {cell.index} in {cell.record}: "
-                f"{describe_os_error(exc, cell.record)}; its run folder {cell.folder} still "
-                "holds it (run `ssconv sweep --record` later)",
+                f"sweep: could not record cell {cell.index} in {cell.record}: {reason}; its run "
+                f"folder {cell.folder} still holds it (run `ssconv sweep --record` later)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             claimed = claim(cell)
         except OSError as exc:
-            raise CLIError(describe_os_error(exc, cell.folder)) from None
+            raise CLIError(describe_os_error(exc, cell.folder, CLI_NAMES)) from None
         if not claimed:
             continue
         print(f"[{cell.index + 1}/{len(spec.cells())}] {cell.label()} -> {cell.folder}", flush=True)
@@ -190,14 +190,15 @@ def run(args: argparse.Namespace) -> int:
             with console_logging():
                 status = run_cell(cell, progress=args.progress)
         except TrainingInterrupted as exc:
-            print(f"sweep: {exc}", flush=True)
+            print(f"sweep: {user_message(exc)}", flush=True)
             return 128 + int(exc.signum)
         except OutputError as exc:  # the disk, not the cell: every next cell would fail too
-            raise CLIError(f"cell {cell.index}: {exc}") from None
+            raise CLIError(f"cell {cell.index}: {user_message(exc)}") from None
         except OSError as exc:
             if exc.errno not in WRITE_ERRNOS:
                 raise
-            raise CLIError(f"cell {cell.index}: {describe_os_error(exc, cell.folder)}") from None
+            message = describe_os_error(exc, cell.folder, CLI_NAMES)
+            raise CLIError(f"cell {cell.index}: {message}") from None
         except Exception as exc:  # record and go on with the next cell
             write_failed(cell, f"{type(exc).__name__}: {exc}")
             print(

@@ -22,6 +22,7 @@ from ssconv.cli.common import (
     check_weights_args,
     density_arg,
     period_arg,
+    user_message,
 )
 from ssconv.train.config import (
     COMPILE_MODES,
@@ -216,8 +217,10 @@ def _resolve(args: argparse.Namespace):
     saved = Path(args.out) / "config.yaml"
     if args.resume and saved.is_file() and args.config is None:
         base = with_neutral_defaults(yaml.safe_load(saved.read_text()) or {})
-        return load_config(None, {**base, **overrides})
-    return load_config(args.config, overrides)
+        return load_config(None, {**base, **overrides}, overrides_source="command line")
+    return load_config(
+        args.config, overrides, what="--config: file", overrides_source="command line"
+    )
 
 
 @contextlib.contextmanager
@@ -274,12 +277,12 @@ def run(args: argparse.Namespace) -> int:
                 allow_schedule_change=args.allow_schedule_change,
             ).run()
     except (ConfigError, DatasetError, RunFolderError, ResumeMismatchError, CheckpointError) as exc:
-        raise CLIError(str(exc)) from None
+        raise CLIError(user_message(exc)) from None
     except NonFiniteLossError as exc:
         print(f"ssconv train: stopped: {exc}", flush=True)
         return EXIT_NONFINITE
     except TrainingInterrupted as exc:
-        print(f"ssconv train: {exc}", flush=True)
+        print(f"ssconv train: {user_message(exc)}", flush=True)
         return 128 + int(exc.signum)
     final = result.final
     if final:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ssconv.errors import RemedyError
+
 __all__ = [
     "ModelInfo",
     "PretrainedWeightsError",
@@ -25,8 +27,9 @@ __all__ = [
 ECOSYSTEM_PREFIXES = {"timm": "timm", "tv": "torchvision", "torchvision": "torchvision"}
 
 
-class PretrainedWeightsError(ValueError):
-    """Pretrained weights were asked for and could not be had (offline, none published)."""
+class PretrainedWeightsError(RemedyError):
+    """Pretrained weights were asked for and could not be had (offline, none published); the
+    message names the arguments that fix it (:class:`ssconv.errors.Remedy`)."""
 
 
 @dataclass(frozen=True)
@@ -146,9 +149,11 @@ def _ecosystem_info(library: str, name: str, full: str) -> ModelInfo:
 
 def _pretrained_failed(full: str, exc: Exception) -> PretrainedWeightsError:
     return PretrainedWeightsError(
-        f"cannot get the pretrained weights of {full!r} ({type(exc).__name__}: {exc}). They are "
-        f"downloaded on first use and cached: run once with internet access, or pass "
-        f"--init-checkpoint PATH (a local state_dict / .safetensors file) instead of --pretrained"
+        "cannot get the pretrained weights of {model} ({error}). They are downloaded on first "
+        "use and cached: run once with internet access, or pass {init_checkpoint} (a local "
+        "state_dict / .safetensors file) instead of {pretrained}",
+        model=repr(full),
+        error=f"{type(exc).__name__}: {exc}",
     )
 
 
@@ -288,8 +293,10 @@ def create_model(
         if pretrained:
             alt = f"; 'tv:{name}' has them" if name in _tv_names() else ""
             raise PretrainedWeightsError(
-                f"registry model {name!r} has no pretrained weights{alt} (pretrained weights "
-                f"come from timm:NAME / tv:NAME models, or a file: --init-checkpoint PATH)"
+                "registry model {model} has no pretrained weights{alt} (pretrained weights come "
+                "from timm:NAME / tv:NAME models, or a file: {init_checkpoint})",
+                model=repr(name),
+                alt=alt,
             )
         if num_classes is None:
             num_classes = _INFO[name].num_classes

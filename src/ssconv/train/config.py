@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from ssconv.conversion.same_budget import STRUCTURED_RIVALS
+from ssconv.errors import Remedy
 from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, STOCK_BACKENDS
 from ssconv.pruning.methods import PRUNING_METHODS
 from ssconv.sparsity.budget import DISTRIBUTIONS
@@ -56,6 +57,11 @@ METHODS = ("dense", *SSC_PRESETS, *STRUCTURED_BASELINES, *PRUNING_METHOD_NAMES)
 
 class ConfigError(ValueError):
     """A bad configuration value; the CLI exits with code 2."""
+
+
+class ConfigRemedyError(Remedy, ConfigError):
+    """A :class:`ConfigError` whose message names the arguments that fix it
+    (:class:`ssconv.errors.Remedy`: the CLI renders them as its flags)."""
 
 
 def _f(default, help: str, **checks):
@@ -445,12 +451,21 @@ def read_config_file(path: str | Path, what: str) -> object:
         raise ConfigError(f"{path}: cannot parse: {exc}") from None
 
 
-def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
-    """Defaults, then the file (YAML ``.yaml/.yml`` or TOML ``.toml``), then ``overrides``."""
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict | None = None,
+    *,
+    what: str = "config file",
+    overrides_source: str = "overrides",
+) -> TrainConfig:
+    """Defaults, then the file (YAML ``.yaml/.yml`` or TOML ``.toml``), then ``overrides``.
+
+    ``what`` and ``overrides_source`` name the file and the overrides in errors (the CLI:
+    ``"--config: file"``, ``"command line"``)."""
     data: dict = {}
     if path is not None:
-        data = _check_items(read_config_file(path, "--config: file"), str(path))
-    data.update(_check_items(overrides or {}, "command line"))
+        data = _check_items(read_config_file(path, what), str(path))
+    data.update(_check_items(overrides or {}, overrides_source))
     return TrainConfig.from_dict(data, source="config")
 
 

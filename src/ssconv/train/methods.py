@@ -22,6 +22,7 @@ from ssconv.train.config import (
     SSC_PRESETS,
     STRUCTURED_BASELINES,
     ConfigError,
+    ConfigRemedyError,
     TrainConfig,
 )
 
@@ -81,7 +82,7 @@ def build_dense(
             **cfg.model_kwargs,
         )
     except PretrainedWeightsError as exc:
-        raise ConfigError(f"pretrained: {exc}") from None
+        raise ConfigRemedyError("pretrained: " + exc.template, **exc.values) from None
     if cfg.init_checkpoint and load_weights:
         try:
             load_init_checkpoint(model, cfg.init_checkpoint, what=f"model {cfg.model!r}")

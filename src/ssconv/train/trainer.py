@@ -46,7 +46,7 @@ import random
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ssconv import profile
+from ssconv.errors import LIBRARY_NAMES, RemedyError, render_template
 from ssconv.train.checkpoint import (
     BEST_WEIGHTS,
     FINAL_WEIGHTS,
@@ -104,12 +105,18 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class RunFolderError(ValueError):
-    """The output folder cannot be used (not empty without --resume / --overwrite)."""
+class RunFolderError(RemedyError):
+    """The output folder cannot be used (not empty without ``resume`` / ``overwrite``); the
+    message names the arguments that fix it (:class:`ssconv.errors.Remedy`)."""
 
 
 class OutputError(RunFolderError):
     """Writing the run folder failed: disk full, permission denied, read-only file system."""
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, out: Path) -> OutputError:
+        template, values = _os_error_template(exc, out)
+        return cls(template, **values)
 
 
 #: errnos of a run folder that cannot be written (a user / environment error, not a bug).
@@ -132,27 +139,38 @@ _HINTS = {
     "ENOSPC": "the disk is full: free some space",
     "EDQUOT": "the disk quota is used up: free some space",
     "EFBIG": "the file is too large for this file system",
-    "EACCES": "permission denied: make it writable or choose another --out",
-    "EPERM": "operation not permitted: make it writable or choose another --out",
-    "EROFS": "the file system is read-only: choose another --out",
-    "ENOTDIR": "a part of the path is a file, not a folder: choose another --out",
-    "EISDIR": "a folder is in the way of a file: choose another --out",
-    "ENAMETOOLONG": "the path is too long: choose a shorter --out",
+    "EACCES": "permission denied: make it writable or choose another {out}",
+    "EPERM": "operation not permitted: make it writable or choose another {out}",
+    "EROFS": "the file system is read-only: choose another {out}",
+    "ENOTDIR": "a part of the path is a file, not a folder: choose another {out}",
+    "EISDIR": "a folder is in the way of a file: choose another {out}",
+    "ENAMETOOLONG": "the path is too long: choose a shorter {out}",
 }
 
 
-def describe_os_error(exc: OSError, out: Path) -> str:
-    """A user-facing sentence for a failed write: the file, the errno name, what to do."""
+def _os_error_template(exc: OSError, out: Path) -> tuple[str, dict]:
     name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-    path = exc.filename or str(out)
-    text = f"cannot write {str(path)!r}: {name} ({exc.strerror}); {_HINTS.get(name, 'check it')}"
+    values = {
+        "path": repr(str(exc.filename or out)),
+        "errno": name,
+        "strerror": exc.strerror,
+        "saved": repr(str(out / "checkpoints")),
+    }
+    template = "cannot write {path}: {errno} ({strerror}); " + _HINTS.get(name, "check it")
     saved = list_checkpoints(out / "checkpoints")
     if saved:
-        text += (
-            f"; the checkpoints already saved in {str(out / 'checkpoints')!r} are intact "
-            "(newest: " + saved[0].name + "): continue with --resume"
+        values["newest"] = saved[0].name
+        template += (
+            "; the checkpoints already saved in {saved} are intact (newest: {newest}): "
+            "continue with {resume}"
         )
-    return text
+    return template, values
+
+
+def describe_os_error(exc: OSError, out: Path, names: Mapping[str, str] | None = None) -> str:
+    """A user-facing sentence for a failed write: the file, the errno name, what to do (the
+    arguments named as ``names`` gives them: see :class:`ssconv.errors.Remedy`)."""
+    return render_template(*_os_error_template(exc, out), names)
 
 
 #: Keys that may differ on resume (RUNTIME_KEYS) but define the learning-rate schedule.
@@ -220,7 +238,7 @@ def _all_finite(tensors) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
-class ResumeMismatchError(ValueError):
+class ResumeMismatchError(RemedyError):
     """The resumed run's configuration differs from the saved one."""
 
 
@@ -238,9 +256,14 @@ class TrainingInterrupted(RuntimeError):
         if checkpoint is None:  # the run had finished: nothing to resume
             super().__init__(f"stopped by {name} after the run finished (its results are saved)")
         else:
-            super().__init__(
-                f"stopped by {name}; checkpoint saved to {checkpoint}; resume with --resume"
-            )
+            super().__init__(f"stopped by {name}; checkpoint saved to {checkpoint}")
+
+    def render(self, names: Mapping[str, str] | None = None) -> str:
+        """The message, with how to resume named as ``names`` gives it (``--resume``)."""
+        text = str(self)
+        if self.checkpoint is None:
+            return text
+        return f"{text}; resume with {({**LIBRARY_NAMES, **(names or {})})['resume']}"
 
 
 @dataclass
@@ -394,8 +417,9 @@ class Trainer:
         out = self.out
         if out.exists() and not out.is_dir():
             raise RunFolderError(
-                f"--out {str(out)!r} is a file, not a folder; pass the path of a folder (a new "
-                "one, or an ssconv run folder with --resume / --overwrite)"
+                "{out} {path} is a file, not a folder; pass the path of a folder (a new one, "
+                "or an ssconv run folder with {resume} / {overwrite})",
+                path=repr(str(out)),
             )
         existing = [p for p in out.iterdir() if not self._ignored(p.name)] if out.is_dir() else []
         if existing and all(_is_leftover(p) for p in existing):
@@ -409,21 +433,25 @@ class Trainer:
             if self.resume is True:
                 what = "does not exist" if not out.exists() else "is empty"
                 raise RunFolderError(
-                    f"--resume: nothing to resume: --out {str(out)!r} {what}; drop --resume to "
-                    "start a new run there"
+                    "{resume}: nothing to resume: {out} {path} {what}; drop {resume} to start "
+                    "a new run there",
+                    path=repr(str(out)),
+                    what=what,
                 )
             return None
         is_run = (out / "config.yaml").is_file() or bool(list_checkpoints(out / "checkpoints"))
         if not self.resume:
             if not self.overwrite:
                 raise RunFolderError(
-                    f"--out {str(out)!r} is not empty; pass --resume to continue that run or "
-                    f"--overwrite to replace it"
+                    "{out} {path} is not empty; pass {resume} to continue that run or "
+                    "{overwrite} to replace it",
+                    path=repr(str(out)),
                 )
             if not is_run:
                 raise RunFolderError(
-                    f"--overwrite refused: {str(out)!r} does not look like an ssconv run folder "
-                    f"(no config.yaml); choose another --out"
+                    "{overwrite} refused: {path} does not look like an ssconv run folder (no "
+                    "config.yaml); choose another {out}",
+                    path=repr(str(out)),
                 )
             if self.is_main:
                 for p in existing:
@@ -431,8 +459,9 @@ class Trainer:
             return None
         if not is_run:
             raise RunFolderError(
-                f"--resume: {str(out)!r} holds no ssconv run (no config.yaml, no checkpoints); "
-                "drop --resume and choose an empty or new --out"
+                "{resume}: {path} holds no ssconv run (no config.yaml, no checkpoints); drop "
+                "{resume} and choose an empty or new {out}",
+                path=repr(str(out)),
             )
         self._started = True
         if self.is_main:
@@ -443,13 +472,13 @@ class Trainer:
             broken = list_checkpoints(out / "checkpoints")
             if broken:
                 raise CheckpointError(
-                    f"--resume: no usable checkpoint in {str(out / 'checkpoints')!r} "
+                    f"cannot resume: no usable checkpoint in {str(out / 'checkpoints')!r} "
                     f"(broken: {', '.join(p.name for p in broken)})"
                 )
             saved = self._saved_config()
             if saved is not None:
                 self._check_resume_config(saved, None)
-            log.warning("--resume: no checkpoint in %s yet; starting from scratch", out)
+            log.warning("resuming: no checkpoint in %s yet; starting from scratch", out)
         return found
 
     def _saved_config(self) -> dict | None:
@@ -472,8 +501,9 @@ class Trainer:
         if diff:
             lines = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in diff.items())
             raise ResumeMismatchError(
-                f"--resume: the configuration differs from the run's ({lines}); resume with the "
-                f"same settings or start a new run in another --out"
+                "{resume}: the configuration differs from the run's ({lines}); resume with the "
+                "same settings or start a new run in another {out}",
+                lines=lines,
             )
         if state is None:
             return
@@ -484,11 +514,13 @@ class Trainer:
         text = "; ".join(changes)
         if not self.allow_schedule_change:
             raise ResumeMismatchError(
-                f"--resume: {text}. Resume with the saved value (--epochs {saved['epochs']}), "
-                "start a new run in another --out, or pass --allow-schedule-change to continue "
-                "anyway (the run then follows neither schedule)"
+                "{resume}: {text}. Resume with the saved value ({epochs} {saved}), start a new "
+                "run in another {out}, or pass {allow_schedule_change} to continue anyway (the "
+                "run then follows neither schedule)",
+                text=text,
+                saved=saved["epochs"],
             )
-        log.warning("--resume with --allow-schedule-change: %s", text)
+        log.warning("resuming with a changed schedule (allow_schedule_change): %s", text)
 
     # ------------------------------------------------------------------- run
     def run(self) -> TrainResult:
@@ -500,7 +532,7 @@ class Trainer:
             return self._run()
         except OSError as exc:
             if exc.errno in WRITE_ERRNOS:
-                raise OutputError(describe_os_error(exc, self.out)) from exc
+                raise OutputError.from_os_error(exc, self.out) from exc
             raise
         finally:
             if self.world > 1 and dist.is_initialized():
@@ -523,7 +555,9 @@ class Trainer:
             if error is not None:
                 raise error
             if holder[1] is not None:
-                raise RunFolderError(f"rank 0 could not use --out: {holder[1]}")
+                raise RunFolderError(
+                    "rank 0 could not use the run folder: {error}", error=holder[1]
+                )
             if not self.is_main and holder[0] is not None:
                 found = (Path(holder[0]), load_checkpoint(holder[0]))
         if found is not None:
