@@ -4,6 +4,7 @@ import json
 import math
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -306,6 +307,8 @@ def _same_state(a, b, where="state"):
     elif isinstance(a, dict):
         assert isinstance(b, dict) and a.keys() == b.keys(), where
         for k in a:
+            if k == "wall_time_s":  # a measurement, not state
+                continue
             _same_state(a[k], b[k], f"{where}.{k}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
@@ -573,3 +576,20 @@ def test_out_that_is_a_file_is_refused(tmp_path):
     with pytest.raises(RunFolderError, match="is a file, not a folder"):
         Trainer(cfg(epochs=1), tmp_path / "file", progress=False).run()
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_wall_time_counts_every_process_of_a_resumed_run(tmp_path):
+    """final.json's wall_time_s (the sweep's ETA and the grids' cost figures) covered only the
+    last process of a resumed run (a cell paused at epoch 2 of 3 reported a minute)."""
+
+    def slow_then_term(trainer):
+        time.sleep(0.4)  # the first process trains for at least 4 x 0.4 s
+        if trainer.global_step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted) as exc:
+        Trainer(cfg(epochs=2), tmp_path / "run", progress=False, callbacks=[slow_then_term]).run()
+    before = load_checkpoint(exc.value.checkpoint)["wall_time_s"]
+    assert before >= 1.6
+    final = Trainer(cfg(epochs=2), tmp_path / "run", resume=True, progress=False).run().final
+    assert final["wall_time_s"] >= before

@@ -406,6 +406,7 @@ class Trainer:
         self.step_in_epoch = 0  # batches done in the current epoch
         self.best_acc = 0.0
         self.best_epoch: int | None = None  # the epoch best.safetensors holds (None: none yet)
+        self._wall_before = 0.0  # seconds trained by the processes this run resumed from
         self._stop_signal: int | None = None
 
     # ---------------------------------------------------------------- folder
@@ -755,14 +756,14 @@ class Trainer:
         self.train_model = train_model
 
         writer = self._tensorboard()
-        start_wall = time.time()
+        self._wall_start = time.time()
         try:
             while self.epoch < cfg.epochs:
                 self._train_epoch(writer)
         finally:
             if writer is not None:
                 writer.close()
-        final = self._finish(time.time() - start_wall, method_info)
+        final = self._finish(self._wall_time(), method_info)
         return TrainResult(self.out, final, model)
 
     # ------------------------------------------------------------ one epoch
@@ -953,7 +954,13 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "epoch_sums": getattr(self, "_epoch_sums", None),
             "data_info": self._data_info(),
+            "wall_time_s": self._wall_time(),
         }
+
+    def _wall_time(self) -> float:
+        """Seconds this run has trained, over every process that resumed it."""
+        start = getattr(self, "_wall_start", None)
+        return self._wall_before + (0.0 if start is None else time.time() - start)
 
     def _data_info(self) -> dict[str, Any]:
         return {"num_classes": self.info.num_classes, "input_size": list(self.info.input_size)}
@@ -971,6 +978,8 @@ class Trainer:
         # 0: a checkpoint from before best.safetensors (its best epoch is not known).
         self.best_epoch = state.get("best_epoch", 0)
         self._epoch_sums = state.get("epoch_sums")
+        # Checkpoints from before the key existed: the time of earlier processes is unknown.
+        self._wall_before = float(state.get("wall_time_s", 0.0))
         if self.is_main:
             self._truncate_metrics(self.epoch, self.global_step)
 
