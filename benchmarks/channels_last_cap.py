@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-import ssconv.layers.ssconv as layer_module
+import ssconv.layers.dispatch as dispatch
 from ssconv.bench.models import bench_variants, build_variants
 
 
@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     for cap in args.caps:
-        layer_module.PIXELS_CHANNELS_LAST_MAX = cap
+        dispatch.PIXELS_CHANNELS_LAST_MAX = cap
         torch.manual_seed(0)
         variants = build_variants(args.model, args.density, variants=("dense", "ssc"))
         result = bench_variants(variants, (3, 32, 32), batch=64, repeats=9, channels_last=True)

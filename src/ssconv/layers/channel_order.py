@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ssconv.layers.ssconv import _channel_transpose, _is_channels_last
+from ssconv.layers.dispatch import _is_channels_last
+from ssconv.layers.ssconv import _channel_transpose
 
 __all__ = ["ChannelOrder", "residue_permutation"]
 

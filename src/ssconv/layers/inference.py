@@ -16,15 +16,8 @@ from torch import Tensor, nn
 
 from ssconv.kernels import fused
 from ssconv.layers.channel_order import residue_permutation
-from ssconv.layers.ssconv import (
-    SSConv2d,
-    _is_channels_last,
-    centre_input,
-    pad_arguments,
-    pixel_rows_suit,
-    pixels_take_channels_last,
-    shuffle_channels,
-)
+from ssconv.layers.dispatch import _is_channels_last, pixel_rows_suit, pixels_take_channels_last
+from ssconv.layers.ssconv import SSConv2d, centre_input, pad_arguments, shuffle_channels
 
 __all__ = ["SSConv2dInference"]
 

@@ -49,6 +49,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssconv.kernels import fused
+from ssconv.layers import dispatch
+from ssconv.layers.dispatch import (  # noqa: F401  (re-exported: the rules' old home)
+    AUTO_DENSE_ABOVE,
+    AUTO_DEPTHWISE_INFERENCE_MIN_CHANNELS,
+    AUTO_FUSED_MAX_WASTE,
+    AUTO_FUSED_MIN_CHANNELS,
+    AUTO_FUSED_TRAIN_MIN_WIDTH,
+    AUTO_FUSED_TRAIN_NARROW,
+    AUTO_FUSED_TRAIN_NARROW_MIN_WIDTH,
+    AUTO_MIN_CHANNELS,
+    AUTO_MIN_GROUP_WIDTH,
+    PIXELS_CHANNELS_LAST_MAX,
+    STOCK_BACKENDS,
+    _is_channels_last,
+    pixel_rows_suit,
+    pixels_take_channels_last,
+)
 from ssconv.layers.pattern import SSCPattern
 
 __all__ = [
@@ -83,52 +100,6 @@ def init_variance(nonzero_fan_in: float, dense_fan_in: float, init_scale: str) -
 
 BACKENDS = ("auto", "masked", "decomposed", "split", "fused", "triton")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-
-#: The backends built from stock PyTorch convolutions (what ``auto`` picks among where no
-#: native kernel runs; what :func:`ssconv.autotune` times).
-STOCK_BACKENDS = ("masked", "decomposed", "split")
-
-# The static "auto" rule, from the layer benchmark (docs/benchmarks.md): one dense convolution
-# beats the decomposition above this density, for layers narrower than AUTO_MIN_CHANNELS
-# (fixed costs dominate) and when the grouped convolution's groups are narrower than
-# AUTO_MIN_GROUP_WIDTH input channels (stock kernels are inefficient there), except when the
-# spatial part is a plain depthwise convolution (one input and one output channel per group),
-# which has its own fast kernels on CPU: decomposed was 1.4 to 9x faster than one dense
-# convolution for every such layer measured, narrow, strided and checkerboard ones included.
-# Not on CUDA: on an H200 the same change made CIFAR models slower (launch-bound kernels).
-# ssconv.autotune measures instead.
-AUTO_DENSE_ABOVE = 0.5
-AUTO_MIN_CHANNELS = 64
-AUTO_MIN_GROUP_WIDTH = 8
-# "auto" uses the fused kernel in CPU inference for layers with a spatial part, period > 1, a
-# spatial part that is not depthwise-like (see above: those run decomposed), and
-# at least this many input and output channels (narrower ones ran faster on stock kernels in
-# the layer benchmark: too little work per pixel to pay for the kernel's per-tile set-up), and,
-# below AUTO_MIN_CHANNELS, only where its blocks execute at most AUTO_FUSED_MAX_WASTE times the
-# effective MACs (residue classes narrower than a block waste lanes; measured on ResNet-32's
-# 32-channel checkerboard layers at density 0.10, waste 2.7: slower than one dense conv).
-AUTO_FUSED_MIN_CHANNELS = 32
-AUTO_FUSED_MAX_WASTE = 2.0
-# In inference on CPU, depthwise-like layers narrower than this run as one dense convolution
-# after all: as single layers the two paths were within 7 % of each other at 16 channels, but
-# inside frozen CIFAR ResNet-32s (ten such layers) the dense choice made the whole model 19 and
-# 18 % faster in two in-process comparisons (1.03x -> 1.22x and 1.06x -> 1.32x over dense at
-# density 0.10). Training keeps the rule above (its measurements covered forward + backward).
-AUTO_DEPTHWISE_INFERENCE_MIN_CHANNELS = 32
-# In training on CPU, "auto" runs stride-1 layers on the fused (pixel-vectorised) kernels where
-# their output rows are at least AUTO_FUSED_TRAIN_MIN_WIDTH pixels wide, or at least
-# AUTO_FUSED_TRAIN_NARROW_MIN_WIDTH for layers of at most AUTO_FUSED_TRAIN_NARROW channels
-# (benchmarks/layer_speed.py --train, docs/benchmarks.md: all 30 stride-1 rows at 32 and 16
-# pixels of ResNet-32 and VGG-19 were faster fused, 1.09-2.92x over the stock choice; at 8
-# pixels the 64-channel layers were in 4 of 6 settings, the wider ones in 2 of 12; at 4 and 2
-# pixels vectors are half empty and the stock choice was 2.1-6.7x faster). The rule picks the
-# faster of the two in all but 4 of the 54 stride-1 rows (those 4 within 25 %).
-AUTO_FUSED_TRAIN_MIN_WIDTH = 16
-AUTO_FUSED_TRAIN_NARROW_MIN_WIDTH = 7
-AUTO_FUSED_TRAIN_NARROW = 64
-# Inference of channels_last inputs runs the pixel kernel (through an NCHW copy and back) for
-# layers of at most this many channels, where the channels_last kernel wastes most lanes.
-PIXELS_CHANNELS_LAST_MAX = 32
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -412,43 +383,9 @@ class SSConv2d(nn.Module):
         ``"decomposed"`` or ``"split"``. ``inference=True`` (a float32 CPU call without
         gradients, not traced or compiled): ``"fused"`` where the fused kernel applies, else
         the same. Asking with ``inference=True`` builds the kernel if it is not built yet.
+        The rules are :mod:`ssconv.layers.dispatch`'s.
         """
-        if self._backend == "fused":
-            return "fused" if inference else self._stock_backend()
-        if self._backend != "auto":
-            return self._backend
-        if inference and self._fused_by_default():
-            return "fused"
-        stock = self._stock_backend()
-        if (
-            inference
-            and stock == "decomposed"
-            and self._a == 1
-            and self._m == 1
-            and min(self.in_channels, self.out_channels) < AUTO_DEPTHWISE_INFERENCE_MIN_CHANNELS
-            and self._param_device().type == "cpu"
-        ):
-            return "masked"
-        return stock
-
-    def _fused_by_default(self) -> bool:
-        if not (
-            self._has_spatial
-            and not self._identity_perm
-            and min(self.in_channels, self.out_channels) >= AUTO_FUSED_MIN_CHANNELS
-            and self._param_device().type == "cpu"
-        ):
-            return False
-        if self._a == 1 and self._m == 1:
-            # Depthwise-like spatial part (one filter and one input per residue class): every
-            # class is its own block, which wastes lanes; oneDNN's depthwise + 1 x 1 kernels
-            # (the decomposed path) were faster on VGG-19's such layers (8.4 vs 14.4 ms and
-            # 6.6 vs 8.0 ms at density 0.10).
-            return False
-        narrow = min(self.in_channels, self.out_channels) < AUTO_MIN_CHANNELS
-        if narrow and self.fused_waste() > AUTO_FUSED_MAX_WASTE:
-            return False
-        return fused.available()
+        return dispatch.resolve(self, inference)
 
     def fused_waste(self) -> float:
         """Executed over effective MACs of the fused kernel for this layer (1.0 = no waste)."""
@@ -459,21 +396,7 @@ class SSConv2d(nn.Module):
         return waste
 
     def _stock_backend(self) -> str:
-        if self._backend in STOCK_BACKENDS:
-            return self._backend
-        if self._identity_perm:
-            # P = 1 or P = None: the decomposition is already a single stock convolution.
-            return "decomposed"
-        if self.density > AUTO_DENSE_ABOVE:
-            return "masked"
-        if self._a == 1 and self._m == 1 and self._param_device().type == "cpu":
-            return "decomposed"  # depthwise spatial part + 1 x 1 (CPU only, see AUTO_ rule)
-        if (
-            min(self.in_channels, self.out_channels) < AUTO_MIN_CHANNELS
-            or self._a < AUTO_MIN_GROUP_WIDTH
-        ):
-            return "masked"
-        return "decomposed"
+        return dispatch.stock_backend(self)
 
     # ------------------------------------------------------------- weights
     def spatial_kernels(self) -> Tensor:
@@ -637,41 +560,14 @@ class SSConv2d(nn.Module):
         They do for ``backend="fused"``, and for ``"auto"`` on CPU where the kernel is built,
         for stride-1 layers with a spatial part (padding at most ``dilation * (k - 1)``) whose
         output rows are wide enough for the pixel-vectorised kernels (the AUTO_FUSED_TRAIN_*
-        rule; ``input_width=None`` skips that check). Strided layers, other devices and dtypes,
-        tracing and ``torch.compile`` use the stock choice of :meth:`resolved_backend`. Builds
-        the kernel if it is not built yet.
+        rule of :mod:`ssconv.layers.dispatch`; ``input_width=None`` skips that check).
+        Strided layers, other devices and dtypes, tracing and ``torch.compile`` use the stock
+        choice of :meth:`resolved_backend`. Builds the kernel if it is not built yet.
         """
-        padding = (0, 0) if self.padding_mode != "zeros" else self.padding
-        if self._backend == "fused":
-            wanted = True
-        elif self._backend == "auto":
-            wanted = self._has_spatial and self._param_device().type == "cpu"
-            if wanted and input_width is not None:
-                channels = min(self.in_channels, self.out_channels)
-                wanted = pixel_rows_suit(
-                    self.kernel_size, padding, self.dilation, channels, input_width
-                )
-        else:
-            return False
-        geometry = fused.transposed_geometry(self.kernel_size, self.stride, padding, self.dilation)
-        if not wanted or geometry is None:
-            return False
-        # An explicit "fused" raises in forward when the kernel cannot be built, as in inference.
-        return self._backend == "fused" or fused.available()
+        return dispatch.trains_fused(self, input_width)
 
     def _infers_on_pixels(self, x: Tensor) -> bool:
-        """Whether this inference call (float32 CPU, no gradients) runs on the pixel kernel:
-        NCHW inputs of stride-1 layers that train on it too (:meth:`trains_fused`), except
-        period-1 / pointwise layers, which are one stock convolution (measured: the pixel
-        kernel is 2-11x faster than the channel-lane kernel and the stock paths on ResNet-32's
-        16- to 64-channel layers, docs/benchmarks.md)."""
-        if self._backend == "auto" and self._identity_perm:
-            return False
-        if self._backend not in ("fused", "auto") or x.dim() != 4:
-            return False
-        if _is_channels_last(x) and not pixels_take_channels_last(self):
-            return False
-        return self.trains_fused(x.shape[-1])
+        return dispatch.infers_on_pixels(self, x)
 
     def _forward_pixels(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
         plan = self._train_plans()[0]
@@ -685,11 +581,7 @@ class SSConv2d(nn.Module):
 
     def _trains_fused(self, x: Tensor) -> bool:
         """Whether this gradient-needing call runs on the fused training kernels."""
-        if self._backend not in ("fused", "auto"):
-            return False
-        if self._backend == "auto" and x.dtype != torch.float32:
-            return False
-        return fused.can_train(x, list(self.parameters())) and self.trains_fused(x.shape[-1])
+        return dispatch.trains_fused_call(self, x)
 
     def _train_plans(self) -> tuple[fused.Plan, fused.Plan]:
         """The kernels' block layouts of the forward and of the input gradient (fixed by the
@@ -920,28 +812,6 @@ def pad_arguments(padding: tuple[int, int]) -> list[int]:
     return [padding[1], padding[1], padding[0], padding[0]]
 
 
-def pixel_rows_suit(
-    kernel_size: tuple[int, int],
-    padding: tuple[int, int],
-    dilation: tuple[int, int],
-    channels: int,
-    input_width: int,
-) -> bool:
-    """The AUTO_FUSED_TRAIN_* rule: output rows wide enough for the pixel-vectorised kernels
-    (8-pixel vectors), narrower ones allowed for narrow layers."""
-    out_width = input_width + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1)
-    narrow = channels <= AUTO_FUSED_TRAIN_NARROW
-    return out_width >= AUTO_FUSED_TRAIN_MIN_WIDTH or (
-        narrow and out_width >= AUTO_FUSED_TRAIN_NARROW_MIN_WIDTH
-    )
-
-
-def pixels_take_channels_last(layer) -> bool:
-    """Whether channels_last inputs go to the pixel kernel (through an NCHW copy and back):
-    for layers of at most PIXELS_CHANNELS_LAST_MAX channels."""
-    return min(layer.in_channels, layer.out_channels) <= PIXELS_CHANNELS_LAST_MAX
-
-
 def _legacy_shuffle_keys(state_dict, prefix, *args) -> None:
     """Load state_dicts of the first design-study runs, where the shuffle was a module in
     front of the layer: ``nn.Sequential(ChannelShuffle, SSConv2d)`` stored ``<name>.1.<p>``."""
@@ -965,10 +835,6 @@ def _regroup(weight: Tensor, from_groups: int, to_groups: int) -> Tensor:
     cols = block.view(-1, 1) * cin_to + torch.arange(cin_to, device=weight.device).view(1, -1)
     index = cols.view(c_out, cin_to, 1, 1).expand(c_out, cin_to, *weight.shape[2:])
     return torch.gather(weight, 1, index)
-
-
-def _is_channels_last(x: Tensor) -> bool:
-    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 def shuffle_channels(x: Tensor, groups: int, channels: int) -> Tensor:
