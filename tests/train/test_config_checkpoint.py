@@ -196,3 +196,21 @@ def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
         cfg = TrainConfig.from_dict({**base, "compile_mode": mode})
         Trainer(cfg, tmp_path / mode, progress=False).run()
         assert modes[-1] == expected
+
+
+def test_toml_configs_on_python_3_10_use_the_tomli_backport(tmp_path, monkeypatch):
+    """Python 3.10 has no tomllib: the tomli backport (a dependency there) reads TOML configs;
+    without it the error says what to install. Simulated on this Python with a stand-in."""
+    import sys
+    import types
+
+    import tomllib
+
+    path = tmp_path / "c.toml"
+    path.write_text('model = "cifar_resnet20"\nepochs = 4\n')
+    monkeypatch.setattr(sys, "version_info", (3, 10, 12, "final", 0))
+    monkeypatch.setitem(sys.modules, "tomli", types.SimpleNamespace(loads=tomllib.loads))
+    assert load_config(path).epochs == 4
+    monkeypatch.setitem(sys.modules, "tomli", None)  # not installed: import raises
+    with pytest.raises(ConfigError, match="need tomli: pip install tomli"):
+        load_config(path)

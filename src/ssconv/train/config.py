@@ -428,6 +428,19 @@ def _validate(key: str, value, meta, source: str):
     return value
 
 
+def _toml_module():
+    """``tomllib`` (Python 3.11+) or its backport ``tomli`` (a dependency on 3.10)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        return tomllib
+    try:
+        import tomli
+    except ImportError:
+        raise ConfigError("TOML configs on Python 3.10 need tomli: pip install tomli") from None
+    return tomli
+
+
 def read_config_file(path: str | Path, what: str) -> object:
     """Parse a YAML (``.yaml``/``.yml``) or TOML (``.toml``) file.
 
@@ -438,14 +451,10 @@ def read_config_file(path: str | Path, what: str) -> object:
     if not path.is_file():
         raise ConfigError(f"{what} {str(path)!r} does not exist")
     toml = path.suffix == ".toml"
-    if toml and sys.version_info < (3, 11):
-        raise ConfigError(f"{path}: TOML configs need Python 3.11+; use YAML")
     try:
         text = path.read_text()
         if toml:
-            import tomllib
-
-            return tomllib.loads(text)
+            return _toml_module().loads(text)
         return yaml.safe_load(text) or {}
     except (yaml.YAMLError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot parse: {exc}") from None
