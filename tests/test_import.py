@@ -36,3 +36,22 @@ def test_import_ssconv_does_not_load_the_compiler_stack():
         "assert not loaded, f'import ssconv loaded {loaded}'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_opt_in_build_at_import():
+    """SSCONV_BUILD_KERNELS=1: `import ssconv` builds (or loads) the fused kernel; without it,
+    import builds nothing. Where the kernel cannot be built, import still succeeds."""
+    import os
+
+    code = "import ssconv; from ssconv.kernels import fused; print(fused._tried)"
+    env = {**os.environ, "SSCONV_BUILD_KERNELS": "1"}
+    env.pop("SSCONV_NO_FUSED", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, check=True, timeout=600, capture_output=True
+    )
+    assert out.stdout.decode().strip() == "True"  # tried at import: built, or why not
+    env.pop("SSCONV_BUILD_KERNELS")
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, check=True, timeout=120, capture_output=True
+    )
+    assert out.stdout.decode().strip() == "False"  # not tried

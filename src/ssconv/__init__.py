@@ -33,3 +33,10 @@ __all__ = [
     "profile",
     "symbolic_trace",
 ]
+
+if __import__("os").environ.get("SSCONV_BUILD_KERNELS") == "1":
+    # Opt-in: build (or load) the fused CPU kernel now, at import, instead of inside the first
+    # forward pass that uses it (a notebook's first cell, a job's start-up).
+    from ssconv.kernels import fused as _fused
+
+    _fused.available()
