@@ -26,7 +26,7 @@ def test_layer_bench_rows_and_efficiency_definition():
     rows = run_layer_bench([LayerShape("t", 8, 8, 6)], [(1, 4, True, "full")], batch=2, repeats=2)
     (row,) = rows
     assert row["density"] == pytest.approx((9 / 4 + 3 / 4) / 9)
-    for b in ("masked", "decomposed", "split"):
+    for b in ("masked", "decomposed", "split", "auto"):  # auto: the default call, timed
         expected = (row["dense_ms"] / row[f"{b}_ms"]) / row["mac_ratio"]
         assert row[f"{b}_eff"] == pytest.approx(expected)
     assert summarize(rows)["rows"] == 1
