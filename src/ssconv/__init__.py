@@ -8,7 +8,7 @@ structured sparsity pattern chosen before training.
 from ssconv._profile import ProfileResult, profile
 from ssconv.conversion import convert, load_dense_state_dict
 from ssconv.deploy import export_onnx, freeze
-from ssconv.layers import SSCFactory, SSConv2d, SSCPattern, SSCTracer, symbolic_trace
+from ssconv.layers import SSCFactory, SSCLinear, SSConv2d, SSCPattern, SSCTracer, symbolic_trace
 from ssconv.layers.tuning import autotune
 from ssconv.models import create_model, list_models
 from ssconv.runs import load_run
@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ProfileResult",
     "SSCFactory",
+    "SSCLinear",
     "SSCPattern",
     "SSConv2d",
     "SSCTracer",

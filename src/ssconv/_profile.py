@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ssconv.layers.linear import SSCLinear
 from ssconv.layers.ssconv import SSConv2d
 from ssconv.sparsity.counting import counted_layers, weight_mask
 from ssconv.utils.text import format_count, text_table
@@ -237,7 +238,7 @@ def profile(
         counted_ids.update(id(p) for p in module.parameters())
         nonzero, dense = counts
         in_shape, out_shape = shapes[name]
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, SSCLinear)):
             positions = out_shape[0] if len(out_shape) == 1 else _prod(out_shape[:-1])
         else:
             positions = out_shape[0] * _prod(out_shape[2:])

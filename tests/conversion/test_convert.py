@@ -44,7 +44,7 @@ def test_convert_torchvision_models(builder):
         # Its 3x3 convs are depthwise and the rest 1x1: the default rules keep them all, and
         # only the 1x1 fallback converts it.
         with pytest.raises(ValueError, match="no conv layer to convert"):
-            convert(model, density=0.2, pointwise_fallback=False)
+            convert(model, density=0.2, pointwise_fallback=False, linear_fallback=False)
         keep = ("stem", "depthwise", "classifier")  # convert the 1x1 convs
     else:
         keep = ("stem", "pointwise", "depthwise", "classifier")

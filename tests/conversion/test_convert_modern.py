@@ -9,17 +9,17 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from ssconv import SSConv2d, convert
+from ssconv import SSCLinear, SSConv2d, convert
 from ssconv.conversion import SamePadSSConv2d
 from ssconv.sparsity.counting import model_weight_counts
 
-# (model, density, linear_in_budget) -> None (converts) or a substring of the error.
-_LINEAR = "linear_in_budget=False"
+# (model, density) -> the nn.Linear layers the linear fallback converts (None: no fallback);
+# with linear_fallback=False those models refuse the budget, naming the fix.
 CASES = {
-    "mobilenet_v3_small": {0.1: _LINEAR, 0.3: _LINEAR},  # nn.Linear head: 64 % of weights
-    "efficientnet_b0": {0.1: _LINEAR, 0.3: None},
-    "regnet_y_400mf": {0.1: _LINEAR, 0.3: None},
-    "shufflenet_v2_x1_0": {0.1: _LINEAR, 0.3: _LINEAR},
+    "mobilenet_v3_small": {0.1: 2, 0.3: 2},  # nn.Linear head: 64 % of weights
+    "efficientnet_b0": {0.1: 1, 0.3: None},
+    "regnet_y_400mf": {0.1: 1, 0.3: None},
+    "shufflenet_v2_x1_0": {0.1: 1, 0.3: 1},
 }
 
 
@@ -29,6 +29,7 @@ def _check(report, density: float, linear_in_budget: bool) -> None:
         isinstance(report.model.get_submodule(n), SSConv2d) for n in report.pointwise_fallback
     )
     assert all(report.model.get_submodule(n).period is None for n in report.pointwise_fallback)
+    assert all(isinstance(report.model.get_submodule(n), SSCLinear) for n in report.linear_fallback)
     assert "1x1 fallback" in report.table()
     nonzero, dense = model_weight_counts(report.model)
     assert (nonzero, dense) == (report.weight_params, report.dense_weight_params)
@@ -43,16 +44,19 @@ def _check(report, density: float, linear_in_budget: bool) -> None:
 def test_convert_efficient_torchvision_models(name):
     model = getattr(torchvision.models, name)(weights=None).eval()
     forwarded = False
-    for density, expected in CASES[name].items():
+    for density, linears in CASES[name].items():
         for linear_in_budget in (True, False):
             kwargs = dict(density=density, linear_in_budget=linear_in_budget, warn_coverage=False)
-            if linear_in_budget and expected is not None:
-                with pytest.raises(ValueError, match="cannot be met") as info:
-                    convert(model, **kwargs)
-                assert expected in str(info.value)
-                continue
             report = convert(model, backend="decomposed", **kwargs)
             _check(report, density, linear_in_budget)
+            expected = linears if linear_in_budget and linears else 0
+            assert len(report.linear_fallback) == expected
+            if expected:
+                assert "linear fallback" in report.table()
+                with pytest.raises(ValueError, match="cannot be met") as info:
+                    convert(model, linear_fallback=False, **kwargs)
+                assert "linear_fallback=True" in str(info.value)
+                assert "linear_in_budget=False" in str(info.value)
             if not forwarded:  # one forward per model keeps the test fast
                 with torch.no_grad():
                     out = report.model(torch.randn(1, 3, 64, 64))
@@ -60,21 +64,52 @@ def test_convert_efficient_torchvision_models(name):
                 forwarded = True
 
 
-def test_convnext_tiny_error_names_the_linear_layers():
-    # Its 1x1 layers are nn.Linear and its downsampling convs have even kernels.
-    model = torchvision.models.convnext_tiny(weights=None)
+def test_convnext_tiny_converts_its_linear_layers():
+    # Its 1x1 layers are nn.Linear and its downsampling convs have even kernels: the linear
+    # fallback converts the 36 block MLP layers and keeps the classifier dense.
+    model = torchvision.models.convnext_tiny(weights=None).eval()
+    report = convert(model, density=0.1, warn_coverage=False)
+    assert len(report.linear_fallback) == 36 and "classifier.2" not in report.linear_fallback
+    assert type(report.model.classifier[2]) is nn.Linear
+    assert report.density == pytest.approx(0.1, abs=0.005)
+    reasons = {d.name: d.reason for d in report.layers}
+    assert reasons["classifier.2"] == "classifier"
+    assert reasons["features.1.0.block.3"] == "converted (linear fallback)"
+    assert "ssc linear (fallback)" in report.table()
+    blocks = report.model.features[1][0].block
+    assert blocks[3].groups > 1 and blocks[3].shuffle
+    with torch.no_grad():
+        assert report.model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+    # Without the fallbacks nothing converts, and the error says what is kept and why.
     for linear_in_budget in (True, False):
         with pytest.raises(ValueError, match="no conv layer to convert") as info:
-            convert(model, density=0.3, linear_in_budget=linear_in_budget)
+            convert(model, density=0.3, linear_in_budget=linear_in_budget, linear_fallback=False)
         msg = str(info.value)
         assert "even kernel" in msg and "SSC cannot convert them" in msg
         assert ("nn.Linear" in msg) == linear_in_budget
 
 
+def test_linear_fallback_keeps_pretrained_weights_on_the_pattern():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, groups=1), nn.Flatten(), nn.Linear(4 * 4 * 4, 32), nn.Linear(32, 8)
+    )
+    report = convert(model, density=0.3, keep=("stem",), copy_weights=True, warn_coverage=False)
+    assert report.linear_fallback == ["2"]
+    layer = report.model[2]
+    dense = layer.to_linear().weight
+    kept = dense != 0
+    assert torch.equal(dense[kept], model[2].weight.detach()[kept])
+    assert int(kept.sum()) == layer.num_params
+
+
 def test_pointwise_fallback_can_be_refused_and_is_not_used_when_not_needed():
     model = torchvision.models.mobilenet_v2(weights=None, num_classes=10)
     with pytest.raises(ValueError, match="no conv layer to convert"):
+        convert(model, density=0.2, pointwise_fallback=False, linear_fallback=False)
+    with pytest.raises(ValueError, match="cannot be met") as info:  # its classifier is small
         convert(model, density=0.2, pointwise_fallback=False)
+    assert "(nn.Linear layers included: the fallback was tried)" in str(info.value)
     resnet = torchvision.models.resnet18(weights=None, num_classes=10)
     report = convert(resnet, density=0.2, warn_coverage=False)
     assert not report.pointwise_fallback

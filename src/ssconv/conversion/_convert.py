@@ -17,16 +17,29 @@ from typing import NamedTuple
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from ssconv.conversion.coverage import check_coverage
-from ssconv.conversion.report import _FALLBACK_REASON, ConversionReport, LayerDecision
+from ssconv.conversion.report import (
+    _FALLBACK_REASON,
+    _LINEAR_REASON,
+    ConversionReport,
+    LayerDecision,
+)
 from ssconv.errors import BudgetInfeasibleError, NoConvertibleLayerError
 from ssconv.layers.factory import DEFAULT_PERIOD
+from ssconv.layers.linear import SSCLinear
 from ssconv.layers.pattern import SSCPattern
 from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, SSConv2d
 from ssconv.sparsity.budget import AUTO, LayerSpec, solve_budget
 from ssconv.sparsity.counting import counted_layers, model_weight_counts, weight_counts
-from ssconv.sparsity.selection import KEEP_RULES, _is_same_pad_conv, select_layers
+from ssconv.sparsity.selection import (
+    DEFAULT_CLASSIFIER_PATTERNS,
+    KEEP_RULES,
+    _is_same_pad_conv,
+    _matches,
+    select_layers,
+)
 from ssconv.utils.modules import replace_module
 
 __all__ = [
@@ -82,6 +95,7 @@ def convert(
     include: Sequence[str] = (),
     keep: Sequence[str] = KEEP_RULES,
     pointwise_fallback: bool = True,
+    linear_fallback: bool = True,
     linear_in_budget: bool = True,
     inplace: bool = False,
     copy_weights: bool = False,
@@ -96,7 +110,8 @@ def convert(
     Subclasses of ``nn.Conv2d`` are converted when their forward is the standard one; timm's
     ``Conv2dSame`` (padding computed from the input size) becomes a :class:`SamePadSSConv2d`
     that pads the same way; other subclasses with their own forward are kept and the report
-    says why. ``nn.Linear`` layers are never converted.
+    says why. ``nn.Linear`` layers are converted (to :class:`ssconv.layers.SSCLinear`) only by
+    ``linear_fallback``, when the convolutions cannot carry a budget.
 
     Args:
         model: any ``nn.Module``.
@@ -120,7 +135,14 @@ def convert(
             1 x 1 convs the ``"pointwise"`` rule keeps too, as grouped pointwise SSC
             (``period=None``), and list them in :attr:`ConversionReport.pointwise_fallback`.
             Budgets the other layers carry are solved exactly as without it.
-        linear_in_budget: count the (dense, never converted) ``nn.Linear`` layers in the
+        linear_fallback: with ``density``, when the convs (1 x 1 fallback included) still
+            cannot carry the budget (or there are none, as in ConvNeXt, whose 1 x 1 layers are
+            ``nn.Linear``), convert ``nn.Linear`` layers too, as block-diagonal
+            :class:`~ssconv.layers.SSCLinear` (SSC's 1 x 1 pattern; shuffled like the convs),
+            first those that are not the classifier (the last ``nn.Linear`` and those named
+            like a head), then the classifier too if the budget needs it; they are listed in
+            :attr:`ConversionReport.linear_fallback`. Ignored with ``linear_in_budget=False``.
+        linear_in_budget: count the ``nn.Linear`` layers in the
             budget (default, the model density of the paper). ``False`` sets ``density`` on
             the conv layers only, for networks whose classifier holds most weights
             (MobileNetV3-Small: 64 %); the report then gives both the conv density
@@ -174,13 +196,25 @@ def convert(
     targets: dict[str, float] = {}
     fallback: list[str] = []
     linear_ids = {id(m) for _, m, _ in counted_layers(model) if isinstance(m, nn.Linear)}
+    linear_converted: list[str] = []
+    linear_candidates: list[tuple[str, nn.Linear, bool]] = []
     if density is not None:
         pointwise_convs = [(n, c) for n, c, r in convs if r == _POINTWISE_REASON]
-        attempts = [(todo, {})]
+        attempts: list[tuple[list, dict]] = [(todo, {})]
         if pointwise_fallback and pointwise_convs:
             extra = {n for n, _ in pointwise_convs}
             with_pw = [(n, c) for n, c, r in convs if r is None or n in extra]
             attempts.append((with_pw, {n: {"period": None} for n in extra}))
+        if linear_fallback and linear_in_budget:
+            linear_candidates = _linear_candidates(model, skip)
+            layers, constraints = attempts[-1]
+            for head in (False, True):
+                extra_linear = [(n, m) for n, m, is_head in linear_candidates if is_head == head]
+                if not extra_linear:
+                    continue
+                layers = layers + extra_linear
+                constraints = {**constraints, **{n: {"period": None} for n, _ in extra_linear}}
+                attempts.append((layers, constraints))
         solved = None
         error: BudgetInfeasibleError | None = None
         for layers, layer_constraints in attempts:
@@ -201,7 +235,8 @@ def convert(
                 error = exc
                 continue
             todo = layers
-            fallback = list(layer_constraints)
+            linear_converted = [n for n, m in layers if isinstance(m, nn.Linear)]
+            fallback = [n for n in layer_constraints if n not in set(linear_converted)]
             break
         if solved is None:
             # No attempt had layers to convert (error None), or none met the budget.
@@ -214,7 +249,11 @@ def convert(
                     error,
                     keep=keep,
                     linear_in_budget=linear_in_budget,
-                    tried_fallback=len(attempts) > 1,
+                    tried_fallback=pointwise_fallback and bool(pointwise_convs),
+                    tried_linear=any(
+                        isinstance(m, nn.Linear) for layers, _ in attempts for _, m in layers
+                    ),
+                    linear_fallback=linear_fallback,
                 )
             )
         for (name, _), pattern, t in zip(todo, *solved):
@@ -226,6 +265,17 @@ def convert(
                 density,
                 len(fallback),
             )
+        if linear_converted:
+            log.warning(
+                "density=%s: the convs cannot carry the budget; converting %d nn.Linear layers "
+                "to SSCLinear too (linear_fallback=False keeps them dense)",
+                density,
+                len(linear_converted),
+            )
+            for name, linear, _ in linear_candidates:
+                decisions[name] = LayerDecision.unconverted(
+                    name, linear, None if name in linear_converted else "classifier"
+                )
     else:
         settings = {**_DEFAULT_SETTINGS, **explicit}
         for name, conv in todo:
@@ -246,6 +296,21 @@ def convert(
     for name, conv in todo:
         pattern = patterns.get(name)
         if pattern is None:
+            continue
+        if isinstance(conv, nn.Linear):
+            linear = SSCLinear.from_linear(
+                conv,
+                groups=pattern.groups,
+                shuffle=shuffle,
+                copy_weights=copy_weights,
+                init_scale=init_scale,
+            )
+            replace_module(model, name, linear)
+            d = decisions[name]
+            d.converted = True
+            d.reason = _LINEAR_REASON
+            d.settings = f"G={linear.groups}" + (", shuffled" if linear.shuffle else "")
+            d.target_density = targets.get(name)
             continue
         cls = SamePadSSConv2d if _is_same_pad_conv(conv) else SSConv2d
         layer = cls.from_conv2d(
@@ -296,6 +361,7 @@ def convert(
         dense_weight_params=dense,
         coverage=issues,
         pointwise_fallback=fallback,
+        linear_fallback=linear_converted,
         linear_in_budget=linear_in_budget,
         budget_weight_params=budget_weight,
         budget_dense_weight_params=budget_dense,
@@ -315,7 +381,9 @@ def _solve(
     **kwargs,
 ) -> tuple[list[SSCPattern], list[float]]:
     specs = [
-        LayerSpec(n, c.in_channels, c.out_channels, tuple(c.kernel_size), c.groups)
+        LayerSpec(n, c.in_features, c.out_features, (1, 1), 1)
+        if isinstance(c, nn.Linear)
+        else LayerSpec(n, c.in_channels, c.out_channels, tuple(c.kernel_size), c.groups)
         for n, c in layers
     ]
     todo_ids = {id(c) for _, c in layers}
@@ -336,6 +404,8 @@ def _budget_hint(
     keep: Sequence[str],
     linear_in_budget: bool,
     tried_fallback: bool,
+    tried_linear: bool = False,
+    linear_fallback: bool = True,
 ) -> str:
     """The error of an unmet budget: what stays dense, its share, and the exact fix."""
     if error is None:
@@ -365,12 +435,16 @@ def _budget_hint(
         _POINTWISE_REASON: "pointwise",
     }
     parts = []
-    if linear and linear_in_budget:
+    if linear and linear_in_budget and not tried_linear:
         shown = ", ".join(linear[:3]) + (", ..." if len(linear) > 3 else "")
+        fix = (
+            "pass linear_fallback=True to convert them to SSCLinear, or "
+            if not linear_fallback
+            else ""
+        )
         parts.append(
-            f"{len(linear)} nn.Linear layer(s) ({shown}) hold {share(linear):.4f}: convert never "
-            f"converts nn.Linear; pass linear_in_budget=False to set density on the conv layers "
-            f"only"
+            f"{len(linear)} nn.Linear layer(s) ({shown}) hold {share(linear):.4f}: {fix}pass "
+            f"linear_in_budget=False to set density on the conv layers only"
         )
     for reason, names in sorted(groups.items(), key=lambda kv: -share(kv[1])):
         what = f"{len(names)} conv(s) kept as {reason!r} hold {share(names):.4f}"
@@ -383,9 +457,30 @@ def _budget_hint(
         else:
             fix = "SSC cannot convert them"
         parts.append(f"{what}: {fix}")
-    tried = " (1x1 convs included: the pointwise fallback was tried)" if tried_fallback else ""
+    what = [w for w, t in (("1x1 convs", tried_fallback), ("nn.Linear layers", tried_linear)) if t]
+    tried = f" ({' and '.join(what)} included: the fallback was tried)" if what else ""
     listing = "; ".join(parts) if parts else "none"
     return f"{head}{tried}. Dense in the budget: {listing}. Or raise density"
+
+
+def _linear_candidates(model: nn.Module, skip: Sequence[str]) -> list[tuple[str, nn.Linear, bool]]:
+    """The ``nn.Linear`` layers the linear fallback may convert: ``(name, layer, is_head)``;
+    the head is the last ``nn.Linear`` and any named like a classifier. Subclasses with their
+    own forward and names matching ``skip`` stay dense."""
+    linears = [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear)
+        and type(m).forward is nn.Linear.forward
+        # nn.MultiheadAttention reads its out_proj's .weight itself, never calling it.
+        and not isinstance(m, NonDynamicallyQuantizableLinear)
+        and _matches(n, skip) is None
+    ]
+    last = linears[-1][0] if linears else None
+    return [
+        (n, m, n == last or _matches(n, DEFAULT_CLASSIFIER_PATTERNS) is not None)
+        for n, m in linears
+    ]
 
 
 class LoadResult(NamedTuple):
@@ -400,7 +495,8 @@ def load_dense_state_dict(
 ) -> LoadResult:
     """Load the state_dict of the dense model into its conversion ``model``.
 
-    For each :class:`SSConv2d` of ``model`` the dense ``<name>.weight`` (shape ``(C_out,
+    For each :class:`SSConv2d` (and :class:`~ssconv.layers.SSCLinear`) of ``model`` the dense
+    ``<name>.weight`` (shape ``(C_out,
     C_in / groups, kh, kw)`` of the original ``nn.Conv2d``) is restricted to the SSC pattern
     and copied into ``weight_spatial`` / ``weight_point`` (the taps off the pattern are
     dropped), as ``convert(..., copy_weights=True)`` does; every other key (biases,
@@ -411,7 +507,7 @@ def load_dense_state_dict(
     keys of ``model`` that ``state_dict`` lacks, raise :class:`KeyError` naming them before
     anything is loaded; with ``strict=False`` they are returned.
     """
-    ssc = {name: m for name, m in model.named_modules() if isinstance(m, SSConv2d)}
+    ssc = {name: m for name, m in model.named_modules() if isinstance(m, (SSConv2d, SSCLinear))}
     own = model.state_dict()
     ssc_keys = {
         f"{name}.{key}" if name else key
@@ -439,6 +535,15 @@ def load_dense_state_dict(
             continue
         layer = ssc[name]
         weight = state_dict[key]
+        if isinstance(layer, SSCLinear):
+            if tuple(weight.shape) != (layer.out_features, layer.in_features):
+                raise ValueError(
+                    f"load_dense_state_dict: {key!r} has shape {tuple(weight.shape)}, the dense "
+                    f"nn.Linear behind this SSCLinear has "
+                    f"{(layer.out_features, layer.in_features)}"
+                )
+            layer.load_dense_weight(weight.to(layer.weight_point))
+            continue
         expected = (layer.out_channels, layer.in_channels // layer.dense_groups, *layer.kernel_size)
         if tuple(weight.shape) != expected:
             raise ValueError(

@@ -15,11 +15,14 @@ __all__ = ["ConversionReport", "LayerDecision"]
 
 
 _FALLBACK_REASON = "converted (1x1 fallback)"
+_LINEAR_REASON = "converted (linear fallback)"
+_ACTIONS = {_FALLBACK_REASON: "ssc (1x1 fallback)", _LINEAR_REASON: "ssc linear (fallback)"}
 
 
 @dataclass
 class LayerDecision:
-    """What :func:`ssconv.convert` did with one ``nn.Conv2d``."""
+    """What :func:`ssconv.convert` did with one ``nn.Conv2d`` (or, with the linear fallback,
+    one ``nn.Linear``: ``kernel_size`` ``(1, 1)``, features as channels)."""
 
     name: str
     in_channels: int
@@ -35,8 +38,10 @@ class LayerDecision:
     dense_params: int = 0
 
     @classmethod
-    def unconverted(cls, name: str, conv: nn.Conv2d, reason: str | None) -> LayerDecision:
+    def unconverted(cls, name: str, conv: nn.Module, reason: str | None) -> LayerDecision:
         """``conv`` left as it is (``reason``: why, or ``None`` for a layer still to convert)."""
+        if isinstance(conv, nn.Linear):
+            return cls(name, conv.in_features, conv.out_features, (1, 1), 1, False, reason or "")
         return cls(
             name,
             conv.in_channels,
@@ -66,6 +71,8 @@ class ConversionReport:
     coverage: list[CoverageIssue] = field(default_factory=list)
     #: 1 x 1 layers converted because the others could not carry the budget (see ``convert``).
     pointwise_fallback: list[str] = field(default_factory=list)
+    #: nn.Linear layers converted to SSCLinear because the convs could not carry the budget.
+    linear_fallback: list[str] = field(default_factory=list)
     #: False when ``convert(..., linear_in_budget=False)`` left the nn.Linear layers out.
     linear_in_budget: bool = True
     budget_weight_params: int | None = None  # the budget's terms (``None``: the model's)
@@ -101,6 +108,8 @@ class ConversionReport:
         }
         if self.pointwise_fallback:
             out["pointwise_fallback"] = list(self.pointwise_fallback)
+        if self.linear_fallback:
+            out["linear_fallback"] = list(self.linear_fallback)
         if not self.linear_in_budget:
             out["linear_in_budget"] = False
             out["budget_density"] = self.budget_density
@@ -121,11 +130,7 @@ class ConversionReport:
                 [
                     d.name,
                     shape,
-                    (
-                        ("ssc (1x1 fallback)" if d.reason == _FALLBACK_REASON else "ssc")
-                        if d.converted
-                        else f"kept ({d.reason})"
-                    ),
+                    (_ACTIONS.get(d.reason, "ssc") if d.converted else f"kept ({d.reason})"),
                     d.settings,
                     "" if d.target_density is None else f"{d.target_density:.4f}",
                     f"{d.density:.4f}",
@@ -150,6 +155,12 @@ class ConversionReport:
                 f"1x1 fallback: the layers the keep rules leave cannot carry the budget, so "
                 f"{len(self.pointwise_fallback)} 1x1 convs were converted too (period=None; "
                 f"pass pointwise_fallback=False to keep them dense)"
+            )
+        if self.linear_fallback:
+            lines.append(
+                f"linear fallback: the convs cannot carry the budget, so "
+                f"{len(self.linear_fallback)} nn.Linear layers became block-diagonal SSCLinear "
+                f"(pass linear_fallback=False to keep them dense)"
             )
         lines += [f"coverage: {c.message}" for c in self.coverage]
         return "\n".join(lines)
