@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+import ssconv
 from ssconv import SSCLinear, SSConv2d, convert
 from ssconv.conversion import SamePadSSConv2d
 from ssconv.sparsity.counting import model_weight_counts
@@ -185,3 +186,35 @@ def test_conv2d_subclasses(same_cls):
         dense.bias.copy_(sparse[1].bias)
         x = torch.randn(1, 8, 11, 8)
         assert torch.allclose(sparse[1](x), dense(x), atol=1e-5)
+
+
+def test_freeze_folds_the_batchnorm_after_a_kept_conv2dsame():
+    # tf_* timm models keep their Conv2dSame stem dense: tracing keeps it as a leaf, so the
+    # rest of the model still folds, and its own BatchNorm folds into it.
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        Conv2dSame(3, 8, 3, stride=2),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3),
+        nn.BatchNorm2d(8),
+    )
+    for bn in (model[1], model[4]):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    model.eval()
+    converted = convert(model, period=1, warn_coverage=False).model
+    frozen = ssconv.freeze(converted)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
+    x = torch.randn(1, 3, 11, 10)
+    assert torch.allclose(frozen(x), converted(x), atol=1e-5)
+
+
+def test_timm_linear_is_converted_by_the_linear_fallback():
+    layers = pytest.importorskip("timm.layers")
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.Flatten(), layers.Linear(64, 64), nn.ReLU(), layers.Linear(64, 10)
+    )
+    report = convert(model, density=0.3, warn_coverage=False)
+    assert report.linear_fallback == ["2"] and isinstance(report.model[2], SSCLinear)
+    assert report.model(torch.randn(2, 3, 6, 6)).shape == (2, 10)

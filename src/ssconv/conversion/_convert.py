@@ -471,7 +471,7 @@ def _linear_candidates(model: nn.Module, skip: Sequence[str]) -> list[tuple[str,
         (n, m)
         for n, m in model.named_modules()
         if isinstance(m, nn.Linear)
-        and type(m).forward is nn.Linear.forward
+        and (type(m).forward is nn.Linear.forward or _is_timm_linear(m))
         # nn.MultiheadAttention reads its out_proj's .weight itself, never calling it.
         and not isinstance(m, NonDynamicallyQuantizableLinear)
         and _matches(n, skip) is None
@@ -481,6 +481,11 @@ def _linear_candidates(model: nn.Module, skip: Sequence[str]) -> list[tuple[str,
         (n, m, n == last or _matches(n, DEFAULT_CLASSIFIER_PATTERNS) is not None)
         for n, m in linears
     ]
+
+
+def _is_timm_linear(m: nn.Module) -> bool:
+    # timm.layers.Linear: nn.Linear whose forward casts weight and bias under TorchScript only.
+    return type(m).__name__ == "Linear" and type(m).__module__.startswith("timm.")
 
 
 class LoadResult(NamedTuple):

@@ -16,6 +16,7 @@ from torch.fx.operator_schemas import normalize_function
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ssconv.layers.ssconv import SSConv2d, SSCTracer
+from ssconv.sparsity.selection import _is_same_pad_conv
 from ssconv.utils.modules import replace_module
 
 __all__ = ["fold_batchnorm"]
@@ -132,14 +133,14 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         if not isinstance(conv, (nn.Conv2d, SSConv2d)):
             continue
         others = [u for u in prev.users if u is not node]
+        # timm's Conv2dSame pads, then convolves with its own weight and bias: it folds as is.
+        plain = type(conv) is nn.Conv2d or _is_same_pad_conv(conv)
         if any(not _reads_metadata(u) for u in others) or not (
-            type(conv) is nn.Conv2d or isinstance(conv, SSConv2d)
+            plain or isinstance(conv, SSConv2d)
         ):
             left.append(str(node.target) if node.op == "call_module" else node.name)
             continue
-        merged = (
-            fuse_conv_bn_eval(conv, bn) if type(conv) is nn.Conv2d else _fold_into_ssc(conv, bn)
-        )
+        merged = fuse_conv_bn_eval(conv, bn) if plain else _fold_into_ssc(conv, bn)
         replace_module(gm, prev.target, merged)
         modules[prev.target] = merged
         node.replace_all_uses_with(prev)

@@ -790,12 +790,15 @@ class SSConv2d(nn.Module):
 
 class SSCTracer(torch.fx.Tracer):
     """A ``torch.fx`` tracer that keeps :class:`SSConv2d` layers (and the frozen ones of
-    :mod:`ssconv.layers.inference`) as leaf modules: one ``call_module`` node each."""
+    :mod:`ssconv.layers.inference`, :class:`ssconv.SSCLinear` and timm's ``Conv2dSame``,
+    whose padding is computed from the input's size) as leaf modules: one ``call_module`` node
+    each."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return (
             isinstance(m, SSConv2d)
             or getattr(m, "_fx_leaf", False)
+            or (isinstance(m, nn.Conv2d) and type(m).__name__ == "Conv2dSame")
             or (super().is_leaf_module(m, module_qualified_name))
         )
 
