@@ -715,3 +715,84 @@ def test_inference_of_narrow_stride1_layers_runs_the_pixel_kernel(shuffle):
         assert not any("pix_conv2d" in str(k) for k in counter.get_flop_counts()["Global"])
         wide.backend = "masked"
         torch.testing.assert_close(y, wide(xw), rtol=1e-5, atol=1e-5)
+
+
+_PORTABLE_TESTS = (
+    "matches_conv2d_with_spec_masked_weight or equals_masked_on_wide_layers or "
+    "training_equals_masked or gradcheck or both_training_kernels or the_pixel_kernel or "
+    "loaded_kernel_is_the_portable_build"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    fused.portable(), reason="this process runs the portable build: its tests run here"
+)
+def test_portable_build_passes_the_exactness_tests():
+    # The build macOS / Windows get (no OpenMP, the vector types as plain arrays), compiled
+    # here with GCC: a child process reruns the kernel's exactness and gradient tests on it.
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SSCONV_PORTABLE_KERNEL": "1"}
+    env.pop("SSCONV_NO_FUSED", None)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            __file__,
+            "-k",
+            _PORTABLE_TESTS,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1]
+
+
+@pytest.mark.skipif(not fused.portable(), reason="only in a portable-build process")
+def test_loaded_kernel_is_the_portable_build():
+    assert fused.available(), fused.build_error()
+    assert fused.is_portable_build()
+    assert "_portable_" in fused._build_spec()[0]
+
+
+def test_failed_native_build_is_retried_portable_once(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("SSCONV_NO_FUSED", raising=False)
+    monkeypatch.delenv("SSCONV_PORTABLE_KERNEL", raising=False)
+    monkeypatch.setattr(fused.sys, "platform", "linux")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(fused, "_tried", False)
+    monkeypatch.setattr(fused, "_module", None)
+    monkeypatch.setattr(fused, "_error", None)
+    monkeypatch.setattr(fused, "_portable_loaded", False)
+    calls = []
+
+    class FakeCppExtension:
+        @staticmethod
+        def _run_ninja_build(*args):
+            raise AssertionError("not reached")
+
+        def load(self, **kwargs):
+            calls.append((kwargs["name"], kwargs["extra_cflags"], kwargs["extra_ldflags"]))
+            if "-fopenmp" in kwargs["extra_cflags"]:
+                raise RuntimeError("Error building extension 'x'")
+            return "module"
+
+    monkeypatch.setattr(fused, "_import_cpp_extension", FakeCppExtension)
+    with caplog.at_level("WARNING", logger=fused.log.name):
+        assert fused.available() and fused.available()
+    assert len(calls) == 2 and "_portable_" in calls[1][0] and "_portable_" not in calls[0][0]
+    assert calls[1][1] == ["-O3", "-DSSCONV_PORTABLE"] and calls[1][2] == []
+    assert fused.is_portable_build()
+    messages = [r.getMessage() for r in caplog.records if r.name == fused.log.name]
+    assert len(messages) == 1 and "the portable one (no OpenMP: one thread)" in messages[0]

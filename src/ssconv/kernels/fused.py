@@ -72,11 +72,35 @@ _error: str | None = None
 _tried = False
 
 
-def _flags() -> list[str]:
+def portable() -> bool:
+    """Whether this platform gets the portable build: macOS (Apple clang has no ``-fopenmp``),
+    Windows (MSVC has no GCC vector extensions), or anywhere with ``SSCONV_PORTABLE_KERNEL=1``.
+
+    The portable build compiles without OpenMP (``at::parallel_for`` then runs the kernel on
+    one thread) and, on Windows or with ``SSCONV_PORTABLE_KERNEL=1``, with the vector types as
+    plain arrays (``-DSSCONV_PORTABLE``); the results are the same, only slower. Elsewhere a
+    failed native build is retried portable once.
+    """
+    return sys.platform in ("darwin", "win32") or os.environ.get("SSCONV_PORTABLE_KERNEL") == "1"
+
+
+def _flags(portable_build: bool | None = None) -> list[str]:
+    if portable_build is None:
+        portable_build = portable()
+    if portable_build:
+        if sys.platform == "win32":
+            return ["/O2", "/DSSCONV_PORTABLE"]
+        if sys.platform == "darwin" and os.environ.get("SSCONV_PORTABLE_KERNEL") != "1":
+            return ["-O3"]  # clang has the vector extensions
+        return ["-O3", "-DSSCONV_PORTABLE"]
     flags = ["-O3", "-fopenmp"]  # OpenMP: at::parallel_for is inline and needs it
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
     return flags
+
+
+def _ldflags(portable_build: bool) -> list[str]:
+    return [] if portable_build else ["-fopenmp"]
 
 
 def _ninja_on_path() -> None:
@@ -159,7 +183,9 @@ def _build_notice(cpp_extension):
         cpp_extension._run_ninja_build = original
 
 
-def _build_spec(source: Path = _SOURCE) -> tuple[str, Path, Path]:
+def _build_spec(
+    source: Path = _SOURCE, portable_build: bool | None = None
+) -> tuple[str, Path, Path]:
     """Extension name, build folder and source path of the build, keyed by content.
 
     The name carries the CPU capability, the torch version and a hash of the source, the
@@ -177,8 +203,10 @@ def _build_spec(source: Path = _SOURCE) -> tuple[str, Path, Path]:
     # absolute paths build.ninja records too (two virtual environments sharing one folder
     # rebuilt each other's kernel, 77 s in `ssconv demo` after a fresh-clone CI run).
     torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
-    digest = hashlib.sha1(text + " ".join([*_flags(), torch_dir]).encode()).hexdigest()[:10]
-    name = f"ssconv_fused_{cap}_torch{tag}_{digest}"
+    flags = _flags(portable_build)
+    digest = hashlib.sha1(text + " ".join([*flags, torch_dir]).encode()).hexdigest()[:10]
+    kind = "_portable" if portable_build or (portable_build is None and portable()) else ""
+    name = f"ssconv_fused{kind}_{cap}_torch{tag}_{digest}"
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch_extensions"
     )
@@ -199,7 +227,7 @@ def _stage_source(source: Path, target: Path) -> None:
 
 
 def _load():
-    global _module, _error, _tried
+    global _module, _error, _tried, _portable_loaded
     with _lock:
         if _tried:
             return _module
@@ -207,29 +235,54 @@ def _load():
         if os.environ.get("SSCONV_NO_FUSED"):
             _error = "disabled by SSCONV_NO_FUSED"
             return None
-        try:
-            cpp_extension = _import_cpp_extension()
-            _ninja_on_path()
-            # One build per CPU capability, torch version (the build links against torch) and
-            # source version, shared by every checkout (see _build_spec).
-            name, build_dir, source = _build_spec()
-            _stage_source(_SOURCE, source)
-            with warnings.catch_warnings(), _build_notice(cpp_extension):
-                warnings.simplefilter("ignore")
-                _module = cpp_extension.load(
-                    name=name,
-                    sources=[str(source)],
-                    build_directory=str(build_dir),
-                    extra_cflags=_flags(),
-                    extra_ldflags=["-fopenmp"],
-                    verbose=False,
-                )
-        except Exception as exc:  # no compiler, no ninja, no headers, ...
-            _error = _explain(exc)
-            _module = None
-            log.debug("fused SSC kernel build failed:\n%s", exc)
+        modes = [True] if portable() else [False, True]
+        for portable_build in modes:
+            try:
+                _module = _build(portable_build)
+                _error = None
+                _portable_loaded = portable_build
+                break
+            except Exception as exc:  # no compiler, no ninja, no headers, ...
+                _error = _explain(exc)
+                _module = None
+                log.debug("fused SSC kernel build failed:\n%s", exc)
+                if "compiler failed" not in _error:
+                    break  # a missing tool: the portable build would fail the same way
+        if _module is None:
             log.warning("fused SSC kernel unavailable: %s; using stock kernels", _error)
+        elif _portable_loaded and not portable():
+            log.warning(
+                "fused SSC kernel: the native build failed, the portable one (no OpenMP: one "
+                "thread) is used; the compiler's output is logged at DEBUG level"
+            )
         return _module
+
+
+_portable_loaded = False
+
+
+def _build(portable_build: bool):
+    cpp_extension = _import_cpp_extension()
+    _ninja_on_path()
+    # One build per CPU capability, torch version (the build links against torch), source
+    # version and build kind, shared by every checkout (see _build_spec).
+    name, build_dir, source = _build_spec(portable_build=portable_build)
+    _stage_source(_SOURCE, source)
+    with warnings.catch_warnings(), _build_notice(cpp_extension):
+        warnings.simplefilter("ignore")
+        return cpp_extension.load(
+            name=name,
+            sources=[str(source)],
+            build_directory=str(build_dir),
+            extra_cflags=_flags(portable_build),
+            extra_ldflags=_ldflags(portable_build),
+            verbose=False,
+        )
+
+
+def is_portable_build() -> bool:
+    """Whether the loaded kernel is the portable build (see :func:`portable`)."""
+    return _module is not None and _portable_loaded
 
 
 def _explain(exc: Exception) -> str:
@@ -1081,11 +1134,10 @@ def status() -> KernelStatus:
         same_source = False
     if library.is_file() and same_source:
         return make("built")
-    portable = sys.platform not in ("darwin", "win32")
-    return make("not built", None if portable else _PLATFORM_NOTE)
+    return make("not built", _PLATFORM_NOTE if portable() else None)
 
 
 _PLATFORM_NOTE = (
-    "it needs GCC vector extensions and OpenMP, so on macOS / Windows the build usually fails "
-    "and stock kernels are used"
+    "the portable build (no OpenMP, so the kernel runs on one thread; not tested on macOS or "
+    "Windows by this project's CI)"
 )

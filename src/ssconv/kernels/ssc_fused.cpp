@@ -29,9 +29,42 @@
 #include <cstring>
 #include <vector>
 
+#if defined(SSCONV_PORTABLE) || !(defined(__GNUC__) || defined(__clang__))
+// Portable build (MSVC, or SSCONV_PORTABLE=1): the vector types as plain arrays with the
+// element-wise operators the kernels use; the compiler vectorizes the loops where it can.
+template <typename S, int N>
+struct vec {
+  S v[N];
+  S& operator[](int i) { return v[i]; }
+  const S& operator[](int i) const { return v[i]; }
+  vec& operator+=(const vec& o) {
+    for (int i = 0; i < N; ++i) v[i] += o.v[i];
+    return *this;
+  }
+  friend vec operator+(vec a, const vec& b) { return a += b; }
+  friend vec operator+(vec a, S b) {
+    for (int i = 0; i < N; ++i) a.v[i] += b;
+    return a;
+  }
+  friend vec operator+(S a, const vec& b) { return b + a; }
+  friend vec operator*(vec a, const vec& b) {
+    for (int i = 0; i < N; ++i) a.v[i] *= b.v[i];
+    return a;
+  }
+  friend vec operator*(vec a, S b) {
+    for (int i = 0; i < N; ++i) a.v[i] *= b;
+    return a;
+  }
+  friend vec operator*(S a, const vec& b) { return b * a; }
+};
+typedef vec<float, 8> vf8;
+typedef vec<float, 4> vf4;
+typedef vec<double, 4> vd4;
+#else
 typedef float vf8 __attribute__((vector_size(32)));
 typedef float vf4 __attribute__((vector_size(16)));
 typedef double vd4 __attribute__((vector_size(32)));
+#endif
 
 template <typename V, typename S>
 static inline V load_v(const S* p) {
