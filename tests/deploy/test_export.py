@@ -140,3 +140,30 @@ def test_onnx_batch_axis_is_dynamic_and_checked_at_two_batches(tmp_path, dynamo)
     )
     assert static.checked_batches == [4]
     assert ort.InferenceSession(str(tmp_path / "s.onnx")).get_inputs()[0].shape[0] == 4
+
+
+def test_freeze_for_onnxruntime_decomposes_depthwise_spatial_layers():
+    # ResNet-20's 16-channel layers at 0.10: one spatial kernel per filter (G=2, P=8), a
+    # depthwise K x K convolution once decomposed, onnxruntime's fast path.
+    model = randomize_bn(
+        ssconv.convert(
+            ssconv.create_model("cifar_resnet20"), density=0.1, warn_coverage=False
+        ).model
+    )
+    torch_form = freeze(model)
+    ort_form = freeze(model, target="onnxruntime")
+    x = torch.randn(2, 3, 32, 32)
+    modes = {}
+    for name, layer in ort_form.named_modules():
+        if isinstance(layer, SSConv2dInference):
+            depthwise = layer._has_spatial and layer._a == 1
+            modes[name] = (depthwise, layer.mode, torch_form.get_submodule(name).mode)
+            if depthwise:
+                assert layer.mode == "decomposed"
+            else:
+                assert layer.mode == torch_form.get_submodule(name).mode
+    assert any(d for d, _, _ in modes.values()), modes
+    with ssconv.kernels.fused.disabled():  # the stock operators, as exported
+        assert torch.allclose(ort_form(x), model(x), atol=1e-4)
+    with pytest.raises(ValueError, match="target must be one of"):
+        freeze(model, target="tensorrt")

@@ -14,7 +14,16 @@ from ssconv.layers.inference import SSConv2dInference
 from ssconv.layers.ssconv import SSConv2d
 from ssconv.utils.modules import replace_module
 
-__all__ = ["freeze"]
+__all__ = ["freeze", "FREEZE_TARGETS"]
+
+#: The runtimes :func:`freeze` can choose the stock-operator form for.
+FREEZE_TARGETS = ("torch", "onnxruntime")
+
+
+def _depthwise_spatial(layer: SSConv2d) -> bool:
+    """Whether the layer's grouped K x K convolution has one input channel per group."""
+    d = layer.pattern.decomposition()
+    return d.has_spatial and d.spatial_per_filter == 1
 
 
 def freeze(
@@ -23,6 +32,7 @@ def freeze(
     fold_bn: bool = True,
     dense_above: float | None = None,
     channel_order: bool = True,
+    target: str = "torch",
 ):
     """An inference copy of ``model``: BatchNorm folded, SSC layers frozen.
 
@@ -32,7 +42,15 @@ def freeze(
             layer's own ``auto`` choice).
         channel_order: keep activations in residue order between SSC layers that share it
             (:func:`optimize_channel_order`).
+        target: the runtime the stock-operator form is chosen for. ``"torch"`` (default): each
+            layer's own ``auto`` choice. ``"onnxruntime"`` (what :func:`export_onnx` uses):
+            layers whose spatial part is depthwise (one spatial kernel per filter, ``A = 1``)
+            run decomposed, a depthwise K x K plus a grouped 1 x 1 convolution, which
+            onnxruntime's depthwise fast path runs several times faster than the one dense
+            convolution PyTorch prefers (docs/benchmarks.md, "onnxruntime").
     """
+    if target not in FREEZE_TARGETS:
+        raise ValueError(f"target must be one of {FREEZE_TARGETS}, got {target!r}")
     model = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
     for name, layer in [(n, m) for n, m in model.named_modules() if isinstance(m, SSConv2d)]:
         if dense_above is not None:
@@ -41,6 +59,8 @@ def freeze(
             # The layer's own inference choice (a fused layer keeps decomposed stock kernels
             # for export and for devices without the kernel).
             mode = "dense" if layer.resolved_backend(inference=True) == "masked" else "decomposed"
+            if target == "onnxruntime" and _depthwise_spatial(layer):
+                mode = "decomposed"
         replace_module(model, name, SSConv2dInference(layer, mode))
     if channel_order:
         model = optimize_channel_order(model)

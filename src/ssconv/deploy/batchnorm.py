@@ -135,9 +135,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         others = [u for u in prev.users if u is not node]
         # timm's Conv2dSame pads, then convolves with its own weight and bias: it folds as is.
         plain = type(conv) is nn.Conv2d or _is_same_pad_conv(conv)
-        if any(not _reads_metadata(u) for u in others) or not (
-            plain or isinstance(conv, SSConv2d)
-        ):
+        if any(not _reads_metadata(u) for u in others) or not (plain or isinstance(conv, SSConv2d)):
             left.append(str(node.target) if node.op == "call_module" else node.name)
             continue
         merged = fuse_conv_bn_eval(conv, bn) if plain else _fold_into_ssc(conv, bn)

@@ -72,7 +72,7 @@ def export_onnx(
         raise ValueError(f"batch must be >= 1, got {batch}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frozen = freeze(model)
+    frozen = freeze(model, target="onnxruntime")
     x = _example(frozen, input_size, batch)
     # torch.export specializes a dimension of size 1: trace the dynamic graph at batch 2.
     x_trace = x if not dynamic_batch or x.shape[0] > 1 else x.repeat(2, 1, 1, 1)
