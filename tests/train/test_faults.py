@@ -64,7 +64,14 @@ TINY = [
     "--set",
     "latency_batch=0",
 ]
-TIMING = {"images_per_s", "epoch_time_s", "wall_time", "wall_time_s", "mean_epoch_time_s"}
+TIMING = {
+    "images_per_s",
+    "epoch_time_s",
+    "wall_time",
+    "wall_time_s",
+    "mean_epoch_time_s",
+    "steady_epoch_time_s",
+}
 
 
 def _child(argv: list[str], env: dict[str, str], log: str) -> None:

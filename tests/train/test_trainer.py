@@ -85,6 +85,8 @@ def test_run_folder_artifacts(tmp_path):
     assert final["complete"] and final["epochs"] == 2 and final["method"] == "ssc"
     assert final["density"] <= 0.3
     assert final["final_acc1"] == rows[-1]["val_acc1"]
+    assert final["steady_epoch_time_s"] == rows[1]["epoch_time_s"]  # the first left out
+    assert final["mean_epoch_time_s"] == sum(r["epoch_time_s"] for r in rows) / 2
     assert result.final == final
     assert len(list_checkpoints(out / "checkpoints")) == 2
     try:

@@ -1104,6 +1104,12 @@ class Trainer:
                 "mean_epoch_time_s": (
                     sum(r["epoch_time_s"] for r in epochs) / len(epochs) if epochs else None
                 ),
+                # Epochs after the first (which pays kernel builds, caches and warm-up).
+                "steady_epoch_time_s": (
+                    sum(r["epoch_time_s"] for r in epochs[1:]) / (len(epochs) - 1)
+                    if len(epochs) > 1
+                    else (epochs[0]["epoch_time_s"] if epochs else None)
+                ),
                 "images_per_s": epochs[-1]["images_per_s"] if epochs else None,
                 "latency_ms": latency,
                 "latency_batch": self.cfg.latency_batch,
