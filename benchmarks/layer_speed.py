@@ -2,6 +2,7 @@
 
     python benchmarks/layer_speed.py [--batch 64] [--repeats 11] [--device cpu]
                                      [--nchw] [--train] [--json out.json]
+                                     [--shapes all|resnet32|vgg19] [--max-width N]
 
 Prints a Markdown table (dense, masked, decomposed and split times side by side, measured
 interleaved in one process) and the median efficiency over the rows at density <= 0.35.
@@ -53,13 +54,30 @@ def main(argv=None) -> int:
     p.add_argument("--train", action="store_true", help="forward + backward (CPU)")
     p.add_argument("--channels-last", action="store_true", help="with --train")
     p.add_argument("--json", default=None, help="also write the rows and summary here")
+    p.add_argument(
+        "--shapes",
+        choices=("all", "resnet32", "vgg19"),
+        default="all",
+        help="the layer shapes to time (default: both networks')",
+    )
+    p.add_argument(
+        "--max-width",
+        type=int,
+        default=None,
+        help="only the shapes of at most this many pixels per row (e.g. 8: VGG-19's last ones)",
+    )
     args = p.parse_args(argv)
+    shapes = {"resnet32": RESNET32_SHAPES, "vgg19": VGG19_SHAPES}.get(
+        args.shapes, RESNET32_SHAPES + VGG19_SHAPES
+    )
+    if args.max_width is not None:
+        shapes = [s for s in shapes if s.size <= args.max_width]
     if args.threads:
         torch.set_num_threads(args.threads)
     info = machine_info(args.device)
     if args.train:
         rows = run_layer_train_bench(
-            RESNET32_SHAPES + VGG19_SHAPES,
+            shapes,
             batch=args.batch,
             repeats=args.repeats,
             channels_last=args.channels_last,
@@ -74,7 +92,7 @@ def main(argv=None) -> int:
         _emit(title, format_train_markdown(rows), rows, summary, info, args, fmt)
         return 0
     rows = run_layer_bench(
-        RESNET32_SHAPES + VGG19_SHAPES,
+        shapes,
         batch=args.batch,
         repeats=args.repeats,
         device=args.device,
