@@ -106,11 +106,11 @@ def build_variants(
     return out
 
 
-def _deployable(model: nn.Module) -> nn.Module:
+def _deployable(model: nn.Module, target: str = "torch") -> nn.Module:
     from ssconv.deploy import freeze
     from ssconv.pruning import remove_masks
 
-    return freeze(remove_masks(copy.deepcopy(model)))
+    return freeze(remove_masks(copy.deepcopy(model)), target=target)
 
 
 def bench_variants(
@@ -210,7 +210,8 @@ def bench_variants(
         ):
             _measure_into(variants, key, calls, repeats=train_repeats, device=dev)
     if onnx:
-        _bench_onnx(variants, frozen, x, repeats)
+        # Exported as `ssconv export` does: frozen for onnxruntime (freeze's target).
+        _bench_onnx(variants, x, repeats)
     dense = next((v for v in variants if v.name == "dense"), None)
     rows = []
     for v in variants:
@@ -321,17 +322,19 @@ def _measure_into(variants, key: str, calls: dict, **kwargs) -> None:
             v.results[key] = stats[v.name]
 
 
-def _bench_onnx(variants, frozen, x, repeats) -> None:
+def _bench_onnx(variants, x, repeats) -> None:
     import onnxruntime as ort
 
     from ssconv.deploy import export_onnx
+    from ssconv.pruning import remove_masks
 
     sessions = {}
     with tempfile.TemporaryDirectory() as tmp:
         for v in variants:
             path = Path(tmp) / f"{v.name}.onnx"
             try:
-                export_onnx(frozen[v.name], path, tuple(x.shape), check=True)
+                model = remove_masks(copy.deepcopy(v.model)).cpu()
+                export_onnx(model, path, tuple(x.shape), check=True)
             except Exception as exc:  # one variant's failure must not lose the others' figures
                 log.warning("onnx: %s not timed: %s", v.name, exc)
                 v.results["onnx_error"] = str(exc).splitlines()[0]
