@@ -117,7 +117,7 @@ def test_demo_trains_compares_and_reuses(capsys, tmp_path):
     code, out, _ = run(capsys, *argv)
     assert code == 0
     table = out[out.index("method") :]
-    for method in ("dense", "ssc", "dw_separable", "snip"):
+    for method in ("dense", "ssc", "dw_separable", "erk"):
         assert f"\n{method} " in table
     assert "same number of nonzero" in out
     code, out, _ = run(capsys, *argv)

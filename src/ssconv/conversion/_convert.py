@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from ssconv.conversion.coverage import check_coverage
@@ -472,8 +473,9 @@ def _linear_candidates(model: nn.Module, skip: Sequence[str]) -> list[tuple[str,
         for n, m in model.named_modules()
         if isinstance(m, nn.Linear)
         and (type(m).forward is nn.Linear.forward or _is_timm_linear(m))
-        # nn.MultiheadAttention reads its out_proj's .weight itself, never calling it.
-        and not isinstance(m, NonDynamicallyQuantizableLinear)
+        # nn.MultiheadAttention reads its out_proj's .weight itself, never calling it; a lazy
+        # layer has no shape before its first forward.
+        and not isinstance(m, (NonDynamicallyQuantizableLinear, LazyModuleMixin))
         and _matches(n, skip) is None
     ]
     last = linears[-1][0] if linears else None
