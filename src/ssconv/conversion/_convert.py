@@ -502,11 +502,10 @@ def load_dense_state_dict(
 ) -> LoadResult:
     """Load the state_dict of the dense model into its conversion ``model``.
 
-    For each :class:`SSConv2d` (and :class:`~ssconv.layers.SSCLinear`) of ``model`` the dense
-    ``<name>.weight`` (shape ``(C_out,
-    C_in / groups, kh, kw)`` of the original ``nn.Conv2d``) is restricted to the SSC pattern
-    and copied into ``weight_spatial`` / ``weight_point`` (the taps off the pattern are
-    dropped), as ``convert(..., copy_weights=True)`` does; every other key (biases,
+    For each :class:`SSConv2d` of ``model`` the dense ``<name>.weight`` (shape ``(C_out,
+    C_in / groups, kh, kw)`` of the original ``nn.Conv2d``; ``(out_features, in_features)``
+    for an :class:`~ssconv.layers.SSCLinear`) is restricted to the SSC pattern and copied
+    into ``weight_spatial`` / ``weight_point`` (the weights off the pattern are dropped), as ``convert(..., copy_weights=True)`` does; every other key (biases,
     normalization statistics, dense layers) is loaded as :meth:`nn.Module.load_state_dict`
     loads it. Use it to start SSC from pretrained dense weights converted beforehand.
 
