@@ -237,7 +237,7 @@ def convert(
                 continue
             todo = layers
             linear_converted = [n for n, m in layers if isinstance(m, nn.Linear)]
-            fallback = [n for n in layer_constraints if n not in set(linear_converted)]
+            fallback = [n for n in layer_constraints if n not in linear_converted]
             break
         if solved is None:
             # No attempt had layers to convert (error None), or none met the budget.
@@ -505,9 +505,10 @@ def load_dense_state_dict(
     For each :class:`SSConv2d` of ``model`` the dense ``<name>.weight`` (shape ``(C_out,
     C_in / groups, kh, kw)`` of the original ``nn.Conv2d``; ``(out_features, in_features)``
     for an :class:`~ssconv.layers.SSCLinear`) is restricted to the SSC pattern and copied
-    into ``weight_spatial`` / ``weight_point`` (the weights off the pattern are dropped), as ``convert(..., copy_weights=True)`` does; every other key (biases,
-    normalization statistics, dense layers) is loaded as :meth:`nn.Module.load_state_dict`
-    loads it. Use it to start SSC from pretrained dense weights converted beforehand.
+    into ``weight_spatial`` / ``weight_point`` (the weights off the pattern are dropped), as
+    ``convert(..., copy_weights=True)`` does; every other key (biases, normalization
+    statistics, dense layers) is loaded as :meth:`nn.Module.load_state_dict` loads it. Use it
+    to start SSC from pretrained dense weights converted beforehand.
 
     With ``strict=True`` (default) keys of ``state_dict`` that match nothing in ``model``, and
     keys of ``model`` that ``state_dict`` lacks, raise :class:`KeyError` naming them before

@@ -203,9 +203,11 @@ def _build_spec(
     # absolute paths build.ninja records too (two virtual environments sharing one folder
     # rebuilt each other's kernel, 77 s in `ssconv demo` after a fresh-clone CI run).
     torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
+    if portable_build is None:
+        portable_build = portable()
     flags = _flags(portable_build)
     digest = hashlib.sha1(text + " ".join([*flags, torch_dir]).encode()).hexdigest()[:10]
-    kind = "_portable" if portable_build or (portable_build is None and portable()) else ""
+    kind = "_portable" if portable_build else ""
     name = f"ssconv_fused{kind}_{cap}_torch{tag}_{digest}"
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch_extensions"
