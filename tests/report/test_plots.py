@@ -247,3 +247,27 @@ def test_latency_records_quartiles_and_machine(tmp_path, monkeypatch):
     assert final["latency_p25_ms"] <= final["latency_ms"] <= final["latency_p75_ms"]
     assert final["latency_repeats"] == 3
     assert final["latency_machine"]["device"] == "cpu" and final["latency_machine"]["processor"]
+
+
+@pytest.mark.parametrize("method", ["ssc", "snip"])
+def test_latency_of_a_recorded_cell_rebuilds_its_structure(tmp_path, method):
+    """A sweep's record (config.yaml + final.json, no checkpoint) is timed on the structure
+    its config builds: SSC's pattern, a pruned model's dense structure (masks baked in)."""
+    import yaml
+
+    from ssconv.report.latency import measure_run_latency
+
+    cfg = {
+        "dataset": "synthetic:3:16:16:4:48:16",
+        "model": "cifar_resnet20",
+        "model_kwargs": {"width": 4},
+        "method": method,
+        "density": 0.3,
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "final.json").write_text(json.dumps({"complete": True, "method": method}))
+    ms = measure_run_latency(tmp_path, batch=2, repeats=3)
+    final = json.loads((tmp_path / "final.json").read_text())
+    assert final["latency_ms"] == ms > 0 and final["latency_batch"] == 2
+    assert "rebuilt from config.yaml" in final["latency_source"]
+    assert final["method"] == method  # the record's other fields are kept

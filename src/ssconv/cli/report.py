@@ -28,7 +28,8 @@ def register(sub) -> None:
         "--measure-latency",
         action="store_true",
         help="first measure the inference latency of runs that lack it (frozen "
-        "model, one run after the other) and store it in their final.json",
+        "model, one run after the other) and store it in their final.json; a sweep's "
+        "recorded cell (no checkpoint) is timed on the structure its config.yaml builds",
     )
     p.add_argument("--remeasure", action="store_true", help="with --measure-latency: all runs")
     p.add_argument(

@@ -4,6 +4,12 @@ A run's model is loaded from its checkpoint and put in its deployable form (mask
 plain weights, BatchNorm folded, SSC kernels precomputed: :func:`ssconv.deploy.freeze`), then
 timed on a batch of random images in one process, so that all runs of a report are measured
 under the same conditions (one after the other, not while other runs train).
+
+A recorded cell (a sweep's ``results`` copy: ``config.yaml`` and ``final.json``, no checkpoint)
+is timed on its structure rebuilt from ``config.yaml``, with freshly initialized weights. The
+time does not depend on the weights' values: an SSC model's pattern follows from its config,
+and a pruned model runs dense once its masks are baked in, so it is timed as its dense
+structure. ``latency_source`` says which of the two was timed.
 """
 
 from __future__ import annotations
@@ -32,13 +38,11 @@ def measure_run_latency(
     """
     from ssconv.deploy import freeze
     from ssconv.pruning import remove_masks
-    from ssconv.train.trainer import load_trained_model
 
     folder = Path(folder)
-    model, cfg, state = load_trained_model(folder)
+    model, cfg, size, source = _timed_model(folder)
     remove_masks(model)
     model = freeze(model).to(device)
-    size = tuple(state["data_info"]["input_size"])
     x = torch.randn(batch, *size, device=device)
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -58,7 +62,7 @@ def measure_run_latency(
             "latency_p75_ms": stats["m"].p75 * 1e3,
             "latency_repeats": stats["m"].runs,
             "latency_machine": machine,
-            "latency_source": "ssconv report --measure-latency (frozen model, one process)",
+            "latency_source": f"ssconv report --measure-latency ({source}, frozen, one process)",
         }
     )
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".final.", suffix=".json")
@@ -66,3 +70,30 @@ def measure_run_latency(
         json.dump(final, fh, indent=2)
     os.replace(tmp, final_path)
     return latency
+
+
+def _has_checkpoint(folder: Path) -> bool:
+    from ssconv.train.checkpoint import list_checkpoints
+
+    where = folder / "checkpoints" if (folder / "checkpoints").is_dir() else folder
+    return bool(list_checkpoints(where))
+
+
+def _timed_model(folder: Path):
+    """``(model, config, input size, what was timed)`` for a run folder or a recorded cell."""
+    from ssconv.train.trainer import load_trained_model
+
+    if _has_checkpoint(folder) or not (folder / "config.yaml").is_file():
+        model, cfg, state = load_trained_model(folder)
+        return model, cfg, tuple(state["data_info"]["input_size"]), "trained model"
+    from ssconv.data import dataset_info
+    from ssconv.train.config import load_config
+    from ssconv.train.methods import build_model
+
+    cfg = load_config(folder / "config.yaml", what=f"{folder}: recorded config")
+    info = dataset_info(cfg.dataset, size=cfg.image_size)
+    size = tuple(info.input_size)
+    if cfg.in_channels:  # the data is converted to this many channels (build_dataset)
+        size = (cfg.in_channels, *size[1:])
+    model, _ = build_model(cfg, info.num_classes, size[0], size, for_loading=True)
+    return model.eval(), cfg, size, "structure rebuilt from config.yaml, untrained weights"
