@@ -167,3 +167,62 @@ def test_freeze_for_onnxruntime_decomposes_depthwise_spatial_layers():
         assert torch.allclose(ort_form(x), model(x), atol=1e-4)
     with pytest.raises(ValueError, match="target must be one of"):
         freeze(model, target="tensorrt")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"groups": 2, "period": 4},
+        {"groups": 4, "period": 2, "stride": 2},
+        {"groups": 2, "period": 8, "bias": True},  # one spatial kernel per filter (A = 1)
+        {"groups": 2, "period": 4, "spatial": "checkerboard", "padding_mode": "reflect"},
+        {"groups": 2, "period": 2, "pointwise": False},
+    ],
+)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gathered_input_form_matches_the_layer(kwargs, channels_last):
+    # A shuffled layer's shuffle and residue reorders as two index gathers (the form
+    # freeze(target="onnxruntime") exports): the same function of the same weights.
+    torch.manual_seed(0)
+    layer = SSConv2d(16, 16, 3, padding=1, shuffle=True, **kwargs).eval()
+    frozen = SSConv2dInference(layer)
+    assert frozen.gathered_input_applies()
+    frozen.use_gathered_input()
+    assert frozen.gathered and not frozen.fused and "gathered" in repr(frozen)
+    x = torch.randn(2, 16, 9, 9)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.allclose(frozen(x), layer(x), atol=1e-5)
+    with pytest.raises(ValueError, match="gathered form"):
+        frozen.dense_weight()
+
+
+def test_gathered_input_form_refuses_layers_without_it():
+    unshuffled = SSConv2dInference(SSConv2d(16, 16, 3, groups=2, period=4).eval())
+    dense = SSConv2dInference(SSConv2d(16, 16, 3, groups=2, period=4, shuffle=True), "dense")
+    for frozen in (unshuffled, dense):
+        assert not frozen.gathered_input_applies()
+        with pytest.raises(ValueError, match="shuffled layer with residue classes"):
+            frozen.use_gathered_input()
+
+
+def test_onnx_export_runs_shuffled_layers_as_gathers(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    model = randomize_bn(
+        ssconv.convert(
+            ssconv.create_model("cifar_resnet20"), density=0.05, warn_coverage=False
+        ).model
+    ).eval()
+    frozen = freeze(model, target="onnxruntime")
+    gathered = [m for m in frozen.modules() if isinstance(m, SSConv2dInference) and m.gathered]
+    assert len(gathered) >= 10, "the default (shuffled) ResNet-20 at 0.05 should use gathers"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(frozen(x), model(x), atol=1e-4)
+    export_onnx(model, tmp_path / "m.onnx", input_size=(3, 32, 32))  # checked in onnxruntime
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node]
+    assert ops.count("Gather") >= 2 * len(gathered)
+    # Three Reshape / Transpose / Reshape reorders per shuffled layer before; the rest now.
+    assert ops.count("Transpose") < len(gathered)

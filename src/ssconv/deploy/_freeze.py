@@ -47,7 +47,9 @@ def freeze(
             layers whose spatial part is depthwise (one spatial kernel per filter, ``A = 1``)
             run decomposed, a depthwise K x K plus a grouped 1 x 1 convolution, which
             onnxruntime's depthwise fast path runs several times faster than the one dense
-            convolution PyTorch prefers (docs/benchmarks.md, "onnxruntime").
+            convolution PyTorch prefers (docs/benchmarks.md, "onnxruntime"); shuffled layers
+            run their channel shuffle and residue reorders as two index gathers
+            (:meth:`SSConv2dInference.use_gathered_input`).
     """
     if target not in FREEZE_TARGETS:
         raise ValueError(f"target must be one of {FREEZE_TARGETS}, got {target!r}")
@@ -61,7 +63,10 @@ def freeze(
             mode = "dense" if layer.resolved_backend(inference=True) == "masked" else "decomposed"
             if target == "onnxruntime" and _depthwise_spatial(layer):
                 mode = "decomposed"
-        replace_module(model, name, SSConv2dInference(layer, mode))
+        frozen = SSConv2dInference(layer, mode)
+        if target == "onnxruntime" and frozen.gathered_input_applies():
+            frozen.use_gathered_input()  # two Gathers instead of three reorders
+        replace_module(model, name, frozen)
     if channel_order:
         model = optimize_channel_order(model)
     return model.eval()

@@ -1,11 +1,11 @@
 """The frozen twin of :class:`~ssconv.SSConv2d`: precomputed kernels, standard operators only.
 
 A frozen SSC layer (:class:`SSConv2dInference`) holds its grouped K x K and 1 x 1 kernels as
-buffers and runs only standard operators: reshape / transpose for the channel order, a grouped
-convolution, a 1 x 1 convolution and an add (or, where one dense convolution is faster, that
-single convolution), so that exported graphs contain nothing but ``Conv``, ``Add``,
-``Reshape`` / ``Transpose`` and the model's own operators. :func:`ssconv.deploy.freeze` builds
-them.
+buffers and runs only standard operators: reshape / transpose (or index gathers) for the
+channel order, a grouped convolution, a 1 x 1 convolution and an add (or, where one dense
+convolution is faster, that single convolution), so that exported graphs contain nothing but
+``Conv``, ``Add``, ``Reshape`` / ``Transpose`` / ``Gather`` and the model's own operators.
+:func:`ssconv.deploy.freeze` builds them.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ class SSConv2dInference(nn.Module):
         # channels of each group ordered by residue (see residue_tag); set by
         # optimize_channel_order so that a chain of such layers needs no transposes.
         self.residue = False
+        # In "gathered" form (use_gathered_input, what freeze(target="onnxruntime") picks for
+        # shuffled layers) the shuffle and both residue reorders run as two index gathers.
+        self.gathered = False
         self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
         self.kernel_size = layer.kernel_size
         self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
@@ -116,6 +119,11 @@ class SSConv2dInference(nn.Module):
             )
         if self.residue:
             return
+        self._permute_to_residue()
+        self.residue = True
+
+    def _permute_to_residue(self) -> None:
+        """Permute the 1 x 1 weights and the bias to residue order (inputs and outputs)."""
         out_perm = residue_permutation(self.groups, self._p, self.out_channels)
         if self.weight_point is not None:
             cin_g = self.in_channels // self.groups
@@ -123,7 +131,48 @@ class SSConv2dInference(nn.Module):
             self.weight_point = self.weight_point[out_perm][:, local].contiguous()
         if self.bias is not None:
             self.bias = self.bias[out_perm].contiguous()
-        self.residue = True
+
+    def gathered_input_applies(self) -> bool:
+        """Whether :meth:`use_gathered_input` applies: a decomposed, shuffled layer with
+        spatial kernels in residue classes (period > 1, no padded classes)."""
+        return (
+            self.mode == "decomposed"
+            and self.shuffle
+            and self._has_spatial
+            and not self._identity_perm
+            and not self._pad_rows
+            and not self.residue
+        )
+
+    @torch.no_grad()
+    def use_gathered_input(self) -> None:
+        """Run the channel shuffle and both residue reorders as two index gathers.
+
+        The stock form of a shuffled layer reorders its channels three times (the shuffle,
+        the residue order of the spatial part's input, and its output back), each a Reshape /
+        Transpose / Reshape when exported. Here one gather reads the input in shuffled residue
+        order for both parts (the within-group residue permutation moves into the 1 x 1
+        weights), and one gather puts the output back in canonical order: two ``Gather``
+        nodes in ONNX. Inputs and outputs keep the canonical channel order, so the layer stays
+        a drop-in. This form runs stock operators only (the fused CPU kernels read the
+        canonical weights): :func:`ssconv.deploy.freeze` uses it for ``target="onnxruntime"``.
+        """
+        if self.gathered:
+            return
+        if not self.gathered_input_applies():
+            raise ValueError(
+                "use_gathered_input needs a decomposed, shuffled layer with residue classes "
+                "(period > 1, no padded classes, not in residue order)"
+            )
+        g, p = self.groups, self._p
+        device = self.in_index.device
+        in_perm = residue_permutation(g, p, self.in_channels).to(device)
+        out_perm = residue_permutation(g, p, self.out_channels).to(device)
+        self.register_buffer("in_gather", self.in_index[in_perm].clone(), persistent=False)
+        self.register_buffer("out_gather", torch.argsort(out_perm), persistent=False)
+        self._permute_to_residue()
+        self.gathered = True
+        self.fused = self.pixels = False
 
     def forward(self, x: Tensor) -> Tensor:
         padding = self.padding
@@ -139,6 +188,9 @@ class SSConv2dInference(nn.Module):
             return fused.fused_conv2d(
                 x, self._fused_packed(), self.kernel_size, self.stride, padding, self.dilation
             )
+        if self.gathered:
+            y = self._forward_residue(x.index_select(1, self.in_gather), padding)
+            return y.index_select(1, self.out_gather)
         if self.shuffle:
             x = shuffle_channels(x, self.groups, self.in_channels)
         if self.residue:
@@ -182,6 +234,8 @@ class SSConv2dInference(nn.Module):
         (over its logical inputs: a shuffled layer reads input channel ``in_index[q]``)."""
         if self.mode == "dense":
             return self.weight
+        if self.gathered:
+            raise ValueError("dense_weight: not kept in the gathered form (use_gathered_input)")
         g, p = self.groups, self._p
         kh, kw = self.kernel_size
         full = None
@@ -264,7 +318,7 @@ class SSConv2dInference(nn.Module):
     def extra_repr(self) -> str:
         order = ", residue order" if self.residue else ""
         if self.shuffle:
-            order += ", shuffle"
+            order += ", shuffle (gathered)" if self.gathered else ", shuffle"
         if self.pixels:
             order += ", fused pixel kernel (stride-1 NCHW)"
         if self.fused:
