@@ -226,3 +226,24 @@ def test_onnx_export_runs_shuffled_layers_as_gathers(tmp_path):
     assert ops.count("Gather") >= 2 * len(gathered)
     # Three Reshape / Transpose / Reshape reorders per shuffled layer before; the rest now.
     assert ops.count("Transpose") < len(gathered)
+
+
+def test_freeze_bakes_pruning_masks_so_batchnorm_folds(tmp_path):
+    from ssconv.pruning import prune
+    from ssconv.pruning.masks import mask_parametrization
+
+    model = randomize_bn(ssconv.create_model("cifar_resnet20"))
+    prune(model, "magnitude", density=0.1)
+    model.eval()
+    frozen = freeze(model)
+    assert not any(mask_parametrization(m) is not None for m in frozen.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
+    assert any(mask_parametrization(m) is not None for m in model.modules())  # model untouched
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(frozen(x), model(x), atol=1e-4)
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    export_onnx(model, tmp_path / "p.onnx", input_size=(3, 32, 32))
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "p.onnx")).graph.node}
+    assert "Where" not in ops and "BatchNormalization" not in ops, ops

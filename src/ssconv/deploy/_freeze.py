@@ -34,7 +34,8 @@ def freeze(
     channel_order: bool = True,
     target: str = "torch",
 ):
-    """An inference copy of ``model``: BatchNorm folded, SSC layers frozen.
+    """An inference copy of ``model``: pruning masks baked in, BatchNorm folded, SSC layers
+    frozen.
 
     Args:
         fold_bn: fold BatchNorm into the preceding convolutions.
@@ -53,6 +54,12 @@ def freeze(
     """
     if target not in FREEZE_TARGETS:
         raise ValueError(f"target must be one of {FREEZE_TARGETS}, got {target!r}")
+    from ssconv.pruning.masks import mask_parametrization, remove_masks
+
+    if any(mask_parametrization(m) is not None for m in model.modules()):
+        # A pruned model: masks baked into plain weights, so that its BatchNorms fold and an
+        # export holds plain convolutions (no mask multiplies).
+        model = remove_masks(copy.deepcopy(model))
     model = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
     for name, layer in [(n, m) for n, m in model.named_modules() if isinstance(m, SSConv2d)]:
         if dense_above is not None:
