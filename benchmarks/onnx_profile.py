@@ -4,10 +4,15 @@ depthwise-separable variants at the same budget.
 
     python benchmarks/onnx_profile.py [--model cifar_resnet32] [--density 0.1] [--batch 64]
                                       [--threads 1] [--runs 10] [--out FILE.json]
+                                      [--reorder-form]
 
 Each variant is exported with ``ssconv.export_onnx`` (as ``ssconv export`` does) and run with
 onnxruntime's profiler; the figures are the mean kernel time per run of each node, summed by
 operator type. Record the output in docs/benchmarks.md.
+
+``--reorder-form`` also profiles SSC exported the way it was before 2026-12-03
+(``ssc_reorders``): each shuffled layer's shuffle and residue reorders as Reshape / Transpose
+/ Reshape, not as the two index gathers of ``SSConv2dInference.use_gathered_input``.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 import torch
 
 from ssconv.bench.models import build_variants
 from ssconv.deploy import export_onnx
+from ssconv.layers.inference import SSConv2dInference
 from ssconv.utils.timing import machine_info
 
 
@@ -77,6 +84,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--out", default=None, help="also write the figures to this JSON file")
+    p.add_argument(
+        "--reorder-form",
+        action="store_true",
+        help="also profile SSC with its channel reorders as Reshape / Transpose (ssc_reorders)",
+    )
     args = p.parse_args(argv)
     torch.manual_seed(0)
     variants = build_variants(args.model, args.density)
@@ -87,15 +99,23 @@ def main(argv=None) -> int:
             path = Path(tmp) / f"{v.name}.onnx"
             export_onnx(v.model.eval(), path, tuple(x.shape[1:]), batch=2, check=False)
             result["variants"][v.name] = profile_onnx(path, x, args.threads, args.runs)
+            if v.name == "ssc" and args.reorder_form:
+                path = Path(tmp) / "ssc_reorders.onnx"
+                # freeze(target="onnxruntime") as it was: no layer takes the gathered form.
+                with mock.patch.object(
+                    SSConv2dInference, "gathered_input_applies", lambda self: False
+                ):
+                    export_onnx(v.model.eval(), path, tuple(x.shape[1:]), batch=2, check=False)
+                result["variants"]["ssc_reorders"] = profile_onnx(path, x, args.threads, args.runs)
     result["machine"] = machine_info(torch.device("cpu"))
     result["machine"]["threads"] = args.threads
     dense = result["variants"].get("dense", {}).get("total_ms")
     print(f"{args.model} at {args.density}, batch {args.batch}, {args.threads} thread(s)\n")
-    print("| variant | onnxruntime ms | vs dense | Conv ms | Transpose / Reshape ms | nodes |")
+    print("| variant | onnxruntime ms | vs dense | Conv ms | reorders ms | nodes |")
     print("|---|---|---|---|---|---|")
     for name, r in result["variants"].items():
         conv = r["by_op"].get("Conv", 0) + r["by_op"].get("FusedConv", 0)
-        perm = r["by_op"].get("Transpose", 0) + r["by_op"].get("Reshape", 0)
+        perm = sum(r["by_op"].get(op, 0) for op in ("Transpose", "Reshape", "Gather"))
         ratio = f"{dense / r['total_ms']:.2f}x" if dense else "-"
         print(
             f"| {name} | {r['total_ms']:.1f} | {ratio} | {conv:.1f} | {perm:.1f} | "
