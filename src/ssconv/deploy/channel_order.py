@@ -3,6 +3,7 @@ conversions (:class:`~ssconv.layers.channel_order.ChannelOrder`) only where orde
 
 from __future__ import annotations
 
+import collections
 import logging
 import operator
 import warnings
@@ -12,7 +13,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from ssconv.layers.channel_order import ChannelOrder
+from ssconv.layers.channel_order import ChannelGather, ChannelOrder
 from ssconv.layers.inference import SSConv2dInference
 from ssconv.layers.ssconv import SSCTracer
 
@@ -67,19 +68,32 @@ def _is_add(node) -> bool:
     return node.op == "call_method" and node.target in ("add", "add_")
 
 
+def _is_perm(tag) -> bool:
+    return tag is not None and tag[0] == "perm"
+
+
+def _chained(layer: SSConv2dInference) -> bool:
+    return layer.gathered and layer.out_gather is None
+
+
 def optimize_channel_order(model: nn.Module) -> nn.Module:
     """Run chains of SSC layers in residue channel order, converting only where orders differ.
 
     Each frozen SSC layer normally permutes its input into residue order and its output back.
     Between two layers with the same ``(groups, period, channels)`` (through ReLU, pooling and
     residual adds) both permutations cancel; this pass removes them and keeps conversions
-    (:class:`ChannelOrder`) only where orders really change. Outputs are unchanged (up to
+    (:class:`ChannelOrder`) only where orders really change. Layers in the gathered form
+    (:meth:`SSConv2dInference.use_gathered_input`, shuffled layers exported for onnxruntime)
+    leave their output permuted: the next gathered layer's input gather absorbs the
+    permutation, and one :class:`ChannelGather` converts where anything else needs another
+    order. Outputs are unchanged (up to
     floating-point summation order). Works on a ``torch.fx``-traceable frozen model; others
     are returned unchanged with a warning.
     """
 
     if any(
-        isinstance(m, ChannelOrder) or (isinstance(m, SSConv2dInference) and m.residue)
+        isinstance(m, (ChannelOrder, ChannelGather))
+        or (isinstance(m, SSConv2dInference) and (m.residue or _chained(m)))
         for m in model.modules()
     ):
         return model  # already optimized (freezing a frozen model must not redo it)
@@ -111,19 +125,33 @@ def optimize_channel_order(model: nn.Module) -> nn.Module:
                 count += 1
                 name = f"channel_order_{count}"
             count += 1
-            gm.add_submodule(name, ChannelOrder(source, target))
+            if _is_perm(source) or _is_perm(target):
+                channels = len((source if _is_perm(source) else target)[1])
+                converter = ChannelGather(source, target, channels)
+            else:
+                converter = ChannelOrder(source, target)
+            gm.add_submodule(name, converter)
             with gm.graph.inserting_after(node):
                 converters[key] = gm.graph.call_module(name, (node,))
             tags[converters[key]] = target
         return converters[key]
 
+    calls = collections.Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
     for node in list(gm.graph.nodes):
         if node in tags or node.op in ("placeholder", "get_attr"):
             tags.setdefault(node, None)
             continue
         module = modules.get(node.target) if node.op == "call_module" else None
         args = [a for a in node.args if isinstance(a, fx.Node)]
-        if isinstance(module, SSConv2dInference) and module.residue_tags() is not None:
+        if (
+            isinstance(module, SSConv2dInference)
+            and module.gathered
+            and calls[node.target] == 1
+            and len(args) == 1
+        ):
+            # The input gather absorbs any incoming order; the output stays permuted.
+            tags[node] = module.chain_gathers(tags.get(args[0]))
+        elif isinstance(module, SSConv2dInference) and module.residue_tags() is not None:
             need, out = module.residue_tags()
             node.replace_input_with(args[0], convert(args[0], need))
             module.use_residue_order()

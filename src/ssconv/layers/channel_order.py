@@ -56,3 +56,40 @@ class ChannelOrder(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.source} -> {self.target}"
+
+
+def order_index(tag: tuple | None) -> Tensor | None:
+    """A channel-order tag as a gather index (physical position -> canonical channel): ``None``
+    (canonical) gives None, a residue tag ``(groups, period, channels)`` its
+    :func:`residue_permutation`, a permutation tag ``("perm", (c0, c1, ...))`` its channels."""
+    if tag is None:
+        return None
+    if tag[0] == "perm":
+        return torch.tensor(tag[1], dtype=torch.long)
+    return residue_permutation(*tag)
+
+
+class ChannelGather(nn.Module):
+    """Converts a tensor between any two channel orders (tags as in :func:`order_index`) with
+    one index gather (``Gather`` when exported)."""
+
+    _fx_leaf = True
+
+    def __init__(self, source: tuple | None, target: tuple | None, channels: int) -> None:
+        super().__init__()
+        self.source, self.target = source, target
+        # x_target[i] = x_canonical[t[i]] = x_source[inverse(s)[t[i]]]
+        src, tgt = order_index(source), order_index(target)
+        index = torch.arange(channels) if tgt is None else tgt
+        if src is not None:
+            index = torch.argsort(src)[index]
+        self.register_buffer("index", index, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.index_select(1, self.index)
+
+    def extra_repr(self) -> str:
+        def name(tag):
+            return "permuted" if tag is not None and tag[0] == "perm" else str(tag)
+
+        return f"{name(self.source)} -> {name(self.target)}"

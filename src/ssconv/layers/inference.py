@@ -174,6 +174,29 @@ class SSConv2dInference(nn.Module):
         self.gathered = True
         self.fused = self.pixels = False
 
+    def gathered_tags(self) -> tuple[None, tuple]:
+        """Channel-order tags (input, output) of a gathered layer whose output gather is
+        left to its consumers (:meth:`chain_gathers`): it reads any order, writes residue
+        order as a permutation tag (see :func:`ssconv.layers.channel_order.order_index`)."""
+        perm = torch.argsort(self.out_gather.cpu())
+        return None, ("perm", tuple(perm.tolist()))
+
+    @torch.no_grad()
+    def chain_gathers(self, source: tuple | None) -> tuple:
+        """Read the input in channel order ``source`` (the input gather absorbs it) and write
+        the output in residue order (no output gather); returns the output's order tag.
+        :func:`ssconv.deploy.optimize_channel_order` calls it on chains of layers."""
+        if not self.gathered or self.out_gather is None:
+            raise ValueError("chain_gathers needs a gathered layer not chained yet")
+        from ssconv.layers.channel_order import order_index
+
+        _, out = self.gathered_tags()
+        src = order_index(source)
+        if src is not None:
+            self.in_gather = torch.argsort(src.to(self.in_gather.device))[self.in_gather]
+        self.out_gather = None
+        return out
+
     def forward(self, x: Tensor) -> Tensor:
         padding = self.padding
         if self.padding_mode != "zeros":
@@ -190,7 +213,7 @@ class SSConv2dInference(nn.Module):
             )
         if self.gathered:
             y = self._forward_residue(x.index_select(1, self.in_gather), padding)
-            return y.index_select(1, self.out_gather)
+            return y if self.out_gather is None else y.index_select(1, self.out_gather)
         if self.shuffle:
             x = shuffle_channels(x, self.groups, self.in_channels)
         if self.residue:
