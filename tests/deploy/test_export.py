@@ -180,15 +180,18 @@ def test_freeze_for_onnxruntime_decomposes_depthwise_spatial_layers():
     ],
 )
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_gathered_input_form_matches_the_layer(kwargs, channels_last):
+@pytest.mark.parametrize("dense_point", [False, True])
+def test_gathered_input_form_matches_the_layer(kwargs, channels_last, dense_point):
     # A shuffled layer's shuffle and residue reorders as two index gathers (the form
     # freeze(target="onnxruntime") exports): the same function of the same weights.
     torch.manual_seed(0)
     layer = SSConv2d(16, 16, 3, padding=1, shuffle=True, **kwargs).eval()
     frozen = SSConv2dInference(layer)
     assert frozen.gathered_input_applies()
-    frozen.use_gathered_input()
+    frozen.use_gathered_input(dense_point=dense_point)
     assert frozen.gathered and not frozen.fused and "gathered" in repr(frozen)
+    if frozen.weight_point is not None:
+        assert frozen.point_groups == (1 if dense_point else frozen.groups)
     x = torch.randn(2, 16, 9, 9)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

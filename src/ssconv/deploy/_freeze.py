@@ -18,6 +18,10 @@ __all__ = ["freeze", "FREEZE_TARGETS"]
 
 #: The runtimes :func:`freeze` can choose the stock-operator form for.
 FREEZE_TARGETS = ("torch", "onnxruntime")
+#: Largest ``in_channels * out_channels`` whose 1 x 1 part freeze(target="onnxruntime") holds
+#: ungrouped: ResNet-32's 16- to 64-channel layers ran 6-8 % faster that way in onnxruntime
+#: (docs/benchmarks.md, "onnxruntime"); wider layers were not measured.
+ORT_DENSE_POINT_MAX = 64 * 64
 
 
 def _depthwise_spatial(layer: SSConv2d) -> bool:
@@ -72,7 +76,10 @@ def freeze(
                 mode = "decomposed"
         frozen = SSConv2dInference(layer, mode)
         if target == "onnxruntime" and frozen.gathered_input_applies():
-            frozen.use_gathered_input()  # two Gathers instead of three reorders
+            # Gathers instead of reorders; in narrow layers an ungrouped 1 x 1 part, which
+            # onnxruntime fuses with the add (measured up to 64 x 64 channels).
+            narrow = layer.in_channels * layer.out_channels <= ORT_DENSE_POINT_MAX
+            frozen.use_gathered_input(dense_point=narrow)
         replace_module(model, name, frozen)
     if channel_order:
         model = optimize_channel_order(model)

@@ -45,6 +45,7 @@ class SSConv2dInference(nn.Module):
         # In "gathered" form (use_gathered_input, what freeze(target="onnxruntime") picks for
         # shuffled layers) the shuffle and both residue reorders run as two index gathers.
         self.gathered = False
+        self.point_groups = layer.groups  # 1 where the gathered form holds the 1 x 1 part dense
         self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
         self.kernel_size = layer.kernel_size
         self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
@@ -145,8 +146,13 @@ class SSConv2dInference(nn.Module):
         )
 
     @torch.no_grad()
-    def use_gathered_input(self) -> None:
+    def use_gathered_input(self, *, dense_point: bool = False) -> None:
         """Run the channel shuffle and both residue reorders as two index gathers.
+
+        ``dense_point``: hold the 1 x 1 part as one ungrouped 1 x 1 convolution (zeros across
+        groups). It executes ``groups`` times the 1 x 1 part's MACs, but onnxruntime fuses an
+        ungrouped convolution with the add and the ReLU after it, which in narrow layers is
+        faster (docs/benchmarks.md, "onnxruntime"); :func:`ssconv.deploy.freeze` uses it there.
 
         The stock form of a shuffled layer reorders its channels three times (the shuffle,
         the residue order of the spatial part's input, and its output back), each a Reshape /
@@ -171,6 +177,10 @@ class SSConv2dInference(nn.Module):
         self.register_buffer("in_gather", self.in_index[in_perm].clone(), persistent=False)
         self.register_buffer("out_gather", torch.argsort(out_perm), persistent=False)
         self._permute_to_residue()
+        if dense_point and self.weight_point is not None and self.groups > 1:
+            full = fused.full_weight(self.weight_point, self.groups)
+            self.weight_point = full.view(self.out_channels, self.in_channels, 1, 1).contiguous()
+            self.point_groups = 1
         self.gathered = True
         self.fused = self.pixels = False
 
@@ -336,7 +346,7 @@ class SSConv2dInference(nn.Module):
     def _point_conv(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
         """The 1 x 1 kernels (bias included), reading each K x K window's centre tap."""
         xc, pad1 = centre_input(x, self.kernel_size, self.dilation, padding)
-        return F.conv2d(xc, self.weight_point, self.bias, self.stride, pad1, 1, self.groups)
+        return F.conv2d(xc, self.weight_point, self.bias, self.stride, pad1, 1, self.point_groups)
 
     def extra_repr(self) -> str:
         order = ", residue order" if self.residue else ""
