@@ -53,7 +53,8 @@ def freeze(
             run decomposed, a depthwise K x K plus a grouped 1 x 1 convolution, which
             onnxruntime's depthwise fast path runs several times faster than the one dense
             convolution PyTorch prefers (docs/benchmarks.md, "onnxruntime"); shuffled layers
-            run their channel shuffle and residue reorders as two index gathers
+            run their channel shuffle and residue reorders as index gathers, shared between
+            consecutive layers, and narrow ones hold their 1 x 1 part ungrouped
             (:meth:`SSConv2dInference.use_gathered_input`).
     """
     if target not in FREEZE_TARGETS:

@@ -149,11 +149,6 @@ class SSConv2dInference(nn.Module):
     def use_gathered_input(self, *, dense_point: bool = False) -> None:
         """Run the channel shuffle and both residue reorders as two index gathers.
 
-        ``dense_point``: hold the 1 x 1 part as one ungrouped 1 x 1 convolution (zeros across
-        groups). It executes ``groups`` times the 1 x 1 part's MACs, but onnxruntime fuses an
-        ungrouped convolution with the add and the ReLU after it, which in narrow layers is
-        faster (docs/benchmarks.md, "onnxruntime"); :func:`ssconv.deploy.freeze` uses it there.
-
         The stock form of a shuffled layer reorders its channels three times (the shuffle,
         the residue order of the spatial part's input, and its output back), each a Reshape /
         Transpose / Reshape when exported. Here one gather reads the input in shuffled residue
@@ -161,7 +156,14 @@ class SSConv2dInference(nn.Module):
         weights), and one gather puts the output back in canonical order: two ``Gather``
         nodes in ONNX. Inputs and outputs keep the canonical channel order, so the layer stays
         a drop-in. This form runs stock operators only (the fused CPU kernels read the
-        canonical weights): :func:`ssconv.deploy.freeze` uses it for ``target="onnxruntime"``.
+        canonical weights): :func:`ssconv.deploy.freeze` uses it for ``target="onnxruntime"``,
+        where :func:`ssconv.deploy.optimize_channel_order` then leaves out the output gather
+        wherever the next gathered layer can absorb it (:meth:`chain_gathers`).
+
+        ``dense_point``: hold the 1 x 1 part as one ungrouped 1 x 1 convolution (zeros across
+        groups). It executes ``groups`` times the 1 x 1 part's MACs, but onnxruntime fuses an
+        ungrouped convolution with the add and the ReLU after it, which in narrow layers is
+        faster (docs/benchmarks.md, "onnxruntime"); :func:`ssconv.deploy.freeze` uses it there.
         """
         if self.gathered:
             return
@@ -184,23 +186,17 @@ class SSConv2dInference(nn.Module):
         self.gathered = True
         self.fused = self.pixels = False
 
-    def gathered_tags(self) -> tuple[None, tuple]:
-        """Channel-order tags (input, output) of a gathered layer whose output gather is
-        left to its consumers (:meth:`chain_gathers`): it reads any order, writes residue
-        order as a permutation tag (see :func:`ssconv.layers.channel_order.order_index`)."""
-        perm = torch.argsort(self.out_gather.cpu())
-        return None, ("perm", tuple(perm.tolist()))
-
     @torch.no_grad()
     def chain_gathers(self, source: tuple | None) -> tuple:
         """Read the input in channel order ``source`` (the input gather absorbs it) and write
-        the output in residue order (no output gather); returns the output's order tag.
+        the output in residue order (no output gather); returns the output's order tag, a
+        permutation tag (see :func:`ssconv.layers.channel_order.order_index`).
         :func:`ssconv.deploy.optimize_channel_order` calls it on chains of layers."""
         if not self.gathered or self.out_gather is None:
             raise ValueError("chain_gathers needs a gathered layer not chained yet")
         from ssconv.layers.channel_order import order_index
 
-        _, out = self.gathered_tags()
+        out = ("perm", tuple(torch.argsort(self.out_gather.cpu()).tolist()))
         src = order_index(source)
         if src is not None:
             self.in_gather = torch.argsort(src.to(self.in_gather.device))[self.in_gather]
