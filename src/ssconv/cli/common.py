@@ -63,11 +63,13 @@ def period_arg(value: str):
         return AUTO
     if v == "none":
         return None
+    if v == "depthwise":
+        return v
     try:
         p = int(v)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--period must be a positive int, 'none' or 'auto', got {value!r}"
+            f"--period must be a positive int, 'none', 'depthwise' or 'auto', got {value!r}"
         ) from None
     if p < 1:
         raise argparse.ArgumentTypeError(f"--period must be positive, got {p}")

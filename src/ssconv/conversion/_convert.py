@@ -32,7 +32,7 @@ from ssconv.layers.factory import DEFAULT_PERIOD
 from ssconv.layers.linear import SSCLinear
 from ssconv.layers.pattern import SSCPattern
 from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, SSConv2d
-from ssconv.sparsity.budget import AUTO, LayerSpec, solve_budget
+from ssconv.sparsity.budget import AUTO, DEPTHWISE_PERIOD, LayerSpec, solve_budget
 from ssconv.sparsity.counting import counted_layers, model_weight_counts, weight_counts
 from ssconv.sparsity.selection import (
     DEFAULT_CLASSIFIER_PATTERNS,
@@ -121,7 +121,10 @@ def convert(
             explicitly are then held fixed. When ``None``, the settings are used as given
             (defaults: ``groups=1, period=4, pointwise=True, spatial="full"``).
         groups: SSC groups on top of each conv's own ``groups``.
-        period, pointwise, spatial: the SSC pattern (see :class:`SSConv2d`).
+        period, pointwise, spatial: the SSC pattern (see :class:`SSConv2d`). ``period`` may
+            also be ``"depthwise"``: in every layer the period equals the group's input width,
+            so each filter has one spatial kernel and the spatial part runs as a (shifted)
+            depthwise convolution, the form onnxruntime has a fast path for.
         distribution: layer-wise target densities, ``"uniform"`` or ``"erk"``.
         skip: extra name patterns (``fnmatch``) of convs to keep dense.
         include: name patterns of convs to convert even where a rule of ``keep`` would keep
@@ -280,13 +283,17 @@ def convert(
     else:
         settings = {**_DEFAULT_SETTINGS, **explicit}
         for name, conv in todo:
+            groups_total = conv.groups * int(settings["groups"])
+            period_here = settings["period"]
+            if period_here == DEPTHWISE_PERIOD:  # one spatial kernel per filter
+                period_here = max(conv.in_channels // groups_total, 1)
             try:
                 patterns[name] = SSCPattern(
                     conv.in_channels,
                     conv.out_channels,
                     conv.kernel_size,
-                    conv.groups * int(settings["groups"]),
-                    settings["period"],
+                    groups_total,
+                    period_here,
                     settings["pointwise"],
                     settings["spatial"],
                 )

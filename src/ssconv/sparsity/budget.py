@@ -38,6 +38,9 @@ __all__ = [
 ]
 
 AUTO = "auto"
+#: ``period`` value: the period equals each group's input width, so every filter has one
+#: spatial kernel (``A = 1``) and the spatial part is a shifted depthwise convolution.
+DEPTHWISE_PERIOD = "depthwise"
 #: Layer-wise density distributions (of SSC, the structured baselines and pruning).
 DISTRIBUTIONS = ("uniform", "erk")
 _EPS = 1e-12
@@ -77,6 +80,8 @@ def candidate_patterns(
     ``groups`` counts SSC groups on top of the conv's own (the pattern's group count is
     ``layer.groups * groups``). With ``period="auto"``, patterns without any spatial kernel
     (``period=None``) are proposed for K x K layers only when ``pointwise_only`` is set.
+    ``period="depthwise"`` sets the period to each group's input width (one spatial kernel
+    per filter).
     """
     common = math.gcd(layer.in_channels, layer.out_channels)
     if groups == AUTO:
@@ -96,8 +101,10 @@ def candidate_patterns(
         # "auto" does not propose period=None (no spatial kernel at all) for a K x K layer
         # unless asked: a stage of 1 x 1 layers loses all spatial filtering; spatial patterns
         # reach densities down to a checkerboard depthwise conv.
-        if period != AUTO:
-            periods: list[int | None] = [period]
+        if period == DEPTHWISE_PERIOD:
+            periods: list[int | None] = [width]
+        elif period != AUTO:
+            periods = [period]
         elif layer.kernel_size == (1, 1) or pointwise_only:
             periods = [*_divisors(width), None]
         else:

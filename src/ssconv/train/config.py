@@ -48,6 +48,9 @@ SSC_PRESETS: dict[str, dict] = {
     "ssc_checkerboard": {"ssc_spatial": "checkerboard"},
     # The grouped-convolution baseline as usually built: no channel shuffle.
     "group_conv": {"ssc_period": 1, "ssc_spatial": "full", "ssc_shuffle": False},
+    # One spatial kernel per filter in every layer: the spatial part is a shifted depthwise
+    # convolution (onnxruntime's fast path; docs/ssc.md, "Design study").
+    "ssc_depthwise": {"ssc_period": "depthwise"},
 }
 STRUCTURED_BASELINES = STRUCTURED_RIVALS
 #: ``torch.compile`` modes (``compile_mode``; ``ssconv bench --compile MODE``).
@@ -146,7 +149,8 @@ class TrainConfig:
     method: str = _f(
         "ssc",
         "dense; ssc or an SSC preset (ssc_ungrouped, ssc_shuffled, ssc_unshuffled, ssc_hetconv, "
-        "ssc_groupwise, ssc_checkerboard, group_conv); dw_separable; or a pruning method",
+        "ssc_groupwise, ssc_checkerboard, ssc_depthwise, group_conv); dw_separable; or a pruning "
+        "method",
         kind=str,
         choices=METHODS,
     )
@@ -163,7 +167,12 @@ class TrainConfig:
         "uniform", "layer-wise densities: uniform or erk", kind=str, choices=DISTRIBUTIONS
     )
     ssc_groups: Any = _f("auto", "SSC groups: int or auto", kind="int_or_auto")
-    ssc_period: Any = _f("auto", "SSC period: int, none (no spatial kernel) or auto", kind="period")
+    ssc_period: Any = _f(
+        "auto",
+        "SSC period: int, none (no spatial kernel), depthwise (the group width: one spatial "
+        "kernel per filter) or auto",
+        kind="period",
+    )
     ssc_pointwise: Any = _f("auto", "SSC 1x1 weights: true, false or auto", kind="bool_or_auto")
     ssc_spatial: str = _f(
         "auto",
@@ -405,6 +414,8 @@ def _validate(key: str, value, meta, source: str):
             return value
         if isinstance(value, str) and value.lower() == "none":
             return None
+        if isinstance(value, str) and value.lower() == "depthwise":
+            return "depthwise"
         kind = int
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
