@@ -135,3 +135,14 @@ def test_output_into_a_closed_pipe_is_not_a_bug():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0, err
     assert "Traceback" not in err and "bug" not in err
+
+
+def test_period_argument_forms():
+    import argparse
+
+    from ssconv.cli.common import period_arg
+
+    assert period_arg("auto") == "auto" and period_arg("None") is None
+    assert period_arg("Depthwise") == "depthwise" and period_arg("4") == 4
+    with pytest.raises(argparse.ArgumentTypeError, match="'depthwise'"):
+        period_arg("wide")

@@ -95,3 +95,22 @@ def test_convert_timm_models(name):
     out = report.model(torch.randn(1, 3, 64, 64))
     assert out.shape == (1, 10)
     out.sum().backward()
+
+
+@pytest.mark.parametrize("density", [0.1, 0.05, None])
+def test_depthwise_period_gives_one_spatial_kernel_per_filter(density):
+    # period="depthwise": the period is each group's input width in every layer, so the
+    # spatial part is a shifted depthwise convolution (the ssc_depthwise preset).
+    model = create_model("cifar_resnet20")
+    report = convert(model, density=density, period="depthwise", warn_coverage=False)
+    layers = [m for m in report.model.modules() if isinstance(m, SSConv2d)]
+    assert len(layers) == 18
+    for layer in layers:
+        assert layer.pattern.decomposition().spatial_per_filter == 1
+        assert layer.period == layer.in_channels // layer.groups
+    if density is not None:
+        assert density - 0.001 <= report.density <= density + 1e-9
+    layer = report.model.layer1[0].conv1
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():  # the same function as the spec-masked nn.Conv2d
+        assert torch.allclose(layer(x), layer.to_conv2d()(x), atol=1e-5)

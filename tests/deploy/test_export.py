@@ -279,3 +279,27 @@ def test_freeze_bakes_pruning_masks_so_batchnorm_folds(tmp_path):
     export_onnx(model, tmp_path / "p.onnx", input_size=(3, 32, 32))
     ops = {n.op_type for n in onnx.load(str(tmp_path / "p.onnx")).graph.node}
     assert "Where" not in ops and "BatchNormalization" not in ops, ops
+
+
+def test_depthwise_preset_exports_depthwise_convolutions(tmp_path):
+    # ssc_depthwise's spatial parts export as depthwise Conv nodes (one channel per group).
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    model = randomize_bn(
+        ssconv.convert(
+            ssconv.create_model("cifar_resnet20"),
+            density=0.05,
+            period="depthwise",
+            warn_coverage=False,
+        ).model
+    ).eval()
+    export_onnx(model, tmp_path / "d.onnx", input_size=(3, 32, 32))  # checked in onnxruntime
+    graph = onnx.load(str(tmp_path / "d.onnx")).graph
+    shapes = {i.name: list(i.dims) for i in graph.initializer}
+    spatial = [
+        shapes[n.input[1]]
+        for n in graph.node
+        if n.op_type == "Conv" and shapes.get(n.input[1], [0, 0, 1, 1])[2:] == [3, 3]
+    ]
+    assert len(spatial) >= 18  # the stem and the 18 converted layers
+    assert sum(w[1] == 1 for w in spatial) >= 18, spatial  # one input channel per group

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+import ssconv
 from ssconv.train.config import TrainConfig
 from ssconv.train.sweep import load_sweep
 from ssconv.train.trainer import Trainer
@@ -59,3 +60,15 @@ def test_config_builds_and_trains_one_step(path, tmp_path):
     result = Trainer(TrainConfig.from_dict(data), tmp_path / "one", progress=False).run()
     assert result.final["complete"]
     assert result.final["density"] <= densities[0] + 1e-9
+
+
+def test_ssc_period_depthwise_and_its_preset():
+    from ssconv.train.methods import build_model
+
+    cfg = TrainConfig.from_dict({"ssc_period": "Depthwise", "density": 0.1})
+    assert cfg.ssc_period == "depthwise"
+    preset = TrainConfig.from_dict({"method": "ssc_depthwise", "density": 0.1})
+    model, info = build_model(preset, 10, 1, (1, 28, 28))
+    layers = [m for m in model.modules() if isinstance(m, ssconv.SSConv2d)]
+    assert layers and all(m.pattern.decomposition().spatial_per_filter == 1 for m in layers)
+    assert info["density"] == pytest.approx(0.1, abs=1e-3)
