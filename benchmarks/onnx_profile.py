@@ -4,7 +4,7 @@ depthwise-separable variants at the same budget.
 
     python benchmarks/onnx_profile.py [--model cifar_resnet32] [--density 0.1] [--batch 64]
                                       [--threads 1] [--runs 10] [--out FILE.json]
-                                      [--reorder-form]
+                                      [--reorder-form] [--depthwise-variant]
 
 Each variant is exported with ``ssconv.export_onnx`` (as ``ssconv export`` does) and run with
 onnxruntime's profiler; the figures are the mean kernel time per run of each node, summed by
@@ -13,6 +13,8 @@ operator type. Record the output in docs/benchmarks.md.
 ``--reorder-form`` also profiles SSC exported the way it was before 2026-12-03
 (``ssc_reorders``): each shuffled layer's shuffle and residue reorders as Reshape / Transpose
 / Reshape, not as the two index gathers of ``SSConv2dInference.use_gathered_input``.
+``--depthwise-variant`` also profiles the preset ``ssc_depthwise`` (``period="depthwise"``: one
+spatial kernel per filter in every layer) at the same density.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from unittest import mock
 
 import torch
 
-from ssconv.bench.models import build_variants
+from ssconv import convert
+from ssconv.bench.models import Variant, build_variants
 from ssconv.deploy import export_onnx
 from ssconv.layers.inference import SSConv2dInference
 from ssconv.utils.timing import machine_info
@@ -89,9 +92,18 @@ def main(argv=None) -> int:
         action="store_true",
         help="also profile SSC with its channel reorders as Reshape / Transpose (ssc_reorders)",
     )
+    p.add_argument(
+        "--depthwise-variant",
+        action="store_true",
+        help="also profile ssc_depthwise (period='depthwise') at the same density",
+    )
     args = p.parse_args(argv)
     torch.manual_seed(0)
     variants = build_variants(args.model, args.density)
+    if args.depthwise_variant:
+        dense = next(v for v in variants if v.name == "dense").model
+        report = convert(dense, density=args.density, period="depthwise", warn_coverage=False)
+        variants.insert(2, Variant("ssc_depthwise", report.model))
     x = torch.randn(args.batch, 3, 32, 32)
     result = {"model": args.model, "density": args.density, "batch": args.batch, "variants": {}}
     with tempfile.TemporaryDirectory() as tmp:
