@@ -74,3 +74,11 @@ def test_resnet_options():
     assert sum(p.numel() for p in b.parameters()) > 269_722
     with pytest.raises(ValueError, match="shortcut"):
         create_model("cifar_resnet20", shortcut="C")
+
+
+def test_factory_depthwise_period_gives_one_spatial_kernel_per_filter():
+    model = create_model("cifar_resnet20", conv_layer=SSCFactory(period="depthwise", groups=2))
+    layers = [m for m in model.modules() if isinstance(m, SSConv2d)]
+    assert len(layers) == 18
+    assert all(m.pattern.decomposition().spatial_per_filter == 1 for m in layers)
+    assert {m.period for m in layers} == {8, 16, 32}

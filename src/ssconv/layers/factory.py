@@ -78,7 +78,8 @@ class SSCFactory:
     """
 
     groups: int = 1
-    period: int | None = DEFAULT_PERIOD
+    #: An int, None (no spatial kernel) or ``"depthwise"`` (each layer's group width).
+    period: int | str | None = DEFAULT_PERIOD
     pointwise: bool = True
     spatial: str = "full"
     backend: str = "auto"
@@ -93,6 +94,9 @@ class SSCFactory:
     def __call__(self, in_channels: int, out_channels: int, kernel_size, **kwargs) -> nn.Module:
         k = kernel_size if isinstance(kernel_size, tuple) else (kernel_size, kernel_size)
         conv_groups = kwargs.get("groups", 1)
+        period = self.period
+        if period == "depthwise":  # one spatial kernel per filter (convert's period too)
+            period = max(in_channels // (conv_groups * self.groups), 1)
         dense = (
             in_channels <= self.max_stem_channels
             or (k == (1, 1) and not self.convert_pointwise)
@@ -103,7 +107,7 @@ class SSCFactory:
                 k,
                 conv_groups,
                 ssc_groups=self.groups,
-                period=self.period,
+                period=period,
                 pointwise=self.pointwise,
                 spatial=self.spatial,
             )
@@ -116,7 +120,7 @@ class SSCFactory:
             in_channels,
             out_channels,
             kernel_size,
-            period=self.period,
+            period=period,
             pointwise=self.pointwise,
             spatial=self.spatial,
             backend=self.backend,
