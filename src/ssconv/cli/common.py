@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ssconv.conversion import convert
+from ssconv.layers.pattern import DEPTHWISE_PERIOD
 from ssconv.models import create_model, model_info
 from ssconv.sparsity.budget import AUTO, DISTRIBUTIONS
 
@@ -63,7 +64,7 @@ def period_arg(value: str):
         return AUTO
     if v == "none":
         return None
-    if v == "depthwise":
+    if v == DEPTHWISE_PERIOD:
         return v
     try:
         p = int(v)

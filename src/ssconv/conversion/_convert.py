@@ -30,9 +30,9 @@ from ssconv.conversion.report import (
 from ssconv.errors import BudgetInfeasibleError, NoConvertibleLayerError
 from ssconv.layers.factory import DEFAULT_PERIOD
 from ssconv.layers.linear import SSCLinear
-from ssconv.layers.pattern import SSCPattern
+from ssconv.layers.pattern import SSCPattern, resolve_period
 from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, SSConv2d
-from ssconv.sparsity.budget import AUTO, DEPTHWISE_PERIOD, LayerSpec, solve_budget
+from ssconv.sparsity.budget import AUTO, LayerSpec, solve_budget
 from ssconv.sparsity.counting import counted_layers, model_weight_counts, weight_counts
 from ssconv.sparsity.selection import (
     DEFAULT_CLASSIFIER_PATTERNS,
@@ -284,16 +284,13 @@ def convert(
         settings = {**_DEFAULT_SETTINGS, **explicit}
         for name, conv in todo:
             groups_total = conv.groups * int(settings["groups"])
-            period_here = settings["period"]
-            if period_here == DEPTHWISE_PERIOD:  # one spatial kernel per filter
-                period_here = max(conv.in_channels // groups_total, 1)
             try:
                 patterns[name] = SSCPattern(
                     conv.in_channels,
                     conv.out_channels,
                     conv.kernel_size,
                     groups_total,
-                    period_here,
+                    resolve_period(settings["period"], conv.in_channels, groups_total),
                     settings["pointwise"],
                     settings["spatial"],
                 )

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ssconv.layers.pattern import SSCPattern
+from ssconv.layers.pattern import SSCPattern, resolve_period
 from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, SSConv2d
 from ssconv.utils.modules import replace_module
 
@@ -94,9 +94,7 @@ class SSCFactory:
     def __call__(self, in_channels: int, out_channels: int, kernel_size, **kwargs) -> nn.Module:
         k = kernel_size if isinstance(kernel_size, tuple) else (kernel_size, kernel_size)
         conv_groups = kwargs.get("groups", 1)
-        period = self.period
-        if period == "depthwise":  # one spatial kernel per filter (convert's period too)
-            period = max(in_channels // (conv_groups * self.groups), 1)
+        period = resolve_period(self.period, in_channels, conv_groups * self.groups)
         dense = (
             in_channels <= self.max_stem_channels
             or (k == (1, 1) and not self.convert_pointwise)

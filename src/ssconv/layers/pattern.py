@@ -32,9 +32,27 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["SPATIAL_MODES", "Decomposition", "SSCPattern", "KernelType", "checkerboard_taps"]
+__all__ = [
+    "DEPTHWISE_PERIOD",
+    "SPATIAL_MODES",
+    "Decomposition",
+    "SSCPattern",
+    "KernelType",
+    "checkerboard_taps",
+    "resolve_period",
+]
 
 SPATIAL_MODES = ("full", "checkerboard")
+#: ``period`` value of the model-level tools (``convert``, ``SSCFactory``, the solver, configs):
+#: the period equals each layer's group width, so every filter has one spatial kernel
+#: (``A = 1``) and the spatial part is a shifted depthwise convolution.
+DEPTHWISE_PERIOD = "depthwise"
+
+
+def resolve_period(period, in_channels: int, groups: int):
+    """``period`` for a layer of ``in_channels`` inputs in ``groups`` groups: its group width
+    for :data:`DEPTHWISE_PERIOD`, else ``period`` unchanged."""
+    return in_channels // groups if period == DEPTHWISE_PERIOD else period
 
 
 class KernelType:

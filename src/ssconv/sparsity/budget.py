@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ssconv.errors import BudgetInfeasibleError
-from ssconv.layers.pattern import SSCPattern
+from ssconv.layers.pattern import SSCPattern, resolve_period
 
 __all__ = [
     "LayerSpec",
@@ -38,9 +38,6 @@ __all__ = [
 ]
 
 AUTO = "auto"
-#: ``period`` value: the period equals each group's input width, so every filter has one
-#: spatial kernel (``A = 1``) and the spatial part is a shifted depthwise convolution.
-DEPTHWISE_PERIOD = "depthwise"
 #: Layer-wise density distributions (of SSC, the structured baselines and pruning).
 DISTRIBUTIONS = ("uniform", "erk")
 _EPS = 1e-12
@@ -101,10 +98,8 @@ def candidate_patterns(
         # "auto" does not propose period=None (no spatial kernel at all) for a K x K layer
         # unless asked: a stage of 1 x 1 layers loses all spatial filtering; spatial patterns
         # reach densities down to a checkerboard depthwise conv.
-        if period == DEPTHWISE_PERIOD:
-            periods: list[int | None] = [width]
-        elif period != AUTO:
-            periods = [period]
+        if period != AUTO:
+            periods: list[int | None] = [resolve_period(period, layer.in_channels, g)]
         elif layer.kernel_size == (1, 1) or pointwise_only:
             periods = [*_divisors(width), None]
         else:

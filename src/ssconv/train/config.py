@@ -19,6 +19,7 @@ import yaml
 
 from ssconv.conversion.same_budget import STRUCTURED_RIVALS
 from ssconv.errors import Remedy
+from ssconv.layers.pattern import DEPTHWISE_PERIOD
 from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, STOCK_BACKENDS
 from ssconv.pruning.methods import PRUNING_METHODS
 from ssconv.sparsity.budget import DISTRIBUTIONS
@@ -50,7 +51,7 @@ SSC_PRESETS: dict[str, dict] = {
     "group_conv": {"ssc_period": 1, "ssc_spatial": "full", "ssc_shuffle": False},
     # One spatial kernel per filter in every layer: the spatial part is a shifted depthwise
     # convolution (onnxruntime's fast path; docs/ssc.md, "Design study").
-    "ssc_depthwise": {"ssc_period": "depthwise"},
+    "ssc_depthwise": {"ssc_period": DEPTHWISE_PERIOD},
 }
 STRUCTURED_BASELINES = STRUCTURED_RIVALS
 #: ``torch.compile`` modes (``compile_mode``; ``ssconv bench --compile MODE``).
@@ -414,8 +415,8 @@ def _validate(key: str, value, meta, source: str):
             return value
         if isinstance(value, str) and value.lower() == "none":
             return None
-        if isinstance(value, str) and value.lower() == "depthwise":
-            return "depthwise"
+        if isinstance(value, str) and value.lower() == DEPTHWISE_PERIOD:
+            return DEPTHWISE_PERIOD
         kind = int
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
