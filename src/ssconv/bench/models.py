@@ -108,9 +108,8 @@ def build_variants(
 
 def _deployable(model: nn.Module, target: str = "torch") -> nn.Module:
     from ssconv.deploy import freeze
-    from ssconv.pruning import remove_masks
 
-    return freeze(remove_masks(copy.deepcopy(model)), target=target)
+    return freeze(model, target=target)  # a copy, pruning masks baked in
 
 
 def bench_variants(
@@ -326,14 +325,13 @@ def _bench_onnx(variants, x, repeats) -> None:
     import onnxruntime as ort
 
     from ssconv.deploy import export_onnx
-    from ssconv.pruning import remove_masks
 
     sessions = {}
     with tempfile.TemporaryDirectory() as tmp:
         for v in variants:
             path = Path(tmp) / f"{v.name}.onnx"
             try:
-                model = remove_masks(copy.deepcopy(v.model)).cpu()
+                model = copy.deepcopy(v.model).cpu()  # export_onnx bakes pruning masks in
                 export_onnx(model, path, tuple(x.shape), check=True)
             except Exception as exc:  # one variant's failure must not lose the others' figures
                 log.warning("onnx: %s not timed: %s", v.name, exc)

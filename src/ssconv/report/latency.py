@@ -37,12 +37,10 @@ def measure_run_latency(
     plots can show the spread and say where it was measured.
     """
     from ssconv.deploy import freeze
-    from ssconv.pruning import remove_masks
 
     folder = Path(folder)
     model, cfg, size, source = _timed_model(folder)
-    remove_masks(model)
-    model = freeze(model).to(device)
+    model = freeze(model).to(device)  # pruning masks baked in
     x = torch.randn(batch, *size, device=device)
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -72,20 +70,18 @@ def measure_run_latency(
     return latency
 
 
-def _has_checkpoint(folder: Path) -> bool:
-    from ssconv.train.checkpoint import list_checkpoints
-
-    where = folder / "checkpoints" if (folder / "checkpoints").is_dir() else folder
-    return bool(list_checkpoints(where))
-
-
 def _timed_model(folder: Path):
     """``(model, config, input size, what was timed)`` for a run folder or a recorded cell."""
+    from ssconv.train.checkpoint import CheckpointError
     from ssconv.train.trainer import load_trained_model
 
-    if _has_checkpoint(folder) or not (folder / "config.yaml").is_file():
+    try:
         model, cfg, state = load_trained_model(folder)
         return model, cfg, tuple(state["data_info"]["input_size"]), "trained model"
+    except CheckpointError:
+        if not (folder / "config.yaml").is_file():
+            raise
+    # A recorded cell: no checkpoint, its config only.
     from ssconv.data import dataset_info
     from ssconv.train.config import load_config
     from ssconv.train.methods import build_model
