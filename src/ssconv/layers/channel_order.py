@@ -69,6 +69,13 @@ def order_index(tag: tuple | None) -> Tensor | None:
     return residue_permutation(*tag)
 
 
+def read_through(source: tuple | None, index: Tensor) -> Tensor:
+    """The gather index that reads canonical channels ``index`` from a tensor held in channel
+    order ``source``: ``x_canonical[:, index] == x_source[:, read_through(source, index)]``."""
+    src = order_index(source)
+    return index if src is None else torch.argsort(src.to(index.device))[index]
+
+
 class ChannelGather(nn.Module):
     """Converts a tensor between any two channel orders (tags as in :func:`order_index`) with
     one index gather (``Gather`` when exported)."""
@@ -78,11 +85,9 @@ class ChannelGather(nn.Module):
     def __init__(self, source: tuple | None, target: tuple | None, channels: int) -> None:
         super().__init__()
         self.source, self.target = source, target
-        # x_target[i] = x_canonical[t[i]] = x_source[inverse(s)[t[i]]]
-        src, tgt = order_index(source), order_index(target)
-        index = torch.arange(channels) if tgt is None else tgt
-        if src is not None:
-            index = torch.argsort(src)[index]
+        # x_target[i] = x_canonical[t[i]]
+        tgt = order_index(target)
+        index = read_through(source, torch.arange(channels) if tgt is None else tgt)
         self.register_buffer("index", index, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssconv.kernels import fused
-from ssconv.layers.channel_order import residue_permutation
+from ssconv.layers.channel_order import read_through, residue_permutation
 from ssconv.layers.dispatch import _is_channels_last, pixel_rows_suit, pixels_take_channels_last
 from ssconv.layers.ssconv import SSConv2d, centre_input, pad_arguments, shuffle_channels
 
@@ -194,12 +194,8 @@ class SSConv2dInference(nn.Module):
         :func:`ssconv.deploy.optimize_channel_order` calls it on chains of layers."""
         if not self.gathered or self.out_gather is None:
             raise ValueError("chain_gathers needs a gathered layer not chained yet")
-        from ssconv.layers.channel_order import order_index
-
         out = ("perm", tuple(torch.argsort(self.out_gather.cpu()).tolist()))
-        src = order_index(source)
-        if src is not None:
-            self.in_gather = torch.argsort(src.to(self.in_gather.device))[self.in_gather]
+        self.in_gather = read_through(source, self.in_gather)
         self.out_gather = None
         return out
 
