@@ -66,12 +66,17 @@ def main(argv=None) -> int:
         default=None,
         help="only the shapes of at most this many pixels per row (e.g. 8: VGG-19's last ones)",
     )
+    p.add_argument(
+        "--strided", action="store_true", help="only the strided shapes (ResNet-32's stage entries)"
+    )
     args = p.parse_args(argv)
     shapes = {"resnet32": RESNET32_SHAPES, "vgg19": VGG19_SHAPES}.get(
         args.shapes, RESNET32_SHAPES + VGG19_SHAPES
     )
     if args.max_width is not None:
         shapes = [s for s in shapes if s.size <= args.max_width]
+    if args.strided:
+        shapes = [s for s in shapes if s.stride > 1]
     if args.threads:
         torch.set_num_threads(args.threads)
     info = machine_info(args.device)

@@ -271,6 +271,12 @@ TRAIN_SHAPES = [
     (12, 6, 3, 3, 2, False, "checkerboard", {"padding": 0}),
     (6, 9, 3, 3, 2, True, "checkerboard", {"padding": 3, "padding_mode": "reflect"}),
     (64, 64, 3, 1, 8, True, "full", {"padding": 1}),
+    # Strided: the input gradient runs one stride-1 call per output phase.
+    (16, 32, 3, 1, 4, True, "full", {"padding": 1, "stride": 2}),
+    (16, 24, 3, 4, 4, True, "checkerboard", {"padding": 1, "stride": 2}),
+    (8, 8, 5, 2, 2, True, "full", {"padding": 4, "stride": (2, 3), "dilation": 2}),
+    (8, 12, 3, 2, 2, False, "full", {"padding": 0, "stride": 3}),
+    (8, 8, 1, 2, None, True, "full", {"stride": 2}),  # phases no weight reaches: zero gradient
 ]
 
 
@@ -335,6 +341,8 @@ def test_fused_training_equals_masked_forward_and_gradients(cfg):
         (8, 12, 3, 2, 2, True, "checkerboard", {"padding": 2, "dilation": 2}),
         (6, 6, (3, 5), 1, 2, True, "full", {"padding": (1, 2)}),
         (6, 6, 3, 3, 2, False, "checkerboard", {"padding": 0}),
+        (6, 6, 3, 3, 2, True, "checkerboard", {"padding": 1, "stride": 2}),
+        (4, 8, (3, 5), 1, 2, True, "full", {"padding": (1, 2), "stride": (2, 3)}),
     ],
 )
 def test_fused_training_passes_gradcheck_in_float64(cfg):
@@ -350,14 +358,22 @@ def test_fused_training_passes_gradcheck_in_float64(cfg):
 
 
 @needs_kernel
-def test_strided_layers_train_on_stock_kernels():
-    layer = SSConv2d(16, 16, 3, stride=2, padding=1, period=4, backend="fused")
-    x = torch.randn(2, 16, 8, 8, requires_grad=True)
-    assert not layer.trains_fused()
-    y = layer(x)
-    assert "FusedConvTrain" not in type(y.grad_fn).__name__
-    y.sum().backward()
-    assert x.grad is not None
+def test_strided_input_gradient_runs_one_phase_per_stride_offset():
+    layer = SSConv2d(16, 32, 3, stride=2, padding=1, period=4, backend="fused")
+    plan, phases = layer._train_plans()
+    assert isinstance(phases, fused.PhasePlans) and phases.phases == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    # Taps 0 and 2 reach the odd input pixels, tap 1 the even ones; every weight is in
+    # exactly one phase, so the input gradient executes the effective MACs.
+    assert phases.taps == [([0, 2], [0, 2]), ([0, 2], [1]), ([1], [0, 2]), ([1], [1])]
+    nnz = sum(int((p.src < layer.to_dense().numel()).sum()) for p in phases.plans)
+    assert nnz == layer.num_params
+    # A plan of the wrong kind for the stride is refused.
+    x = torch.randn(2, 16, 8, 8)
+    w = layer.to_dense()
+    with pytest.raises(ValueError, match="PhasePlans"):
+        fused.fused_conv2d_train(x, w, None, plan, plan, (3, 3), (2, 2), (1, 1), (1, 1))
+    with pytest.raises(ValueError, match="another stride"):
+        fused.fused_conv2d_train(x, w, None, plan, phases, (3, 3), (2, 2), (0, 0), (1, 1))
 
 
 @needs_kernel
@@ -448,7 +464,12 @@ def test_auto_trains_stride1_layers_on_the_fused_kernels():
     assert "FusedConvTrain" in type(wide(torch.randn(1, 128, 16, 16)).grad_fn).__name__
     dbl = SSConv2d(16, 16, 3, padding=1, period=4).double()  # auto, float64: stock kernels
     assert "FusedConvTrain" not in type(dbl(x.double()).grad_fn).__name__
-    assert not SSConv2d(16, 16, 3, stride=2, padding=1, period=4).trains_fused()
+    # Strided layers: output rows of at least AUTO_FUSED_STRIDED_MIN_WIDTH pixels.
+    strided = SSConv2d(16, 32, 3, stride=2, padding=1, period=4)
+    assert strided.trains_fused(28) and not strided.trains_fused(16)
+    xs = torch.randn(2, 16, 28, 28, requires_grad=True)
+    assert "FusedConvTrain" in type(strided(xs).grad_fn).__name__
+    assert "FusedConvTrain" not in type(strided(xs[:, :, :16, :16]).grad_fn).__name__
     assert not SSConv2d(16, 16, 3, padding=1, period=4, backend="decomposed").trains_fused()
     assert not SSConv2d(16, 16, 1, period=None).trains_fused()  # no spatial part: one GEMM
     with torch.no_grad():
@@ -796,3 +817,29 @@ def test_failed_native_build_is_retried_portable_once(tmp_path, monkeypatch, cap
     assert fused.is_portable_build()
     messages = [r.getMessage() for r in caplog.records if r.name == fused.log.name]
     assert len(messages) == 1 and "the portable one (no OpenMP: one thread)" in messages[0]
+
+
+@needs_kernel
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_inference_of_strided_layers_runs_the_pixel_kernel(shuffle):
+    """A strided layer with output rows wide enough (AUTO_FUSED_STRIDED_MIN_WIDTH) infers on
+    the pixel kernel through its phase planes, the layer and its frozen twin, exactly; with
+    narrower rows it does not."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ssconv.deploy import freeze
+
+    torch.manual_seed(0)
+    layer = SSConv2d(16, 32, 3, stride=2, padding=1, groups=2, period=4, shuffle=shuffle).eval()
+    frozen = freeze(nn.Sequential(layer))
+    conv = layer.to_conv2d()
+    for size, on_pixels in ((28, True), (29, True), (16, False)):
+        x = torch.randn(2, 16, size, size)
+        with torch.no_grad():
+            expected = conv(x)
+            for run in (layer, frozen):
+                with FlopCounterMode(display=False) as counter:
+                    y = run(x)
+                ops = {str(k) for k in counter.get_flop_counts()["Global"]}
+                assert any("pix_conv2d" in k for k in ops) == on_pixels, (size, ops)
+                torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)

@@ -3,11 +3,12 @@
 The kernels (``ssc_fused.cpp``) compute a block-structured sparse convolution in one pass over
 the input: every output pixel reads its K x K window once and accumulates the spatial and the
 1 x 1 weights of its filters together. Two layouts: ``"channels"`` (NHWC; vector lanes are
-filters of one residue class, for wide layers in inference) and ``"pixels"`` (NCHW, stride 1;
-lanes are 8 pixels of a row and blocks hold 1-4 filters, so narrow classes execute no zeros;
-used for training). Training adds the weight gradient in the packed layout, and the input
-gradient of a stride-1 layer as the forward of the transposed, tap-flipped packing
-(:func:`fused_conv2d_train`, an autograd function over the custom ops).
+filters of one residue class, for wide layers in inference) and ``"pixels"`` (NCHW; lanes are
+8 pixels of a row and blocks hold 1-4 filters, so narrow classes execute no zeros; used for
+training; a strided layer's input is read through phase planes). Training adds the weight
+gradient in the packed layout, and the input gradient as the forward of the transposed,
+tap-flipped packing: one call at stride 1, one per output phase in a strided layer
+(:class:`PhasePlans`; :func:`fused_conv2d_train`, an autograd function over the custom ops).
 
 The module is compiled on first use with :func:`torch.utils.cpp_extension.load` (needs a C++
 compiler and ``ninja``; ``pip install ninja``) and cached by PyTorch (``TORCH_EXTENSIONS_DIR``);
@@ -28,7 +29,7 @@ import sys
 import threading
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -533,7 +534,7 @@ def make_plan(
     the packed channel indices; None: the identity).
 
     ``kernel="channels"`` (NHWC; vector lanes are a block's VB filters) or ``"pixels"``
-    (NCHW, stride 1; lanes are 8 pixels of a row and a block holds VB <= 4 filters, for
+    (NCHW; lanes are 8 pixels of a row and a block holds VB <= 4 filters, for
     residue classes too narrow for the first). ``vb=None`` picks the block width with the
     lowest estimated time: executed MACs over the tile's measured relative throughput.
     """
@@ -864,14 +865,128 @@ def transposed_geometry(
     padding: tuple[int, int],
     dilation: tuple[int, int],
 ) -> list[int] | None:
-    """Geometry of the input gradient as a stride-1 convolution of the output gradient, or
-    None where the layer is strided or padded beyond its reach (those use stock kernels)."""
+    """Geometry of the input gradient of a stride-1 layer as a stride-1 convolution of the
+    output gradient, or None where the layer is strided (see :class:`PhasePlans`) or padded
+    beyond its reach (those use stock kernels)."""
     if tuple(stride) != (1, 1):
         return None
     pads = [d * (k - 1) - p for k, p, d in zip(kernel_size, padding, dilation)]
     if min(pads) < 0:
         return None
     return [*kernel_size, 1, 1, *pads, *dilation]
+
+
+@dataclass
+class PhasePlans:
+    """The input gradient of a strided layer, cut by output phase: input pixel ``(i, j)``
+    receives only the taps whose offsets match ``(i + padding) mod stride``, and each phase
+    ``(rho_y, rho_x)`` is a stride-1 convolution of the output gradient with those taps
+    (flipped, their spacing ``dilation / gcd(stride, dilation)``). So the strided input gradient
+    executes the layer's effective MACs, in ``stride_y * stride_x`` calls of the kernel.
+
+    ``plans[k]``: the transposed plan of phase ``k`` (its ``src`` indexes the layer's whole
+    grouped weight), None where no weight of the pattern reaches the phase (its pixels get a
+    zero gradient); ``taps[k]``: the kernel rows and columns it holds.
+    """
+
+    in_channels: int
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    phases: list[tuple[int, int]]
+    taps: list[tuple[list[int], list[int]]]
+    plans: list[Plan | None]
+
+
+def _phase_taps(k: int, s: int, d: int) -> list[list[int]]:
+    """Per phase ``rho`` of one dimension: the kernel taps ``t`` with ``t * d % s == rho``."""
+    return [[t for t in range(k) if (t * d) % s == rho] for rho in range(s)]
+
+
+def _phase_span(
+    size: int, out_size: int, s: int, p: int, d: int, rho: int, taps: list[int]
+) -> tuple[int, int, int, int, int]:
+    """Where phase ``rho`` of one dimension lands and how to compute it: ``(first, count,
+    pad, crop, step)``: its input pixels ``first, first + s, ...`` (``count`` of them) are
+    output pixels ``crop ..`` of a stride-1 correlation of the output gradient (``out_size``
+    long), padded by ``pad`` on both sides, with ``len(taps)`` taps ``step`` apart."""
+    q = [(t * d - rho) // s for t in taps]  # output-gradient offsets of the taps
+    step = q[1] - q[0] if len(q) > 1 else 1
+    first = (rho - p) % s
+    count = (size - 1 - first) // s + 1 if first < size else 0
+    top = q[-1] - (first + p) // s
+    bottom = count + (len(q) - 1) * step - top - out_size
+    pad = max(top, bottom, 0)
+    return first, count, pad, pad - top, step
+
+
+@torch.no_grad()
+def make_phase_plans(
+    mask: Tensor,
+    groups: int,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    kernel: str = "pixels",
+    in_order: Tensor | None = None,
+) -> PhasePlans:
+    """The input-gradient plans of a strided layer with structural ``mask`` ``(C_out, C_in/G,
+    kh, kw)`` (see :class:`PhasePlans`)."""
+    mask = mask.cpu().bool()
+    kh, kw = mask.shape[2:]
+    numel = mask.numel()
+    ids = torch.arange(numel, dtype=torch.long).view(mask.shape)
+    rows = _phase_taps(kh, stride[0], dilation[0])
+    cols = _phase_taps(kw, stride[1], dilation[1])
+    phases, taps, plans = [], [], []
+    for ry in range(stride[0]):
+        for rx in range(stride[1]):
+            ty, tx = rows[ry], cols[rx]
+            phases.append((ry, rx))
+            taps.append((ty, tx))
+            sub = mask[:, :, ty][:, :, :, tx] if ty and tx else mask.new_zeros(0)
+            if not sub.any():
+                plans.append(None)
+                continue
+            plan = make_plan(sub, groups, transpose=True, kernel=kernel, in_order=in_order)
+            # The sub-kernel's flat indices as indices into the whole grouped weight.
+            lut = torch.cat([ids[:, :, ty][:, :, :, tx].reshape(-1), torch.tensor([numel])])
+            plans.append(replace(plan, src=lut[plan.src].contiguous()))
+    c_in = mask.shape[1] * groups
+    return PhasePlans(c_in, tuple(stride), tuple(padding), tuple(dilation), phases, taps, plans)
+
+
+def _phase_input_grad(gy: Tensor, weight: Tensor, pp: PhasePlans, in_size) -> Tensor:
+    """The input gradient ``(N, C_in, H, W)`` of a strided layer from its output gradient, on
+    the kernels (``weight``: the grouped weight, detached)."""
+    n, _, ho, wo = gy.shape
+    h, w = in_size
+    gx = gy.new_zeros(n, pp.in_channels, h, w)
+    for (ry, rx), (ty, tx), plan in zip(pp.phases, pp.taps, pp.plans):
+        if plan is None:
+            continue
+        fy, cy, py, oy, sy = _phase_span(h, ho, pp.stride[0], pp.padding[0], pp.dilation[0], ry, ty)
+        fx, cx, px, ox, sx = _phase_span(w, wo, pp.stride[1], pp.padding[1], pp.dilation[1], rx, tx)
+        if cy == 0 or cx == 0:
+            continue
+        zero = gy.new_zeros(plan.out_idx.numel())
+        out = _FORWARD[plan.kernel](
+            gy,
+            gather(weight, plan).contiguous(),
+            plan.ch,
+            plan.seg_tap,
+            plan.seg_beg,
+            plan.blk_seg,
+            plan.out_idx,
+            plan.blk_base,
+            zero,
+            plan.in_channels,
+            plan.out_channels,
+            [len(ty), len(tx), 1, 1, py, px, sy, sx],
+            plan.vb,
+        )
+        gx[:, :, fy :: pp.stride[0], fx :: pp.stride[1]] = out[:, :, oy : oy + cy, ox : ox + cx]
+    return gx
 
 
 def can_train(x: Tensor, params: list[Tensor]) -> bool:
@@ -912,7 +1027,9 @@ def _run_forward(x: Tensor, w: Tensor, bias_l: Tensor, plan: Plan, geometry: lis
 
 
 class _FusedConvTrain(torch.autograd.Function):
-    """Forward, input gradient (stride 1) and weight gradient on the fused kernels."""
+    """Forward, input gradient and weight gradient on the fused kernels. ``plan_t``: the
+    transposed plan of a stride-1 layer (``wt`` its packed weight), or the :class:`PhasePlans`
+    of a strided one (``wt`` the grouped weight)."""
 
     @staticmethod
     def forward(ctx, x, w, bias_l, wt, plan, plan_t, geometry, geometry_t):
@@ -929,7 +1046,9 @@ class _FusedConvTrain(torch.autograd.Function):
         plan, plan_t = ctx.plans
         geometry, geometry_t = ctx.geometry
         gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and isinstance(plan_t, PhasePlans):
+            gx = _like(_phase_input_grad(gy, wt, plan_t, x.shape[2:]), x)
+        elif ctx.needs_input_grad[0]:
             zero = wt.new_zeros(plan_t.out_idx.numel())
             gx = _FORWARD[plan_t.kernel](
                 gy,
@@ -996,8 +1115,7 @@ def pixel_conv2d(
     padding: tuple[int, int],
     dilation: tuple[int, int],
 ) -> Tensor:
-    """Inference on the pixel-vectorised kernel (float32; stride-1 geometry, see
-    :func:`transposed_geometry`): one pass over the input per block of 1-4 filters, no zeros
+    """Inference on the pixel-vectorised kernel (float32): one pass over the input per block of 1-4 filters, no zeros
     executed even where a residue class holds one filter. NCHW; a channels_last input is
     copied to NCHW and its output back. No gradients."""
     plan = packed.plan
@@ -1018,7 +1136,7 @@ def fused_conv2d_train(
     weight: Tensor,
     bias: Tensor | None,
     plan: Plan,
-    plan_t: Plan,
+    plan_t: Plan | PhasePlans,
     kernel_size: tuple[int, int],
     stride: tuple[int, int],
     padding: tuple[int, int],
@@ -1026,17 +1144,35 @@ def fused_conv2d_train(
 ) -> Tensor:
     """``F.conv2d(x, weight, bias, stride, padding, dilation, groups)`` with gradients, on the
     fused kernels, for a weight ``(C_out, C_in/G, kh, kw)`` that is zero off the plans' mask
-    (``plan = make_plan(mask, groups)``, ``plan_t = make_plan(mask, groups, transpose=True)``).
+    (``plan = make_plan(mask, groups)``; ``plan_t``: :func:`input_grad_plan`, the transposed
+    plan of a stride-1 layer or the phase plans of a strided one).
 
-    The input gradient needs a stride-1 layer (:func:`transposed_geometry`); raises otherwise,
-    and if the kernel is not built. No double backward.
+    A stride-1 layer needs padding <= dilation * (kernel - 1) (:func:`transposed_geometry`);
+    raises otherwise, if ``plan_t`` does not suit the stride, and if the kernel is not built.
+    No double backward.
     """
-    geometry_t = transposed_geometry(kernel_size, stride, padding, dilation)
-    if geometry_t is None:
+    strided = tuple(stride) != (1, 1)
+    if strided != isinstance(plan_t, PhasePlans):
         raise ValueError(
-            f"fused SSC training needs stride 1 and padding <= dilation * (kernel - 1); got "
-            f"stride {tuple(stride)}, padding {tuple(padding)}"
+            f"plan_t must be the {'PhasePlans' if strided else 'transposed Plan'} of a "
+            f"{'strided' if strided else 'stride-1'} layer (see input_grad_plan); got "
+            f"{type(plan_t).__name__} for stride {tuple(stride)}"
         )
+    if strided:
+        if (plan_t.stride, plan_t.padding, plan_t.dilation) != (
+            tuple(stride),
+            tuple(padding),
+            tuple(dilation),
+        ):
+            raise ValueError("plan_t was made for another stride, padding or dilation")
+        geometry_t = None
+    else:
+        geometry_t = transposed_geometry(kernel_size, stride, padding, dilation)
+        if geometry_t is None:
+            raise ValueError(
+                f"fused SSC training needs padding <= dilation * (kernel - 1) in a stride-1 "
+                f"layer; got padding {tuple(padding)}"
+            )
     if x.dim() != 4 or x.shape[1] != plan.in_channels:
         raise RuntimeError(
             f"fused SSC conv: expected input of shape (N, {plan.in_channels}, H, W), got "
@@ -1044,10 +1180,26 @@ def fused_conv2d_train(
         )
     w = gather(weight, plan)
     with torch.no_grad():
-        wt = gather(weight.detach(), plan_t)
+        wt = weight.detach() if strided else gather(weight.detach(), plan_t)
     bias_l = lane_values(bias, plan, w)
     geometry = [*kernel_size, *stride, *padding, *dilation]
     return _FusedConvTrain.apply(x, w, bias_l, wt, plan, plan_t, geometry, geometry_t)
+
+
+def input_grad_plan(
+    mask: Tensor,
+    groups: int,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    kernel: str = "pixels",
+    in_order: Tensor | None = None,
+) -> Plan | PhasePlans:
+    """The layout of a layer's input gradient for :func:`fused_conv2d_train`: the transposed
+    plan at stride 1, the phase plans (:class:`PhasePlans`) of a strided layer."""
+    if tuple(stride) == (1, 1):
+        return make_plan(mask, groups, transpose=True, kernel=kernel, in_order=in_order)
+    return make_phase_plans(mask, groups, stride, padding, dilation, kernel, in_order)
 
 
 # ------------------------------------------------------------------ status

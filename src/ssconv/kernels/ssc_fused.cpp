@@ -451,13 +451,16 @@ torch::Tensor ssc_fused_wgrad(torch::Tensor x, torch::Tensor gy, torch::Tensor c
 }
 
 // ---------------------------------------------------------------------------------------------
-// Pixel-vectorised kernels (NCHW, stride 1) for narrow layers: the vector lanes are 8
-// consecutive output pixels of one row, so residue classes of one or two filters (the 16- and
-// 32-channel layers of CIFAR ResNets) execute no zeros. A block holds M <= 4 output channels
-// with the union of their supports (the same packing as above, with VB = M); each entry's
-// weights are broadcast and every input vector is used by the block's M filters.
+// Pixel-vectorised kernels (NCHW) for narrow layers: the vector lanes are 8 consecutive output
+// pixels of one row, so residue classes of one or two filters (the 16- and 32-channel layers of
+// CIFAR ResNets) execute no zeros. A block holds M <= 4 output channels with the union of their
+// supports (the same packing as above, with VB = M); each entry's weights are broadcast and
+// every input vector is used by the block's M filters.
 // Each image is copied once into a zero-padded buffer whose rows are wide enough for whole
-// vectors, so neither borders nor row tails need branches.
+// vectors, so neither borders nor row tails need branches. A strided layer's image is copied
+// into sh * sw phase planes per channel (plane (a, b) holds the padded pixels (r, c) with
+// r % sh == a and c % sw == b, at (r / sh, c / sw)): a tap then reads one plane at a fixed
+// offset, so 8 output pixels of a row are 8 consecutive plane pixels, as at stride 1.
 
 namespace pix {
 
@@ -466,25 +469,50 @@ constexpr int VW = 8;  // pixels per vector (AVX2 float32)
 template <typename S>
 struct Image {
   std::vector<S> buf;
-  int64_t hp = 0, wp = 0;  // padded height and row width
-  const S* chan(int64_t c) const { return buf.data() + c * hp * wp; }
+  int64_t hp = 0, wp = 0;  // height and row width of one (phase) plane
 };
 
-// x[n] (C, H, W) into a zero buffer (C, Ho + (kh-1) dh, WoP + (kw-1) dw), shifted by the padding.
+// Plane height and row width for Ho output rows of WoP (whole vectors) pixels: output row oh
+// reads plane rows oh .. oh + (kh - 1) dh / sh.
+static inline void plane_dims(const Geometry& g, int64_t ho, int64_t wop, int64_t& hp,
+                              int64_t& wp) {
+  hp = ho + (g.kh - 1) * g.dh / g.sh;
+  wp = wop + (g.kw - 1) * g.dw / g.sw;
+}
+
+// Offset of (input channel, tap) in a padded image, relative to output pixel (0, 0).
+static inline int64_t tap_offset(int64_t ch, int64_t tap, const Geometry& g, int64_t hp,
+                                 int64_t wp) {
+  const int64_t ry = (tap / g.kw) * g.dh, rx = (tap % g.kw) * g.dw;
+  const int64_t plane = (ch * g.sh + ry % g.sh) * g.sw + rx % g.sw;
+  return plane * hp * wp + (ry / g.sh) * wp + rx / g.sw;
+}
+
+// x[n] (C, H, W) into a zero buffer of C * sh * sw planes (see above), shifted by the padding.
 template <typename S>
 static void pad_image(const S* x, int64_t c, int64_t h, int64_t w, int64_t ho, int64_t wop,
                       const Geometry& g, Image<S>& img) {
-  img.hp = ho + (g.kh - 1) * g.dh;
-  img.wp = wop + (g.kw - 1) * g.dw;
-  img.buf.assign(c * img.hp * img.wp + VW, S(0));
+  plane_dims(g, ho, wop, img.hp, img.wp);
+  const int64_t plane = img.hp * img.wp;
+  img.buf.assign(c * g.sh * g.sw * plane + VW, S(0));
   for (int64_t ci = 0; ci < c; ++ci)
     for (int64_t ih = 0; ih < h; ++ih) {
-      const int64_t r = ih + g.ph;
-      if (r < 0 || r >= img.hp) continue;
-      const int64_t c0 = std::max<int64_t>(0, -g.pw), c1 = std::min<int64_t>(w, img.wp - g.pw);
-      if (c1 > c0)
-        std::memcpy(img.buf.data() + (ci * img.hp + r) * img.wp + c0 + g.pw,
-                    x + (ci * h + ih) * w + c0, (c1 - c0) * sizeof(S));
+      const int64_t r = ih + g.ph, rq = r / g.sh;
+      if (rq >= img.hp) continue;
+      const S* src = x + (ci * h + ih) * w;
+      S* rows = img.buf.data() + (ci * g.sh + r % g.sh) * g.sw * plane + rq * img.wp;
+      if (g.sw == 1) {
+        const int64_t c1 = std::min<int64_t>(w, img.wp - g.pw);
+        if (c1 > 0) std::memcpy(rows + g.pw, src, c1 * sizeof(S));
+        continue;
+      }
+      // Phase b holds the padded columns b, b + sw, ...: input columns b - pw + cq * sw.
+      for (int64_t b = 0; b < g.sw; ++b) {
+        S* dst = rows + b * plane;
+        int64_t cq = 0, iw = b - g.pw;
+        for (; iw < 0; iw += g.sw) ++cq;
+        for (; cq < img.wp && iw < w; ++cq, iw += g.sw) dst[cq] = src[iw];
+      }
     }
 }
 
@@ -495,12 +523,9 @@ static std::vector<int64_t> entry_offsets(const Packed<S>& pk, int64_t nblocks, 
                                           int64_t hp, int64_t wp) {
   const int64_t nseg = pk.blk_seg[nblocks];
   std::vector<int64_t> off(pk.seg_beg[nseg]);
-  for (int64_t s = 0; s < nseg; ++s) {
-    const int64_t tap = pk.seg_tap[s];
-    const int64_t t_off = (tap / g.kw) * g.dh * wp + (tap % g.kw) * g.dw;
+  for (int64_t s = 0; s < nseg; ++s)
     for (int64_t e = pk.seg_beg[s]; e < pk.seg_beg[s + 1]; ++e)
-      off[e] = (int64_t)pk.ch[e] * hp * wp + t_off;
-  }
+      off[e] = tap_offset(pk.ch[e], pk.seg_tap[s], g, hp, wp);
   return off;
 }
 
@@ -575,7 +600,8 @@ static void forward_run(const torch::Tensor& x, torch::Tensor& y, const Packed<S
   const int64_t wop = (wo + R * W - 1) / (R * W) * (R * W);
   const S* xp = x.data_ptr<S>();
   S* yp = y.data_ptr<S>();
-  const int64_t hp = ho + (g.kh - 1) * g.dh, wp = wop + (g.kw - 1) * g.dw;
+  int64_t hp, wp;
+  plane_dims(g, ho, wop, hp, wp);
   const std::vector<int64_t> eoff = entry_offsets<S>(pk, nblocks, g, hp, wp);
   at::parallel_for(0, n, 1, [&](int64_t n0, int64_t n1) {
     Image<S> img;
@@ -602,10 +628,8 @@ static inline void wgrad_entries(const Image<S>& img, const Packed<S>& pk, const
   const S* gch[M];
   for (int j = 0; j < M; ++j) gch[j] = idx[j] >= 0 ? gpad + idx[j] * ho * wop : nullptr;
   const S* xb[NE];
-  for (int k = 0; k < NE; ++k) {
-    const int64_t tap = taps[k];
-    xb[k] = img.chan(pk.ch[e0 + k]) + (tap / g.kw) * g.dh * img.wp + (tap % g.kw) * g.dw;
-  }
+  for (int k = 0; k < NE; ++k)
+    xb[k] = img.buf.data() + tap_offset(pk.ch[e0 + k], taps[k], g, img.hp, img.wp);
   for (int64_t oh = 0; oh < ho; ++oh) {
     for (int64_t ow = 0; ow < wop; ow += W) {
       V gv[M];
@@ -695,7 +719,7 @@ static torch::Tensor pix_prepare(const char* fn, torch::Tensor x, int64_t cin, i
                   (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kFloat64),
               fn, ": x must be a 4-D float32 or float64 CPU tensor");
   TORCH_CHECK(x.size(1) == cin, fn, ": expected ", cin, " input channels, got ", x.size(1));
-  TORCH_CHECK(sh == 1 && sw == 1, fn, ": stride 1 only");
+  TORCH_CHECK(sh > 0 && sw > 0, fn, ": bad stride");
   return x.contiguous();
 }
 
@@ -715,10 +739,11 @@ torch::Tensor ssc_pix_forward(torch::Tensor x, torch::Tensor w, torch::Tensor ch
               fn, ": bias must be a contiguous (blocks * vb,) CPU tensor of the input's dtype");
   TORCH_CHECK(dh > 0 && dw > 0 && ph >= 0 && pw >= 0, fn, ": bad padding or dilation");
   const int64_t n = x.size(0), h = x.size(2), wd = x.size(3);
-  const int64_t ho = h + 2 * ph - dh * (kh - 1), wo = wd + 2 * pw - dw * (kw - 1);
-  TORCH_CHECK(ho > 0 && wo > 0, fn, ": input too small for the kernel");
+  const int64_t span_h = h + 2 * ph - dh * (kh - 1), span_w = wd + 2 * pw - dw * (kw - 1);
+  TORCH_CHECK(span_h > 0 && span_w > 0, fn, ": input too small for the kernel");
+  const int64_t ho = (span_h - 1) / sh + 1, wo = (span_w - 1) / sw + 1;
   auto y = torch::empty({n, cout, ho, wo}, x.options());
-  const Geometry g{kh, kw, 1, 1, ph, pw, dh, dw};
+  const Geometry g{kh, kw, sh, sw, ph, pw, dh, dw};
   const int64_t nblocks = blk_seg.numel() - 1;
   if (x.scalar_type() == torch::kFloat32) {
     auto pk = make_packed<float>(w, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, &bias, vb);
@@ -743,7 +768,8 @@ torch::Tensor ssc_pix_wgrad(torch::Tensor x, torch::Tensor gy, torch::Tensor ch,
   x = pix_prepare(fn, x, cin, sh, sw);
   TORCH_CHECK(vb == 1 || vb == 2 || vb == 4, fn, ": vb must be 1, 2 or 4, got ", vb);
   TORCH_CHECK(dh > 0 && dw > 0 && ph >= 0 && pw >= 0, fn, ": bad padding or dilation");
-  const int64_t ho = x.size(2) + 2 * ph - dh * (kh - 1), wo = x.size(3) + 2 * pw - dw * (kw - 1);
+  const int64_t ho = (x.size(2) + 2 * ph - dh * (kh - 1) - 1) / sh + 1;
+  const int64_t wo = (x.size(3) + 2 * pw - dw * (kw - 1) - 1) / sw + 1;
   TORCH_CHECK(gy.dim() == 4 && gy.size(0) == x.size(0) && gy.size(1) == cout &&
                   gy.size(2) == ho && gy.size(3) == wo && gy.scalar_type() == x.scalar_type() &&
                   gy.device().is_cpu(),
@@ -753,7 +779,7 @@ torch::Tensor ssc_pix_wgrad(torch::Tensor x, torch::Tensor gy, torch::Tensor ch,
   auto gw = torch::zeros({ch.numel(), vb}, x.options());
   check_packing(fn, x, gw, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, cin, cout, kh * kw,
                 vb);
-  const Geometry g{kh, kw, 1, 1, ph, pw, dh, dw};
+  const Geometry g{kh, kw, sh, sw, ph, pw, dh, dw};
   const int64_t nblocks = blk_seg.numel() - 1;
   if (x.scalar_type() == torch::kFloat32) {
     auto pk = make_packed<float>(gw, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, nullptr, vb);
@@ -775,7 +801,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ssc_fused_wgrad", &ssc_fused_wgrad,
         "Weight gradient of the fused block-structured sparse conv2d, in the packed layout");
   m.def("ssc_pix_forward", &ssc_pix_forward,
-        "Pixel-vectorised block-structured sparse conv2d forward (NCHW, stride 1)");
+        "Pixel-vectorised block-structured sparse conv2d forward (NCHW)");
   m.def("ssc_pix_wgrad", &ssc_pix_wgrad,
         "Weight gradient of the pixel-vectorised kernel, in the packed layout");
 }

@@ -69,6 +69,13 @@ AUTO_DEPTHWISE_INFERENCE_MIN_CHANNELS = 32
 AUTO_FUSED_TRAIN_MIN_WIDTH = 16
 AUTO_FUSED_TRAIN_NARROW_MIN_WIDTH = 7
 AUTO_FUSED_TRAIN_NARROW = 64
+# Strided layers (since 2026-12-03: the pixel kernels read a strided layer's input through
+# phase planes, and its input gradient runs as stride_y * stride_x stride-1 phases) train and
+# infer on the pixel kernels where their output rows are at least this wide, whatever their
+# width: forward + backward was 8-21 % faster than the stock choice at 14 and 16 output pixels
+# (ResNet-32's 16 -> 32 @32/s2 in 5 of 7 settings, the Fashion-MNIST ResNet-20's @28/s2), and
+# 1.1-2x slower at 8 (32 -> 64 @16/s2: four kernel calls with their set-up for 64 pixels).
+AUTO_FUSED_STRIDED_MIN_WIDTH = 14
 # Inference of channels_last inputs runs the pixel kernel (through an NCHW copy and back) for
 # layers of at most this many channels, where the channels_last kernel wastes most lanes.
 PIXELS_CHANNELS_LAST_MAX = 32
@@ -144,11 +151,12 @@ def trains_fused(layer, input_width: int | None = None) -> bool:
     run on the fused training kernels.
 
     They do for ``backend="fused"``, and for ``"auto"`` on CPU where the kernel is built,
-    for stride-1 layers with a spatial part (padding at most ``dilation * (k - 1)``) whose
-    output rows are wide enough for the pixel-vectorised kernels (the AUTO_FUSED_TRAIN_*
-    rule; ``input_width=None`` skips that check). Strided layers, other devices and dtypes,
-    tracing and ``torch.compile`` use the stock choice of :func:`resolve`. Builds
-    the kernel if it is not built yet.
+    for layers with a spatial part (at stride 1, padding at most ``dilation * (k - 1)``)
+    whose output rows are wide enough for the pixel-vectorised kernels (the
+    AUTO_FUSED_TRAIN_* rule, AUTO_FUSED_STRIDED_MIN_WIDTH for strided layers;
+    ``input_width=None`` skips that check). Other devices and dtypes, tracing and
+    ``torch.compile`` use the stock choice of :func:`resolve`. Builds the kernel if it is
+    not built yet.
     """
     padding = (0, 0) if layer.padding_mode != "zeros" else layer.padding
     if layer._backend == "fused":
@@ -158,20 +166,22 @@ def trains_fused(layer, input_width: int | None = None) -> bool:
         if wanted and input_width is not None:
             channels = min(layer.in_channels, layer.out_channels)
             wanted = pixel_rows_suit(
-                layer.kernel_size, padding, layer.dilation, channels, input_width
+                layer.kernel_size, padding, layer.dilation, channels, input_width, layer.stride
             )
     else:
         return False
-    geometry = fused.transposed_geometry(layer.kernel_size, layer.stride, padding, layer.dilation)
-    if not wanted or geometry is None:
+    if not wanted:
         return False
+    if tuple(layer.stride) == (1, 1):
+        if fused.transposed_geometry(layer.kernel_size, (1, 1), padding, layer.dilation) is None:
+            return False
     # An explicit "fused" raises in forward when the kernel cannot be built, as in inference.
     return layer._backend == "fused" or fused.available()
 
 
 def infers_on_pixels(layer, x: Tensor) -> bool:
     """Whether this inference call (float32 CPU, no gradients) runs on the pixel kernel:
-    NCHW inputs of stride-1 layers that train on it too (:func:`trains_fused`), except
+    NCHW inputs of layers that train on it too (:func:`trains_fused`), except
     period-1 / pointwise layers, which are one stock convolution (measured: the pixel
     kernel is 2-11x faster than the channel-lane kernel and the stock paths on ResNet-32's
     16- to 64-channel layers, docs/benchmarks.md)."""
@@ -199,10 +209,15 @@ def pixel_rows_suit(
     dilation: tuple[int, int],
     channels: int,
     input_width: int,
+    stride: tuple[int, int] = (1, 1),
 ) -> bool:
     """The AUTO_FUSED_TRAIN_* rule: output rows wide enough for the pixel-vectorised kernels
-    (8-pixel vectors), narrower ones allowed for narrow layers."""
-    out_width = input_width + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1)
+    (8-pixel vectors), narrower ones allowed for narrow stride-1 layers;
+    AUTO_FUSED_STRIDED_MIN_WIDTH for strided ones."""
+    span = input_width + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1)
+    out_width = (span - 1) // stride[1] + 1
+    if tuple(stride) != (1, 1):
+        return out_width >= AUTO_FUSED_STRIDED_MIN_WIDTH
     narrow = channels <= AUTO_FUSED_TRAIN_NARROW
     return out_width >= AUTO_FUSED_TRAIN_MIN_WIDTH or (
         narrow and out_width >= AUTO_FUSED_TRAIN_NARROW_MIN_WIDTH

@@ -79,7 +79,7 @@ class SSConv2dInference(nn.Module):
             # operators above. Its packed weights are derived from the buffers on first use
             # (and again after they change, e.g. by load_state_dict); they are not saved.
             self.fused = layer.resolved_backend(inference=True) == "fused"
-            # Stride-1 NCHW calls wide enough for it run the pixel kernel instead, as the
+            # NCHW calls wide enough for it run the pixel kernel instead, as the
             # layer itself does (SSConv2d._infers_on_pixels; the width is checked per call).
             self.pixels = (
                 layer.backend in ("auto", "fused")
@@ -308,7 +308,9 @@ class SSConv2dInference(nn.Module):
         if x.dim() != 4 or (_is_channels_last(x) and not pixels_take_channels_last(self)):
             return False
         channels = min(self.in_channels, self.out_channels)
-        return pixel_rows_suit(self.kernel_size, padding, self.dilation, channels, x.shape[-1])
+        return pixel_rows_suit(
+            self.kernel_size, padding, self.dilation, channels, x.shape[-1], self.stride
+        )
 
     def _pixel_packed(self) -> fused.PixelPacked:
         def make() -> fused.PixelPacked:
@@ -345,7 +347,7 @@ class SSConv2dInference(nn.Module):
         if self.shuffle:
             order += ", shuffle (gathered)" if self.gathered else ", shuffle"
         if self.pixels:
-            order += ", fused pixel kernel (stride-1 NCHW)"
+            order += ", fused pixel kernel (NCHW)"
         if self.fused:
             order += ", fused CPU kernel"
         return (

@@ -21,19 +21,19 @@ Execution backends (same outputs and gradients):
   the point pairs are a grouped 1 x 1 convolution with ``G`` groups. Both are stock kernels.
 * ``"fused"``: native CPU kernels (:mod:`ssconv.kernels.fused`, compiled on first use where a
   C++ compiler is present). Inference: one kernel reads each K x K window once and accumulates
-  the spatial and 1 x 1 weights together (float32). Training (stride-1 layers): forward, input
-  gradient and weight gradient on kernels that execute only the pattern's weights, vectorised
-  over pixels so that narrow residue classes waste nothing (float32, and float64 for
-  gradcheck). Strided layers in training, other devices, tracing and ``torch.compile`` run the
-  ``"auto"`` choice of stock kernels instead.
+  the spatial and 1 x 1 weights together (float32). Training: forward, input gradient and
+  weight gradient on kernels that execute only the pattern's weights, vectorised over pixels
+  so that narrow residue classes waste nothing (float32, and float64 for gradcheck; a strided
+  layer's input gradient runs as one stride-1 call per output phase). Other devices, tracing
+  and ``torch.compile`` run the ``"auto"`` choice of stock kernels instead.
 * ``"triton"``: Triton kernels for GPUs (:mod:`ssconv.kernels.triton_ssc`): forward, input
   gradient and weight gradient as implicit GEMMs over each class of equal support, one launch
   per layer, spatial and 1 x 1 weights together (float32 accumulation; float32, bfloat16 and
   float16; NCHW and channels_last). CUDA tensors; CPU tensors only in Triton's interpreter
   (``TRITON_INTERPRET=1``, for tests), else it raises ``TritonUnavailableError``. Tested
   under the interpreter, not yet measured on a GPU: ``"auto"`` never picks it.
-* ``"auto"`` (default): on CPU, gradient-needing float32 calls of stride-1 layers use the fused
-  training kernels where they are built (:meth:`SSConv2d.trains_fused`); inference (no
+* ``"auto"`` (default): on CPU, gradient-needing float32 calls use the fused training kernels
+  where they are built and the layer's output rows are wide enough (:meth:`SSConv2d.trains_fused`); inference (no
   gradients, float32) uses the fused kernel where the layer is wide enough; otherwise the
   decomposed path where the layer is sparse enough to gain from it, the dense one else (see
   :meth:`SSConv2d.resolved_backend`).
@@ -558,11 +558,12 @@ class SSConv2d(nn.Module):
         run on the fused training kernels.
 
         They do for ``backend="fused"``, and for ``"auto"`` on CPU where the kernel is built,
-        for stride-1 layers with a spatial part (padding at most ``dilation * (k - 1)``) whose
-        output rows are wide enough for the pixel-vectorised kernels (the AUTO_FUSED_TRAIN_*
-        rule of :mod:`ssconv.layers.dispatch`; ``input_width=None`` skips that check).
-        Strided layers, other devices and dtypes, tracing and ``torch.compile`` use the stock
-        choice of :meth:`resolved_backend`. Builds the kernel if it is not built yet.
+        for layers with a spatial part (at stride 1, padding at most ``dilation * (k - 1)``)
+        whose output rows are wide enough for the pixel-vectorised kernels (the
+        AUTO_FUSED_TRAIN_* and AUTO_FUSED_STRIDED_MIN_WIDTH rules of
+        :mod:`ssconv.layers.dispatch`; ``input_width=None`` skips that check). Other devices
+        and dtypes, tracing and ``torch.compile`` use the stock choice of
+        :meth:`resolved_backend`. Builds the kernel if it is not built yet.
         """
         return dispatch.trains_fused(self, input_width)
 
@@ -583,15 +584,18 @@ class SSConv2d(nn.Module):
         """Whether this gradient-needing call runs on the fused training kernels."""
         return dispatch.trains_fused_call(self, x)
 
-    def _train_plans(self) -> tuple[fused.Plan, fused.Plan]:
+    def _train_plans(self) -> tuple[fused.Plan, fused.Plan | fused.PhasePlans]:
         """The kernels' block layouts of the forward and of the input gradient (fixed by the
-        pattern; kept outside the module's state)."""
+        pattern and the geometry; kept outside the module's state)."""
         plans = self.__dict__.get("_fused_train_plans")
         if plans is None:
             mask, order = self.pattern.dense_mask(), self._in_order()
+            padding = self.padding if self.padding_mode == "zeros" else (0, 0)
             plans = (
                 fused.make_plan(mask, self.groups, kernel="pixels", in_order=order),
-                fused.make_plan(mask, self.groups, transpose=True, kernel="pixels", in_order=order),
+                fused.input_grad_plan(
+                    mask, self.groups, self.stride, padding, self.dilation, in_order=order
+                ),
             )
             self.__dict__["_fused_train_plans"] = plans
         return plans
