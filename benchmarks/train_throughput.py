@@ -2,14 +2,16 @@
 
     python benchmarks/train_throughput.py [--model cifar_resnet20] [--dataset fashion_mnist]
         [--densities 0.1 0.05] [--methods dense ssc magnitude dw_separable] [--batch 128]
-        [--threads 2] [--repeats 9] [--stock] [--channels-last] [--json out.json]
+        [--threads 2] [--repeats 9] [--stock] [--stock-strided] [--channels-last]
+        [--json out.json]
 
 Every model is built exactly as ``ssconv train`` builds it (``ssconv.train.methods``, the
 regime's init rule), and one SGD step (forward, backward, Nesterov momentum update) on a fixed
 random batch of the dataset's shape is timed, interleaved with the other models (medians and
 interquartile spread). ``--stock`` adds the SSC models with the fused training kernels switched
 off (``backend="decomposed"/"masked"`` as the stock ``auto`` rule picks them), so the kernels'
-own gain is measured in the same process. Speed is never asserted in tests; record the output
+own gain is measured in the same process; ``--stock-strided`` switches off only the strided
+layers' (their kernels since 2026-12-03). Speed is never asserted in tests; record the output
 in docs/benchmarks.md.
 """
 
@@ -42,10 +44,15 @@ def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
 
 
 class _Stock:
-    """Run a model's SSC layers on the stock choice of ``auto`` (no fused training kernels)."""
+    """Run a model's SSC layers (``strided_only``: its strided ones) on the stock choice of
+    ``auto`` (no fused training kernels)."""
 
-    def __init__(self, model: nn.Module):
-        self.layers = [m for m in model.modules() if isinstance(m, SSConv2d)]
+    def __init__(self, model: nn.Module, strided_only: bool = False):
+        self.layers = [
+            m
+            for m in model.modules()
+            if isinstance(m, SSConv2d) and (not strided_only or tuple(m.stride) != (1, 1))
+        ]
         self.choice = [m._stock_backend() for m in self.layers]
 
     def wrap(self, fn):
@@ -72,6 +79,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--stock", action="store_true", help="also time SSC on stock kernels")
+    p.add_argument(
+        "--stock-strided",
+        action="store_true",
+        help="also time SSC with only its strided layers on stock kernels",
+    )
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -96,6 +108,9 @@ def main(argv=None) -> int:
             candidates[name] = _step(model, x, y)
             if args.stock and any(isinstance(m, SSConv2d) for m in model.modules()):
                 candidates[f"{name} (stock)"] = _Stock(model).wrap(_step(model, x, y))
+            if args.stock_strided and any(isinstance(m, SSConv2d) for m in model.modules()):
+                stock = _Stock(model, strided_only=True)
+                candidates[f"{name} (strided stock)"] = stock.wrap(_step(model, x, y))
     stats = measure(candidates, repeats=args.repeats, warmup=2)
     dense = stats["dense"].median if "dense" in stats else None
     machine = machine_info("cpu")

@@ -361,7 +361,8 @@ def test_fused_training_passes_gradcheck_in_float64(cfg):
 def test_strided_input_gradient_runs_one_phase_per_stride_offset():
     layer = SSConv2d(16, 32, 3, stride=2, padding=1, period=4, backend="fused")
     plan, phases = layer._train_plans()
-    assert isinstance(phases, fused.PhasePlans) and phases.phases == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert isinstance(phases, fused.PhasePlans)
+    assert phases.phases == [(0, 0), (0, 1), (1, 0), (1, 1)]
     # Taps 0 and 2 reach the odd input pixels, tap 1 the even ones; every weight is in
     # exactly one phase, so the input gradient executes the effective MACs.
     assert phases.taps == [([0, 2], [0, 2]), ([0, 2], [1]), ([1], [0, 2]), ([1], [1])]

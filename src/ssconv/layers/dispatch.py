@@ -172,9 +172,12 @@ def trains_fused(layer, input_width: int | None = None) -> bool:
         return False
     if not wanted:
         return False
-    if tuple(layer.stride) == (1, 1):
-        if fused.transposed_geometry(layer.kernel_size, (1, 1), padding, layer.dilation) is None:
-            return False
+    stride1 = tuple(layer.stride) == (1, 1)
+    if (
+        stride1
+        and fused.transposed_geometry(layer.kernel_size, (1, 1), padding, layer.dilation) is None
+    ):
+        return False
     # An explicit "fused" raises in forward when the kernel cannot be built, as in inference.
     return layer._backend == "fused" or fused.available()
 
