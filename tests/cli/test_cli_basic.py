@@ -120,6 +120,7 @@ def test_demo_trains_compares_and_reuses(capsys, tmp_path):
     for method in ("dense", "ssc", "dw_separable", "erk"):
         assert f"\n{method} " in table
     assert "same number of nonzero" in out
+    assert "binomial standard error" in out and "fashion_mnist_regime.md" in out
     code, out, _ = run(capsys, *argv)
     assert code == 0 and out.count("reusing the finished run") == 4
 

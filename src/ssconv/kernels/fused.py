@@ -1116,8 +1116,8 @@ def pixel_conv2d(
     dilation: tuple[int, int],
 ) -> Tensor:
     """Inference on the pixel-vectorised kernel (float32): one pass over the input per block
-    of 1-4 filters, no zeros executed even where a residue class holds one filter. NCHW; a channels_last input is
-    copied to NCHW and its output back. No gradients."""
+    of 1-4 filters, no zeros executed even where a residue class holds one filter. NCHW; a
+    channels_last input is copied to NCHW and its output back. No gradients."""
     plan = packed.plan
     if x.dim() != 4 or x.shape[1] != plan.in_channels:
         raise RuntimeError(

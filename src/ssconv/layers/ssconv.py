@@ -34,9 +34,9 @@ Execution backends (same outputs and gradients):
   under the interpreter, not yet measured on a GPU: ``"auto"`` never picks it.
 * ``"auto"`` (default): on CPU, gradient-needing float32 calls use the fused training kernels
   where they are built and the layer's output rows are wide enough
-  (:meth:`SSConv2d.trains_fused`); inference (no gradients, float32) uses the fused kernel where the layer is wide enough; otherwise the
-  decomposed path where the layer is sparse enough to gain from it, the dense one else (see
-  :meth:`SSConv2d.resolved_backend`).
+  (:meth:`SSConv2d.trains_fused`); inference (no gradients, float32) uses the fused kernel
+  where the layer is wide enough; otherwise the decomposed path where the layer is sparse
+  enough to gain from it, the dense one else (see :meth:`SSConv2d.resolved_backend`).
 """
 
 from __future__ import annotations
