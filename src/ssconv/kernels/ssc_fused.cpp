@@ -489,12 +489,16 @@ static inline int64_t tap_offset(int64_t ch, int64_t tap, const Geometry& g, int
 }
 
 // x[n] (C, H, W) into a zero buffer of C * sh * sw planes (see above), shifted by the padding.
+// The buffer is reused for the next image of the same call.
 template <typename S>
 static void pad_image(const S* x, int64_t c, int64_t h, int64_t w, int64_t ho, int64_t wop,
                       const Geometry& g, Image<S>& img) {
   plane_dims(g, ho, wop, img.hp, img.wp);
   const int64_t plane = img.hp * img.wp;
-  img.buf.assign(c * g.sh * g.sw * plane + VW, S(0));
+  // Every image of a call writes the same positions, so the zeros around them are written
+  // once per buffer (a thread's first image), not once per image.
+  const size_t size = c * g.sh * g.sw * plane + VW;
+  if (img.buf.size() != size) img.buf.assign(size, S(0));
   for (int64_t ci = 0; ci < c; ++ci)
     for (int64_t ih = 0; ih < h; ++ih) {
       const int64_t r = ih + g.ph, rq = r / g.sh;
@@ -567,9 +571,7 @@ static inline void forward_tile(const Image<S>& img, const Packed<S>& pk, const 
         if (n_ok == W) {
           store_v<V>(dst + r * W, acc[q][r][j]);
         } else {
-          S tmp[W];
-          store_v<V>(tmp, acc[q][r][j]);
-          std::memcpy(dst + r * W, tmp, n_ok * sizeof(S));
+          for (int l = 0; l < n_ok; ++l) dst[r * W + l] = acc[q][r][j][l];
         }
       }
     }
@@ -672,7 +674,6 @@ static void wgrad_run(const torch::Tensor& x, const torch::Tensor& gy, torch::Te
     std::vector<S> gpad(cout * ho * wop);
     for (int64_t ni = n0; ni < n1; ++ni) {
       pad_image<S>(xp + ni * c * h * w, c, h, w, ho, wop, g, img);
-      std::fill(gpad.begin(), gpad.end(), S(0));
       const S* gi = gp + ni * cout * ho * wo;
       for (int64_t co = 0; co < cout; ++co)
         for (int64_t oh = 0; oh < ho; ++oh)
