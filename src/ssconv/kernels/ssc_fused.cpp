@@ -617,11 +617,12 @@ static void forward_run(const torch::Tensor& x, torch::Tensor& y, const Packed<S
 }
 
 // dW for the entries [e0, e0 + NE) of block b over one image (the output gradient of the image
-// is in a zero-padded (Cout, Ho, WoP) buffer).
+// is in a zero-padded (Cout, Ho, WoP) buffer), added lane by lane to out (W lanes per weight:
+// the lanes are summed once per call, not once per image, which dominated small images).
 template <typename V, typename S, int M, int NE>
 static inline void wgrad_entries(const Image<S>& img, const Packed<S>& pk, const S* gpad,
-                                 int64_t b, const int64_t* taps, int64_t e0, const Geometry& g,
-                                 int64_t ho, int64_t wop, S* out) {
+                                 int64_t b, const int64_t* eoff, int64_t e0, int64_t ho,
+                                 int64_t wop, S* out) {
   constexpr int W = sizeof(V) / sizeof(S);
   const int32_t* idx = pk.out_idx + b * M;
   V acc[NE][M];
@@ -631,7 +632,7 @@ static inline void wgrad_entries(const Image<S>& img, const Packed<S>& pk, const
   for (int j = 0; j < M; ++j) gch[j] = idx[j] >= 0 ? gpad + idx[j] * ho * wop : nullptr;
   const S* xb[NE];
   for (int k = 0; k < NE; ++k)
-    xb[k] = img.buf.data() + tap_offset(pk.ch[e0 + k], taps[k], g, img.hp, img.wp);
+    xb[k] = img.buf.data() + eoff[e0 + k];
   for (int64_t oh = 0; oh < ho; ++oh) {
     for (int64_t ow = 0; ow < wop; ow += W) {
       V gv[M];
@@ -644,9 +645,8 @@ static inline void wgrad_entries(const Image<S>& img, const Packed<S>& pk, const
   }
   for (int k = 0; k < NE; ++k)
     for (int j = 0; j < M; ++j) {
-      S sum = 0;
-      for (int l = 0; l < W; ++l) sum += acc[k][j][l];
-      out[(e0 + k) * M + j] += sum;
+      S* dst = out + ((e0 + k) * M + j) * W;
+      store_v<V>(dst, load_v<V>(dst) + acc[k][j]);
     }
 }
 
@@ -662,14 +662,14 @@ static void wgrad_run(const torch::Tensor& x, const torch::Tensor& gy, torch::Te
   const S* xp = x.data_ptr<S>();
   const S* gp = gy.data_ptr<S>();
   const int nthreads = at::get_num_threads();
-  std::vector<S> partial((int64_t)nthreads * nentries * M, S(0));
-  // Each entry's tap, found once (entries are stored by segment).
-  std::vector<int64_t> tap_of(nentries);
-  const int64_t nseg = pk.blk_seg[nblocks];
-  for (int64_t s = 0; s < nseg; ++s)
-    for (int64_t e = pk.seg_beg[s]; e < pk.seg_beg[s + 1]; ++e) tap_of[e] = pk.seg_tap[s];
+  const int64_t lanes = nentries * M * W;  // each weight's W vector lanes, summed at the end
+  std::vector<S> partial((int64_t)nthreads * lanes, S(0));
+  // Each entry's offset in the padded image, found once per call (no divisions per image).
+  int64_t hp, wp;
+  plane_dims(g, ho, wop, hp, wp);
+  const std::vector<int64_t> eoff = entry_offsets<S>(pk, nblocks, g, hp, wp);
   at::parallel_for(0, n, 1, [&](int64_t n0, int64_t n1) {
-    S* acc = partial.data() + (int64_t)at::get_thread_num() * nentries * M;
+    S* acc = partial.data() + (int64_t)at::get_thread_num() * lanes;
     Image<S> img;
     std::vector<S> gpad(cout * ho * wop);
     for (int64_t ni = n0; ni < n1; ++ni) {
@@ -683,10 +683,10 @@ static void wgrad_run(const torch::Tensor& x, const torch::Tensor& gy, torch::Te
         const int64_t e_beg = pk.seg_beg[pk.blk_seg[b]], e_end = pk.seg_beg[pk.blk_seg[b + 1]];
         int64_t e = e_beg;
         for (; e + NE <= e_end; e += NE)
-          wgrad_entries<V, S, M, NE>(img, pk, gpad.data(), b, tap_of.data() + e, e, g, ho, wop,
+          wgrad_entries<V, S, M, NE>(img, pk, gpad.data(), b, eoff.data(), e, ho, wop,
                                      acc);
         for (; e < e_end; ++e)
-          wgrad_entries<V, S, M, 1>(img, pk, gpad.data(), b, tap_of.data() + e, e, g, ho, wop,
+          wgrad_entries<V, S, M, 1>(img, pk, gpad.data(), b, eoff.data(), e, ho, wop,
                                     acc);
       }
     }
@@ -695,7 +695,8 @@ static void wgrad_run(const torch::Tensor& x, const torch::Tensor& gy, torch::Te
   const int64_t total = nentries * M;
   for (int64_t i = 0; i < total; ++i) {
     S sum = 0;
-    for (int t = 0; t < nthreads; ++t) sum += partial[(int64_t)t * total + i];
+    for (int t = 0; t < nthreads; ++t)
+      for (int l = 0; l < W; ++l) sum += partial[(int64_t)t * lanes + i * W + l];
     out[i] = sum;
   }
 }
