@@ -582,12 +582,18 @@ template <typename V, typename S, int R, int M>
 static void forward_block(const Image<S>& img, const Packed<S>& pk, const int64_t* eoff,
                           int64_t b, int64_t ho, int64_t wo, S* y_img, int64_t y_chan) {
   constexpr int W = sizeof(V) / sizeof(S);
-  constexpr int RB = R * M <= 4 ? 2 : 1;  // at least 8 accumulators where the rows allow it
+  // Rows per tile: at least 8 accumulators where the rows allow it (FMA latency times ports),
+  // 4 rows for one-vector rows of one-filter blocks (7 x 7 and 14 x 14 images).
+  constexpr int RB = R * M <= 2 ? 4 : (R * M <= 4 ? 2 : 1);
   const int64_t e_beg = pk.seg_beg[pk.blk_seg[b]], e_end = pk.seg_beg[pk.blk_seg[b + 1]];
   int64_t oh = 0;
   for (; oh + RB <= ho; oh += RB)
     for (int64_t ow0 = 0; ow0 < wo; ow0 += R * W)
       forward_tile<V, S, R, M, RB>(img, pk, eoff, b, e_beg, e_end, oh, ow0, wo, y_img, y_chan);
+  if (RB == 4)
+    for (; oh + 2 <= ho; oh += 2)
+      for (int64_t ow0 = 0; ow0 < wo; ow0 += R * W)
+        forward_tile<V, S, R, M, 2>(img, pk, eoff, b, e_beg, e_end, oh, ow0, wo, y_img, y_chan);
   for (; oh < ho; ++oh)
     for (int64_t ow0 = 0; ow0 < wo; ow0 += R * W)
       forward_tile<V, S, R, M, 1>(img, pk, eoff, b, e_beg, e_end, oh, ow0, wo, y_img, y_chan);
