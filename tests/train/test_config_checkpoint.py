@@ -147,8 +147,9 @@ def test_keys_added_later_keep_old_runs_identity():
         "pretrained": False,
         "init_checkpoint": None,
         "compile_mode": "default",
+        "ssc_prefer": "weights",
     }
-    # The data, weights and compile keys' defaults are their neutral values: a default run keeps its
+    # The data, weights, compile and solver keys' defaults are their neutral values: a default run keeps its
     # old digest.
     for key in (
         "in_channels",
@@ -158,6 +159,7 @@ def test_keys_added_later_keep_old_runs_identity():
         "pretrained",
         "init_checkpoint",
         "compile_mode",
+        "ssc_prefer",
     ):
         assert getattr(TrainConfig(), key) == NEUTRAL[key]
     # (ssc_shuffle: false, not the default null, which since 2026-12-02 means "mix" for ssc.)

@@ -14,7 +14,7 @@ import torch
 from ssconv.conversion import convert
 from ssconv.layers.pattern import DEPTHWISE_PERIOD
 from ssconv.models import create_model, model_info
-from ssconv.sparsity.budget import AUTO, DISTRIBUTIONS
+from ssconv.sparsity.budget import AUTO, DISTRIBUTIONS, PREFERENCES
 
 log = logging.getLogger(__name__)
 
@@ -325,6 +325,14 @@ def add_ssc_args(parser: argparse.ArgumentParser) -> None:
         help="layer-wise densities for --density",
     )
     g.add_argument(
+        "--prefer",
+        choices=PREFERENCES,
+        default="weights",
+        help="what the solver keeps within a layer's share of --density: the densest pattern "
+        "(weights) or the patterns that read the most input channels per filter for their "
+        "weights (mixing)",
+    )
+    g.add_argument(
         "--skip",
         action="append",
         default=[],
@@ -369,6 +377,7 @@ def model_from_args(args: argparse.Namespace):
                 model,
                 density=args.density,
                 distribution=args.distribution,
+                prefer=args.prefer,
                 skip=args.skip,
                 include=args.include,
                 inplace=True,

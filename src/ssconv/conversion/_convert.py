@@ -32,7 +32,7 @@ from ssconv.layers.factory import DEFAULT_PERIOD
 from ssconv.layers.linear import SSCLinear
 from ssconv.layers.pattern import SSCPattern, resolve_period
 from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, SSConv2d
-from ssconv.sparsity.budget import AUTO, LayerSpec, solve_budget
+from ssconv.sparsity.budget import AUTO, PREFERENCES, LayerSpec, solve_budget
 from ssconv.sparsity.counting import counted_layers, model_weight_counts, weight_counts
 from ssconv.sparsity.selection import (
     DEFAULT_CLASSIFIER_PATTERNS,
@@ -92,6 +92,7 @@ def convert(
     pointwise=AUTO,
     spatial=AUTO,
     distribution: str = "uniform",
+    prefer: str = "weights",
     skip: Sequence[str] = (),
     include: Sequence[str] = (),
     keep: Sequence[str] = KEEP_RULES,
@@ -126,6 +127,9 @@ def convert(
             so each filter has one spatial kernel and the spatial part runs as a (shifted)
             depthwise convolution, the form onnxruntime has a fast path for.
         distribution: layer-wise target densities, ``"uniform"`` or ``"erk"``.
+        prefer: what the solver keeps within a layer's share of the budget: ``"weights"``
+            (the densest pattern that fits) or ``"mixing"`` (only patterns that no cheaper one
+            beats in input channels per filter: :func:`ssconv.sparsity.budget.mixing_front`).
         skip: extra name patterns (``fnmatch``) of convs to keep dense.
         include: name patterns of convs to convert even where a rule of ``keep`` would keep
             them dense.
@@ -173,6 +177,8 @@ def convert(
     """
     if init_scale not in INIT_SCALES:
         raise ValueError(f"init_scale must be one of {INIT_SCALES}, got {init_scale!r}")
+    if prefer not in PREFERENCES:
+        raise ValueError(f"prefer must be one of {PREFERENCES}, got {prefer!r}")
     if density is not None and not (isinstance(density, (int, float)) and 0 < density <= 1):
         raise ValueError(f"density must be a number in (0, 1], got {density!r}")
     if not inplace:
@@ -231,6 +237,7 @@ def convert(
                     float(density),
                     linear_ids=set() if linear_in_budget else linear_ids,
                     distribution=distribution,
+                    prefer=prefer,
                     fill=fill,
                     constraints=explicit,
                     layer_constraints=layer_constraints,

@@ -266,6 +266,11 @@ class SSCPattern:
         return spatial + point
 
     @property
+    def fan_in_channels(self) -> int:
+        """Input channels each filter reads (spatial kernels plus 1 x 1 weights)."""
+        return self.spatial_per_filter + self.point_per_filter
+
+    @property
     def spatial_coverage(self) -> float:
         """Fraction of input channels that receive a spatial kernel from some filter."""
         if not self.has_spatial:

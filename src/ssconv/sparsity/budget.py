@@ -29,17 +29,23 @@ from ssconv.layers.pattern import SSCPattern, resolve_period
 __all__ = [
     "LayerSpec",
     "candidate_patterns",
+    "mixing_front",
     "erk_densities",
     "uniform_densities",
     "solve_budget",
     "choose_per_layer",
     "AUTO",
     "DISTRIBUTIONS",
+    "PREFERENCES",
 ]
 
 AUTO = "auto"
 #: Layer-wise density distributions (of SSC, the structured baselines and pruning).
 DISTRIBUTIONS = ("uniform", "erk")
+#: What the solver keeps when a layer's share of the budget admits several patterns:
+#: ``"weights"`` the densest pattern that fits; ``"mixing"`` only patterns no cheaper one
+#: beats in input channels per filter (design study, screen 7, docs/ssc.md).
+PREFERENCES = ("weights", "mixing")
 _EPS = 1e-12
 log = logging.getLogger(__name__)
 
@@ -126,6 +132,23 @@ def candidate_patterns(
     return out
 
 
+def mixing_front(cands: Sequence[SSCPattern]) -> list[SSCPattern]:
+    """The candidates that no other candidate with at most as many weights beats in input
+    channels per filter (:attr:`SSCPattern.fan_in_channels`) at no less spatial coverage;
+    order kept. A pattern reading 2 channels per filter is dropped when one as cheap reads 8:
+    channel mixing is kept, and spatial taps or groups are given up for it."""
+    return [
+        c
+        for c in cands
+        if not any(
+            d.num_params <= c.num_params
+            and d.fan_in_channels > c.fan_in_channels
+            and d.spatial_coverage >= c.spatial_coverage
+            for d in cands
+        )
+    ]
+
+
 def _rank_key(pattern: SSCPattern) -> tuple:
     # Sort: denser first; at equal density better spatial coverage of the input channels (a
     # layer with no spatial kernel at all is the last resort), then fewer executed MACs, fewer
@@ -201,6 +224,7 @@ def solve_budget(
     fill: bool = True,
     constraints: dict | None = None,
     layer_constraints: dict[str, dict] | None = None,
+    prefer: str = "weights",
 ) -> tuple[list[SSCPattern], list[float]]:
     """Choose one SSC pattern per layer for a model-level target density.
 
@@ -213,10 +237,14 @@ def solve_budget(
         constraints: settings held fixed (``groups``, ``period``, ``pointwise``, ``spatial``).
         layer_constraints: per layer name, settings held fixed on top of ``constraints``
             (e.g. ``{"period": None}`` for the 1 x 1 layers :func:`ssconv.convert` adds).
+        prefer: ``"weights"`` (each layer gets the densest pattern within its share) or
+            ``"mixing"`` (only the patterns of :func:`mixing_front` are considered).
 
     Returns:
         ``(patterns, layer_targets)``.
     """
+    if prefer not in PREFERENCES:
+        raise ValueError(f"prefer must be one of {PREFERENCES}, got {prefer!r}")
     constraints = constraints or {}
     layer_constraints = layer_constraints or {}
 
@@ -224,6 +252,8 @@ def solve_budget(
         def options(layer: LayerSpec) -> list[SSCPattern]:
             fixed = {**constraints, **layer_constraints.get(layer.name, {})}
             cands = candidate_patterns(layer, pointwise_only=pointwise_only, **fixed)
+            if prefer == "mixing":
+                cands = mixing_front(cands)
             cands = _dedupe(sorted(cands, key=_rank_key))
             if not cands:
                 raise ValueError(f"no SSC pattern fits layer {layer.name!r} with {fixed}")

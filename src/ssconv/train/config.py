@@ -22,7 +22,7 @@ from ssconv.errors import Remedy
 from ssconv.layers.pattern import DEPTHWISE_PERIOD
 from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, STOCK_BACKENDS
 from ssconv.pruning.methods import PRUNING_METHODS
-from ssconv.sparsity.budget import DISTRIBUTIONS
+from ssconv.sparsity.budget import DISTRIBUTIONS, PREFERENCES
 from ssconv.sparsity.selection import KEEP_RULES
 
 __all__ = [
@@ -181,6 +181,14 @@ class TrainConfig:
         kind=str,
         choices=("auto", "full", "checkerboard"),
     )
+    ssc_prefer: str = _f(
+        "weights",
+        "what the SSC solver keeps within a layer's share: weights (the densest pattern) or "
+        "mixing (patterns no cheaper one beats in input channels per filter)",
+        kind=str,
+        choices=PREFERENCES,
+        neutral="weights",
+    )
     ssc_backend: str = _f(
         "auto", "SSC execution backend", kind=str, choices=("auto", *STOCK_BACKENDS)
     )
@@ -330,6 +338,7 @@ SPARSE_ONLY_KEYS = frozenset(
         "ssc_period",
         "ssc_pointwise",
         "ssc_spatial",
+        "ssc_prefer",
         "ssc_backend",
         "ssc_shuffle",
         "keep",

@@ -39,6 +39,7 @@ def ssc_settings(cfg: TrainConfig) -> dict[str, Any]:
         "ssc_period": cfg.ssc_period,
         "ssc_pointwise": cfg.ssc_pointwise,
         "ssc_spatial": cfg.ssc_spatial,
+        "ssc_prefer": cfg.ssc_prefer,
     }
     preset = {k: v for k, v in SSC_PRESETS.get(cfg.method, {}).items() if k in values}
     merged = {k: (preset[k] if v == "auto" and k in preset else v) for k, v in values.items()}
