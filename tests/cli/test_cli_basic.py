@@ -38,6 +38,17 @@ def test_summary_table_and_json(capsys):
     )
 
 
+def test_summary_prefer_mixing(capsys):
+    """--prefer mixing reaches for the pattern that reads more channels: under ERK densities at
+    0.05 the wide layers of ResNet-20 lose their no-1x1 pattern (G=1 P=32 no-pw)."""
+    args = ["summary", "cifar_resnet20", "--in-channels", "1", "--input-size", "28", "28"]
+    args += ["--density", "0.05", "--distribution", "erk"]
+    code, plain, _ = run(capsys, *args)
+    assert code == 0 and "G=1 P=32 no-pw full" in plain
+    code, mixed, _ = run(capsys, *args, "--prefer", "mixing")
+    assert code == 0 and "no-pw" not in mixed and "model density" in mixed
+
+
 def test_summary_explicit_settings_and_dense(capsys):
     code, out, _ = run(
         capsys,

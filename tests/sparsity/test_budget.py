@@ -4,7 +4,13 @@ import pytest
 
 from ssconv import convert, profile
 from ssconv.models import create_model
-from ssconv.sparsity.budget import LayerSpec, candidate_patterns, erk_densities, solve_budget
+from ssconv.sparsity.budget import (
+    LayerSpec,
+    candidate_patterns,
+    erk_densities,
+    mixing_front,
+    solve_budget,
+)
 
 
 @pytest.mark.parametrize("name", ["vgg19_bn", "cifar_resnet32"])
@@ -67,3 +73,63 @@ def test_solver_constraints_and_infeasible_budget():
 def test_erk_all_dense_budget():
     layers = [LayerSpec("a", 4, 4, (3, 3)), LayerSpec("b", 8, 8, (3, 3))]
     assert erk_densities(layers, 1.0, fixed_params=0) == [1.0, 1.0]
+
+
+def test_mixing_front_drops_patterns_a_cheaper_one_beats_in_channels_read():
+    layer = LayerSpec("conv", 64, 64, (3, 3), 1)
+    cands = candidate_patterns(layer)
+    front = mixing_front(cands)
+    assert front and len(front) < len(cands)
+    for c in front:
+        assert not any(
+            d.num_params <= c.num_params
+            and d.fan_in_channels > c.fan_in_channels
+            and d.spatial_coverage >= c.spatial_coverage
+            for d in cands
+        )
+
+    # The pattern ERK densities give the wide ResNet-20 layers at 0.05 (one 3 x 3 kernel on 2
+    # of 64 channels per filter, no 1 x 1 weights) is dominated: G=8, P=8 with 1 x 1 weights
+    # reads 8 channels per filter for fewer weights.
+    def find(groups, period, pointwise):
+        return next(
+            c
+            for c in cands
+            if (c.groups, c.period, c.pointwise, c.spatial) == (groups, period, pointwise, "full")
+        )
+
+    narrow, wider = find(1, 32, False), find(8, 8, True)
+    assert (narrow.fan_in_channels, narrow.num_params) == (2, 1152)
+    assert (wider.fan_in_channels, wider.num_params) == (8, 1024)
+    assert narrow not in front and wider in front
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "erk"])
+@pytest.mark.parametrize("density", [0.1, 0.05])
+def test_prefer_mixing_meets_the_same_budget_with_front_patterns(distribution, density):
+    """prefer='mixing' reaches the budget like the default, from front patterns only, and
+    never reads fewer input channels per filter than the default's choice where that choice
+    is off the front."""
+    model = create_model("cifar_resnet20", in_channels=1)
+    plain = convert(model, density=density, distribution=distribution, warn_coverage=False)
+    mixed = convert(
+        model, density=density, distribution=distribution, prefer="mixing", warn_coverage=False
+    )
+    assert mixed.density <= density + 1e-12
+    assert abs(mixed.density / density - 1) <= 0.01
+    assert abs(mixed.weight_params - plain.weight_params) <= 0.01 * plain.weight_params
+    reads = []
+    for d in mixed.converted:
+        pattern = mixed.model.get_submodule(d.name).pattern
+        layer = LayerSpec(d.name, d.in_channels, d.out_channels, d.kernel_size, d.groups)
+        assert pattern in mixing_front(candidate_patterns(layer))
+        reads.append(pattern.fan_in_channels)
+    assert min(reads) >= 4
+
+
+def test_prefer_rejects_unknown_values():
+    with pytest.raises(ValueError, match="prefer must be one of"):
+        convert(create_model("cifar_resnet20"), density=0.1, prefer="channels")
+    layer = LayerSpec("conv", 16, 16, (3, 3), 1)
+    with pytest.raises(ValueError, match="prefer must be one of"):
+        solve_budget([layer], 0.5, prefer="weights-first")
