@@ -149,8 +149,8 @@ def test_keys_added_later_keep_old_runs_identity():
         "compile_mode": "default",
         "ssc_prefer": "weights",
     }
-    # The data, weights, compile and solver keys' defaults are their neutral values: a default run keeps its
-    # old digest.
+    # The data, weights, compile and solver keys' defaults are their neutral values: a default
+    # run keeps its old digest.
     for key in (
         "in_channels",
         "skip_bad_images",
