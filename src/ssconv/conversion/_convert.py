@@ -32,7 +32,7 @@ from ssconv.layers.factory import DEFAULT_PERIOD
 from ssconv.layers.linear import SSCLinear
 from ssconv.layers.pattern import SSCPattern, resolve_period
 from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, SSConv2d
-from ssconv.sparsity.budget import AUTO, PREFERENCES, LayerSpec, solve_budget
+from ssconv.sparsity.budget import AUTO, LayerSpec, solve_budget
 from ssconv.sparsity.counting import counted_layers, model_weight_counts, weight_counts
 from ssconv.sparsity.selection import (
     DEFAULT_CLASSIFIER_PATTERNS,
@@ -177,8 +177,6 @@ def convert(
     """
     if init_scale not in INIT_SCALES:
         raise ValueError(f"init_scale must be one of {INIT_SCALES}, got {init_scale!r}")
-    if prefer not in PREFERENCES:
-        raise ValueError(f"prefer must be one of {PREFERENCES}, got {prefer!r}")
     if density is not None and not (isinstance(density, (int, float)) and 0 < density <= 1):
         raise ValueError(f"density must be a number in (0, 1], got {density!r}")
     if not inplace:
