@@ -196,7 +196,9 @@ def bench_variants(
                 compiled_steps[v.name] = _prepared(
                     v,
                     "compiled_train_step",
-                    lambda model=model: _train_step(torch.compile(model, mode=mode), x, y),
+                    lambda model=model: _train_step(
+                        torch.compile(model, mode=mode), x, y, probe=model
+                    ),
                 )
             if cuda_graphs:
                 step = _train_step(model, x, y, graphed=True)
@@ -258,12 +260,21 @@ TIMED = (
 )
 
 
-def _train_step(model: nn.Module, x: Tensor, y: Tensor, *, graphed: bool = False):
+def _train_step(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    graphed: bool = False,
+    probe: nn.Module | None = None,
+):
     """One SGD step (forward, cross-entropy, backward, update) of ``model`` on ``(x, y)``;
     ``graphed``: the gradients are zeroed in place instead of freed, so that a CUDA graph's
-    replays accumulate into the tensors it captured."""
+    replays accumulate into the tensors it captured. ``probe``: the eager model that tells
+    the number of outputs (a compiled model's first call on a one-image batch would make
+    its later graphs dynamic in the batch size, slower than the static ones timed here)."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    n_out = model(x[:1]).shape[1]
+    n_out = (model if probe is None else probe)(x[:1]).shape[1]
     target = y % n_out
 
     def step():

@@ -25,6 +25,8 @@ __all__ = [
     "infers_on_pixels",
     "pixel_rows_suit",
     "pixels_take_channels_last",
+    "compiles_fused",
+    "graph_key",
 ]
 
 #: The backends built from stock PyTorch convolutions (what ``auto`` picks among where no
@@ -155,8 +157,9 @@ def trains_fused(layer, input_width: int | None = None) -> bool:
     whose output rows are wide enough for the pixel-vectorised kernels (the
     AUTO_FUSED_TRAIN_* rule, AUTO_FUSED_STRIDED_MIN_WIDTH for strided layers;
     ``input_width=None`` skips that check). Other devices and dtypes, tracing and
-    ``torch.compile`` use the stock choice of :func:`resolve`. Builds the kernel if it is
-    not built yet.
+    ``torch.export`` use the stock choice of :func:`resolve`; ``torch.compile`` follows this
+    rule with the kernels as graph ops (:func:`compiles_fused`, :func:`graph_key`). Builds
+    the kernel if it is not built yet.
     """
     padding = (0, 0) if layer.padding_mode != "zeros" else layer.padding
     if layer._backend == "fused":
@@ -235,3 +238,35 @@ def pixels_take_channels_last(layer) -> bool:
 
 def _is_channels_last(x: Tensor) -> bool:
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def compiles_fused(layer, x: Tensor) -> bool:
+    """Whether a call of ``layer`` traced by ``torch.compile`` may run the fused kernels as
+    the graph op ``ssconv::ssc_conv2d`` (:mod:`ssconv.kernels.graph_ops`): a 4-d CPU input
+    of float32 (float64 for ``backend="fused"``), parameters alike, no autocast. Whether the
+    layer's shape suits them is :func:`graph_key`'s part. Traced, so it reads only what
+    dynamo can see (dtypes, devices, the backend)."""
+    if layer._backend not in ("fused", "auto") or x.dim() != 4 or x.device.type != "cpu":
+        return False
+    dtypes = (torch.float32,) if layer._backend == "auto" else (torch.float32, torch.float64)
+    if x.dtype not in dtypes or fused._cpu_autocast():
+        return False
+    return all(p.device.type == "cpu" and p.dtype == x.dtype for p in layer.parameters())
+
+
+def _graph_key(layer, input_width: int, padding: tuple[int, int]) -> int:
+    """The :mod:`ssconv.kernels.graph_ops` key of ``layer``'s kernels on inputs
+    ``input_width`` pixels wide, -1 where they do not apply (the :func:`trains_fused` rule;
+    the pixel kernel's rule for frozen layers). Registers the layer's plans on first use
+    (eager: dynamo runs it at trace time and keeps its result as a constant, see
+    :data:`graph_key`). Builds the kernel if it is not built yet."""
+    if not isinstance(input_width, int):  # a dynamic shape: the rule needs the width
+        return -1
+    return layer._graph_program_key(input_width, tuple(padding))
+
+
+# torch.compiler.assume_constant_result(fn) sets this flag on fn (dynamo then calls fn at
+# trace time and keeps its result), but it imports torch._dynamo (seconds), which
+# `import ssconv` must not pay; tests/layers/test_graph_ops.py checks that dynamo honours it.
+_graph_key._dynamo_marked_constant = True  # type: ignore[attr-defined]
+graph_key = _graph_key

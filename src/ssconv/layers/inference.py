@@ -14,9 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssconv.kernels import fused
+from ssconv.kernels import fused, graph_ops
 from ssconv.layers.channel_order import read_through, residue_permutation
-from ssconv.layers.dispatch import _is_channels_last, pixel_rows_suit, pixels_take_channels_last
+from ssconv.layers.dispatch import (
+    _is_channels_last,
+    graph_key,
+    pixel_rows_suit,
+    pixels_take_channels_last,
+)
 from ssconv.layers.ssconv import SSConv2d, centre_input, pad_arguments, shuffle_channels
 
 __all__ = ["SSConv2dInference"]
@@ -204,6 +209,12 @@ class SSConv2dInference(nn.Module):
         if self.padding_mode != "zeros":
             x = F.pad(x, self._pad4, mode=self.padding_mode)
             padding = (0, 0)
+        if graph_ops.compiling() and self._compiles_fused(x, padding):
+            # Traced by torch.compile: the pixel kernel as one graph op (the packed-weight
+            # cache below stays out of the graph; the op packs the dense weight per call).
+            key = graph_key(self, x.shape[-1], padding)
+            if key >= 0:
+                return graph_ops.ssc_conv2d(x, self.dense_weight(), self.bias, key)
         # can_run first: it is False while tracing, where the width is not a Python int.
         if self.pixels and fused.can_run(x, self._weights()) and self._pixels_suit(x, padding):
             return fused.pixel_conv2d(
@@ -310,6 +321,37 @@ class SSConv2dInference(nn.Module):
         channels = min(self.in_channels, self.out_channels)
         return pixel_rows_suit(
             self.kernel_size, padding, self.dilation, channels, x.shape[-1], self.stride
+        )
+
+    def _compiles_fused(self, x: Tensor, padding: tuple[int, int]) -> bool:
+        """Whether this traced call may run the pixel kernel as a graph op (float32 CPU, as
+        the eager rule; the width is checked by :meth:`_graph_program_key`)."""
+        if not self.pixels or x.dim() != 4 or x.device.type != "cpu":
+            return False
+        if x.dtype != torch.float32 or fused._cpu_autocast():
+            return False
+        if _is_channels_last(x) and not pixels_take_channels_last(self):
+            return False
+        return all(t.device.type == "cpu" and t.dtype == x.dtype for t in self._weights())
+
+    def _graph_program_key(self, input_width: int, padding: tuple[int, int]) -> int:
+        """The :mod:`ssconv.kernels.graph_ops` key of the pixel kernel on inputs
+        ``input_width`` pixels wide, -1 where the eager rule would not run it."""
+        channels = min(self.in_channels, self.out_channels)
+        if not pixel_rows_suit(
+            self.kernel_size, padding, self.dilation, channels, input_width, self.stride
+        ):
+            return -1
+        if not fused.available():
+            return -1
+        return graph_ops.register(
+            self.dense_mask(),
+            self.groups,
+            self.kernel_size,
+            self.stride,
+            padding,
+            self.dilation,
+            in_order=self.in_index.cpu() if self.shuffle else None,
         )
 
     def _pixel_packed(self) -> fused.PixelPacked:

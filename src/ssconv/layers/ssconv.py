@@ -24,8 +24,10 @@ Execution backends (same outputs and gradients):
   the spatial and 1 x 1 weights together (float32). Training: forward, input gradient and
   weight gradient on kernels that execute only the pattern's weights, vectorised over pixels
   so that narrow residue classes waste nothing (float32, and float64 for gradcheck; a strided
-  layer's input gradient runs as one stride-1 call per output phase). Other devices, tracing
-  and ``torch.compile`` run the ``"auto"`` choice of stock kernels instead.
+  layer's input gradient runs as one stride-1 call per output phase). Under ``torch.compile``
+  the same kernels run as one graph op per layer with its autograd formula
+  (:mod:`ssconv.kernels.graph_ops`). Other devices, tracing and ``torch.export`` run the
+  ``"auto"`` choice of stock kernels instead.
 * ``"triton"``: Triton kernels for GPUs (:mod:`ssconv.kernels.triton_ssc`): forward, input
   gradient and weight gradient as implicit GEMMs over each class of equal support, one launch
   per layer, spatial and 1 x 1 weights together (float32 accumulation; float32, bfloat16 and
@@ -48,7 +50,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssconv.kernels import fused
+from ssconv.kernels import fused, graph_ops
 from ssconv.layers import dispatch
 from ssconv.layers.dispatch import (  # noqa: F401  (re-exported: the rules' old home)
     AUTO_DENSE_ABOVE,
@@ -470,6 +472,12 @@ class SSConv2d(nn.Module):
             from ssconv.kernels import triton_ssc
 
             return triton_ssc.layer_forward(self, x, padding)
+        if graph_ops.compiling() and dispatch.compiles_fused(self, x):
+            # Traced by torch.compile: the kernels as one graph op with its autograd formula
+            # (the eager paths below keep their packed-weight caches out of the graph).
+            key = dispatch.graph_key(self, x.shape[-1], padding)
+            if key >= 0:
+                return graph_ops.ssc_conv2d(x, self.to_dense(), self.bias, key)
         inference = self._is_inference_call(x)
         if not inference and self._trains_fused(x):
             return self._forward_fused_train(x, padding)
@@ -562,8 +570,9 @@ class SSConv2d(nn.Module):
         whose output rows are wide enough for the pixel-vectorised kernels (the
         AUTO_FUSED_TRAIN_* and AUTO_FUSED_STRIDED_MIN_WIDTH rules of
         :mod:`ssconv.layers.dispatch`; ``input_width=None`` skips that check). Other devices
-        and dtypes, tracing and ``torch.compile`` use the stock choice of
-        :meth:`resolved_backend`. Builds the kernel if it is not built yet.
+        and dtypes, tracing and ``torch.export`` use the stock choice of
+        :meth:`resolved_backend`; ``torch.compile`` follows the same rule with the kernels as
+        graph ops. Builds the kernel if it is not built yet.
         """
         return dispatch.trains_fused(self, input_width)
 
@@ -599,6 +608,22 @@ class SSConv2d(nn.Module):
             )
             self.__dict__["_fused_train_plans"] = plans
         return plans
+
+    def _graph_program_key(self, input_width: int, padding: tuple[int, int]) -> int:
+        """The :mod:`ssconv.kernels.graph_ops` key of this layer's kernels (-1 where they do
+        not run on inputs ``input_width`` pixels wide: :func:`dispatch.trains_fused`)."""
+        if not dispatch.trains_fused(self, input_width):
+            return -1
+        return graph_ops.register(
+            self.pattern.dense_mask(),
+            self.groups,
+            self.kernel_size,
+            self.stride,
+            padding,
+            self.dilation,
+            in_order=self._in_order(),
+            plans=self._train_plans(),
+        )
 
     def _in_order(self) -> Tensor | None:
         """The input permutation the fused kernels read through (None: the identity)."""
