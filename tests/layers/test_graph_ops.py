@@ -11,7 +11,7 @@ from ssconv import SSConv2d
 from ssconv.deploy import freeze
 from ssconv.kernels import graph_ops
 
-from .test_fused import TRAIN_SHAPES, _train_pair, needs_kernel
+from .test_fused import TRAIN_SHAPES, _train_pair, assert_trains_like, needs_kernel
 from .test_ssconv import _close
 
 pytestmark = needs_kernel
@@ -40,21 +40,7 @@ def _ssc_ops(graphs) -> list[str]:
 def test_compiled_training_equals_masked_forward_and_gradients(cfg):
     layer, ref = _train_pair(cfg)
     compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
-    for memory_format in (torch.contiguous_format, torch.channels_last):
-        x = torch.randn(3, cfg[0], 9, 10).contiguous(memory_format=memory_format)
-        xa = x.clone().requires_grad_(True)
-        xb = x.clone().requires_grad_(True)
-        ya, yb = compiled(xa), ref(xb)
-        g = torch.randn_like(yb)
-        (ya * g).sum().backward()
-        (yb * g).sum().backward()
-        _close(ya, yb, 1e-5)
-        _close(xa.grad, xb.grad, 1e-5)
-        assert ya.is_contiguous(memory_format=memory_format)
-        for pa, pb in zip(layer.parameters(), ref.parameters()):
-            _close(pa.grad, pb.grad, 1e-5)
-        layer.zero_grad()
-        ref.zero_grad()
+    assert_trains_like(compiled, layer, ref, cfg[0])
     torch._dynamo.reset()
 
 

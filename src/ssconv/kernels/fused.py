@@ -970,21 +970,8 @@ def _phase_input_grad(gy: Tensor, weight: Tensor, pp: PhasePlans, in_size) -> Te
         if cy == 0 or cx == 0:
             continue
         zero = gy.new_zeros(plan.out_idx.numel())
-        out = _FORWARD[plan.kernel](
-            gy,
-            gather(weight, plan).contiguous(),
-            plan.ch,
-            plan.seg_tap,
-            plan.seg_beg,
-            plan.blk_seg,
-            plan.out_idx,
-            plan.blk_base,
-            zero,
-            plan.in_channels,
-            plan.out_channels,
-            [len(ty), len(tx), 1, 1, py, px, sy, sx],
-            plan.vb,
-        )
+        geometry = [len(ty), len(tx), 1, 1, py, px, sy, sx]
+        out = _run_forward(gy, gather(weight, plan).contiguous(), zero, plan, geometry)
         gx[:, :, fy :: pp.stride[0], fx :: pp.stride[1]] = out[:, :, oy : oy + cy, ox : ox + cx]
     return gx
 
@@ -1026,6 +1013,35 @@ def _run_forward(x: Tensor, w: Tensor, bias_l: Tensor, plan: Plan, geometry: lis
     )
 
 
+def run_weight_grad(x: Tensor, gy: Tensor, plan: Plan, geometry: list[int]) -> Tensor:
+    """The weight-gradient op of ``plan``'s kernel: the packed gradient ``(E, VB)``."""
+    return _WGRAD[plan.kernel](
+        x,
+        gy,
+        plan.ch,
+        plan.seg_tap,
+        plan.seg_beg,
+        plan.blk_seg,
+        plan.out_idx,
+        plan.blk_base,
+        plan.in_channels,
+        plan.out_channels,
+        geometry,
+        plan.vb,
+    )
+
+
+def input_grad(
+    gy: Tensor, wt: Tensor, plan_t: Plan | PhasePlans, geometry_t: list[int] | None, x: Tensor
+) -> Tensor:
+    """The input gradient in ``x``'s memory format: the forward of the transposed packing
+    ``wt`` at stride 1, one call per phase of a strided layer (``wt``: its grouped weight)."""
+    if isinstance(plan_t, PhasePlans):
+        return _like(_phase_input_grad(gy, wt, plan_t, x.shape[2:]), x)
+    zero = wt.new_zeros(plan_t.out_idx.numel())
+    return _like(_run_forward(gy, wt, zero, plan_t, geometry_t), x)
+
+
 class _FusedConvTrain(torch.autograd.Function):
     """Forward, input gradient and weight gradient on the fused kernels. ``plan_t``: the
     transposed plan of a stride-1 layer (``wt`` its packed weight), or the :class:`PhasePlans`
@@ -1046,41 +1062,10 @@ class _FusedConvTrain(torch.autograd.Function):
         plan, plan_t = ctx.plans
         geometry, geometry_t = ctx.geometry
         gx = gw = gb = None
-        if ctx.needs_input_grad[0] and isinstance(plan_t, PhasePlans):
-            gx = _like(_phase_input_grad(gy, wt, plan_t, x.shape[2:]), x)
-        elif ctx.needs_input_grad[0]:
-            zero = wt.new_zeros(plan_t.out_idx.numel())
-            gx = _FORWARD[plan_t.kernel](
-                gy,
-                wt,
-                plan_t.ch,
-                plan_t.seg_tap,
-                plan_t.seg_beg,
-                plan_t.blk_seg,
-                plan_t.out_idx,
-                plan_t.blk_base,
-                zero,
-                plan_t.in_channels,
-                plan_t.out_channels,
-                geometry_t,
-                plan_t.vb,
-            )
-            gx = _like(gx, x)
+        if ctx.needs_input_grad[0]:
+            gx = input_grad(gy, wt, plan_t, geometry_t, x)
         if ctx.needs_input_grad[1]:
-            gw = _WGRAD[plan.kernel](
-                x,
-                gy,
-                plan.ch,
-                plan.seg_tap,
-                plan.seg_beg,
-                plan.blk_seg,
-                plan.out_idx,
-                plan.blk_base,
-                plan.in_channels,
-                plan.out_channels,
-                geometry,
-                plan.vb,
-            )
+            gw = run_weight_grad(x, gy, plan, geometry)
         if ctx.needs_input_grad[2]:
             sums = gy.sum((0, 2, 3))
             gb = torch.cat([sums, sums.new_zeros(1)])[plan.lane_src]

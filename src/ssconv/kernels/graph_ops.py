@@ -20,6 +20,7 @@ with the number of distinct layer configurations, not of layers or models.
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 
@@ -161,14 +162,10 @@ def _(x, weight, bias, key):
 @torch.library.custom_op("ssconv::ssc_conv2d_input_grad", mutates_args=())
 def _input_grad_op(grad_out: Tensor, weight: Tensor, x: Tensor, key: int) -> Tensor:
     prog = program(key)
-    gy = grad_out.contiguous()
-    if isinstance(prog.plan_t, fused.PhasePlans):
-        gx = fused._phase_input_grad(gy, weight, prog.plan_t, x.shape[2:])
-    else:
-        wt = fused.gather(weight, prog.plan_t).contiguous()
-        zero = wt.new_zeros(prog.plan_t.out_idx.numel())
-        gx = fused._run_forward(gy, wt, zero, prog.plan_t, list(prog.geometry_t))
-    return fused._like(gx, x)
+    strided = isinstance(prog.plan_t, fused.PhasePlans)
+    wt = weight if strided else fused.gather(weight, prog.plan_t).contiguous()
+    geometry_t = None if strided else list(prog.geometry_t)
+    return fused.input_grad(grad_out.contiguous(), wt, prog.plan_t, geometry_t, x)
 
 
 @_input_grad_op.register_fake
@@ -180,23 +177,8 @@ def _(grad_out, weight, x, key):
 def _weight_grad_op(x: Tensor, grad_out: Tensor, key: int) -> Tensor:
     prog = program(key)
     plan = prog.plan
-    packed = fused._WGRAD[plan.kernel](
-        x.contiguous(),
-        grad_out.contiguous(),
-        plan.ch,
-        plan.seg_tap,
-        plan.seg_beg,
-        plan.blk_seg,
-        plan.out_idx,
-        plan.blk_base,
-        plan.in_channels,
-        plan.out_channels,
-        list(prog.geometry),
-        plan.vb,
-    )
-    numel = 1
-    for s in prog.weight_shape:
-        numel *= s
+    packed = fused.run_weight_grad(x.contiguous(), grad_out.contiguous(), plan, list(prog.geometry))
+    numel = math.prod(prog.weight_shape)
     # The packed gradient back to the grouped weight's layout (gather's transpose); the
     # padding entries (index numel) land in a dropped slot.
     flat = packed.new_zeros(numel + 1)
