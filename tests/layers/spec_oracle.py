@@ -5,18 +5,24 @@ from __future__ import annotations
 import torch
 
 
-def spec_kernel_type(o: int, i: int, c_in: int, c_out: int, groups: int, period, pointwise: bool):
-    """'S', 'P' or 'E' for the pair (o, i), straight from the spec's wording."""
+def spec_kernel_type(
+    o: int, i: int, c_in: int, c_out: int, groups: int, period, pointwise: bool, point_groups=None
+):
+    """'S', 'P' or 'E' for the pair (o, i), straight from the spec's wording; with
+    ``point_groups`` (docs/ssc.md's extension) a 1 x 1 pair also needs ``o`` and ``i`` in the
+    same of ``point_groups`` equal blocks."""
     cin_g, cout_g = c_in // groups, c_out // groups
     if o // cout_g != i // cin_g:
         return "E"
     i_loc, o_loc = i % cin_g, o % cout_g
     if period is not None and (i_loc - o_loc) % period == 0:
         return "S"
+    if point_groups is not None and o // (c_out // point_groups) != i // (c_in // point_groups):
+        return "E"
     return "P" if pointwise else "E"
 
 
-def spec_dense_mask(c_in, c_out, k, groups, period, pointwise, spatial):
+def spec_dense_mask(c_in, c_out, k, groups, period, pointwise, spatial, point_groups=None):
     """(C_out, C_in/G, kh, kw) bool mask of the taps the spec allows."""
     kh, kw = (k, k) if isinstance(k, int) else k
     cin_g = c_in // groups
@@ -26,7 +32,7 @@ def spec_dense_mask(c_in, c_out, k, groups, period, pointwise, spatial):
         g = o // (c_out // groups)
         for i_loc in range(cin_g):
             i = g * cin_g + i_loc
-            t = spec_kernel_type(o, i, c_in, c_out, groups, period, pointwise)
+            t = spec_kernel_type(o, i, c_in, c_out, groups, period, pointwise, point_groups)
             if t == "P":
                 mask[o, i_loc, kh // 2, kw // 2] = True
             elif t == "S":

@@ -50,7 +50,9 @@ class SSConv2dInference(nn.Module):
         # In "gathered" form (use_gathered_input, what freeze(target="onnxruntime") picks for
         # shuffled layers) the shuffle and both residue reorders run as two index gathers.
         self.gathered = False
-        self.point_groups = layer.groups  # 1 where the gathered form holds the 1 x 1 part dense
+        # Groups of the 1 x 1 convolution: the layer's point_groups (1 where the gathered form
+        # holds the 1 x 1 part dense).
+        self.point_groups = layer.point_groups
         self.in_channels, self.out_channels = layer.in_channels, layer.out_channels
         self.kernel_size = layer.kernel_size
         self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
@@ -76,7 +78,8 @@ class SSConv2dInference(nn.Module):
                 ws = layer.grouped_spatial_weight().detach().clone() if self._has_spatial else None
                 wp = None
                 if self._has_point:
-                    wp = layer.point_matrix().detach().view(self.out_channels, -1, 1, 1).clone()
+                    wp = layer.point_group_matrix().detach()
+                    wp = wp.view(self.out_channels, -1, 1, 1).clone()
                 self.register_buffer("weight_spatial", ws)
                 self.register_buffer("weight_point", wp)
             # Whether eager float32 CPU calls run the fused kernel (where the layer itself would
@@ -111,6 +114,7 @@ class SSConv2dInference(nn.Module):
             or not self._has_spatial
             or self._identity_perm
             or self._pad_rows
+            or self.point_groups != self.groups
         ):
             return None
         return ((self.groups, self._p, self.in_channels), (self.groups, self._p, self.out_channels))
@@ -148,6 +152,7 @@ class SSConv2dInference(nn.Module):
             and not self._identity_perm
             and not self._pad_rows
             and not self.residue
+            and self.point_groups == self.groups
         )
 
     @torch.no_grad()
@@ -285,7 +290,7 @@ class SSConv2dInference(nn.Module):
                     cols = torch.argsort(residue_permutation(g, p, self.in_channels))
                     full = full[self._out_pos.to(ws.device)][:, cols.to(ws.device)]
         if self._has_point:
-            point = fused.full_weight(self.weight_point, g)[:, :, 0]
+            point = fused.full_weight(self.weight_point, self.point_groups)[:, :, 0]
             if full is None:
                 full = point.new_zeros(self.out_channels, self.in_channels, kh * kw)
             full = full.clone()

@@ -11,7 +11,9 @@ kernel type:
 
 Inside a channel group, with local indices ``i'`` and ``o'``, the pair is ``S`` when
 ``(i' - o') mod period == 0``; the other in-group pairs are ``P`` when ``pointwise`` else ``E``;
-pairs across groups are ``E``.
+pairs across groups are ``E``. With ``point_groups`` ``G1`` (a multiple of ``groups``), the 1 x 1
+part is split finer: a non-spatial pair is ``P`` only when ``o`` and ``i`` also lie in the same
+of ``G1`` point groups (the spatial pairs are unchanged).
 
 Index conventions used by the execution paths (all "absolute", no per-forward gathers needed for
 ``spatial="full"``):
@@ -20,7 +22,8 @@ Index conventions used by the execution paths (all "absolute", no per-forward ga
   kernels, the ``a``-th one on local input ``i' = a * period + s``.
 * Its ``j``-th spatial kernel in the specification's sense (counted from the first one, which
   shifts by one from filter to filter) is ``j = (a - b) mod A``.
-* Its point weights lie on the in-group inputs that are not ``S``, in increasing ``i'``.
+* Its point weights lie on the in-group inputs that are not ``S`` (inside its point group when
+  ``point_groups > groups``), in increasing ``i'``.
 """
 
 from __future__ import annotations
@@ -109,6 +112,10 @@ class SSCPattern:
         period: HetConv's "part" ``P`` (divides ``C_in / G``), or ``None`` for no spatial kernel.
         pointwise: whether in-group pairs that are not spatial get a 1 x 1 weight.
         spatial: ``"full"`` (all taps) or ``"checkerboard"`` (taps of one parity, alternating).
+        point_groups: channel groups ``G1`` of the 1 x 1 part (``None``: ``groups``). A
+            multiple of ``groups`` that divides both channel counts, with ``period`` dividing
+            ``C_in / G1`` (so every filter holds the same number of 1 x 1 weights). A thinner
+            1 x 1 part leaves weights for more spatial kernels at the same budget.
     """
 
     in_channels: int
@@ -118,6 +125,7 @@ class SSCPattern:
     period: int | None = 1
     pointwise: bool = True
     spatial: str = "full"
+    point_groups: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "out_channels", "groups"):
@@ -156,10 +164,38 @@ class SSCPattern:
                     f"period={self.period} must divide the group width in_channels/groups="
                     f"{self.in_per_group}; allowed periods: {divisors} or None"
                 )
+        self._check_point_groups()
         if self.spatial == "checkerboard" and self.kernel_size == (1, 1):
             raise ValueError(
                 "spatial='checkerboard' needs kernel_size >= 3 (a 1 x 1 kernel has one tap); "
                 "use spatial='full'"
+            )
+
+    def _check_point_groups(self) -> None:
+        g1 = self.point_groups
+        if g1 is None or not self.has_point:
+            # No 1 x 1 part: the value has no meaning; normalise (equal patterns compare equal).
+            object.__setattr__(self, "point_groups", self.groups)
+            return
+        if not isinstance(g1, int) or isinstance(g1, bool) or g1 < 1:
+            raise ValueError(f"point_groups must be a positive int or None, got {g1!r}")
+        allowed = [
+            d
+            for d in range(self.groups, self.in_channels + 1, self.groups)
+            if self.in_channels % d == 0
+            and self.out_channels % d == 0
+            and (self.period is None or (self.in_channels // d) % self.period == 0)
+        ]
+        if g1 not in allowed:
+            raise ValueError(
+                f"point_groups={g1} must be a multiple of groups={self.groups} dividing "
+                f"in_channels={self.in_channels} and out_channels={self.out_channels}"
+                + (
+                    ""
+                    if self.period is None
+                    else f", with period={self.period} dividing in_channels/point_groups"
+                )
+                + f"; allowed: {allowed} or None"
             )
 
     # ----------------------------------------------------------------- sizes
@@ -185,8 +221,17 @@ class SSCPattern:
         return 0 if self.period is None else self.in_per_group // self.period
 
     @property
+    def in_per_point_group(self) -> int:
+        """``w1 = C_in / G1``: the inputs each filter's 1 x 1 part may read."""
+        return self.in_channels // self.point_groups
+
+    @property
     def point_per_filter(self) -> int:
-        return self.in_per_group - self.spatial_per_filter if self.has_point else 0
+        """1 x 1 weights per filter: its point group's inputs that are not spatial pairs."""
+        if not self.has_point:
+            return 0
+        w1 = self.in_per_point_group
+        return w1 if self.period is None else w1 - w1 // self.period
 
     @property
     def taps(self) -> int:
@@ -262,7 +307,7 @@ class SSCPattern:
         if self.period is not None:
             spatial = self.groups * self.period * self.outputs_per_residue
             spatial *= self.spatial_per_filter * self.taps
-        point = self.out_channels * self.in_per_group if self.has_point else 0
+        point = self.out_channels * self.in_per_point_group if self.has_point else 0
         return spatial + point
 
     @property
@@ -306,7 +351,9 @@ class SSCPattern:
             is_s = same_group & ((i_loc - o_loc) % self.period == 0)
         out = torch.full(same_group.shape, KernelType.EMPTY, dtype=torch.int8)
         if self.pointwise:
-            out[same_group] = KernelType.POINT
+            w1 = self.in_per_point_group
+            same_point_group = (o // (self.out_channels // self.point_groups)) == (i // w1)
+            out[same_group & same_point_group] = KernelType.POINT
         out[is_s] = KernelType.SPATIAL
         return out
 
@@ -316,7 +363,7 @@ class SSCPattern:
         cin_g = self.in_per_group
         mask = torch.zeros(self.out_channels, cin_g, kh, kw, dtype=torch.bool)
         if self.has_point:
-            mask[:, :, self.centre[0], self.centre[1]] = True
+            mask[:, :, self.centre[0], self.centre[1]] = self.point_group_mask()
         if self.has_spatial:
             p = self.period
             o_res = (torch.arange(self.out_channels) % self.out_per_group) % p
@@ -325,8 +372,19 @@ class SSCPattern:
             view[rows, :, o_res] = self.spatial_tap_mask
         return mask
 
+    def point_group_mask(self) -> torch.Tensor:
+        """(C_out, C_in/G) bool: the in-group inputs each filter's point group covers (all of
+        them when ``point_groups == groups``)."""
+        cin_g, w1 = self.in_per_group, self.in_per_point_group
+        r = self.point_groups // self.groups  # point groups per group
+        o_sub = (torch.arange(self.out_channels) % self.out_per_group) // (self.out_per_group // r)
+        i_sub = torch.arange(cin_g) // w1
+        return o_sub.view(-1, 1) == i_sub.view(1, -1)
+
     def describe(self) -> str:
-        """Short human-readable form, e.g. ``G=1 P=4 pw full``."""
+        """Short human-readable form, e.g. ``G=1 P=4 pw full`` (``Gp=N`` when the 1 x 1 part
+        has its own group count)."""
         period = "None" if self.period is None else str(self.period)
         pw = "pw" if self.pointwise else "no-pw"
-        return f"G={self.groups} P={period} {pw} {self.spatial}"
+        gp = f" Gp={self.point_groups}" if self.point_groups != self.groups else ""
+        return f"G={self.groups} P={period} {pw}{gp} {self.spatial}"

@@ -9,7 +9,8 @@ Storage holds only the pattern's weights:
   used taps only, flattened, ``(n_taps,)``. Kernel ``[o, a]`` sits on local input
   ``i' = a * period + (o' mod period)``.
 * ``weight_point``: ``(C_out, C_in/G - A)``, the 1 x 1 weights of the non-spatial in-group pairs in
-  increasing input order (absent when there are none).
+  increasing input order (absent when there are none); with ``point_groups`` ``G1 > G``,
+  ``(C_out, C_in/G1 - C_in/(G1 P))``, those inside each filter's point group.
 * ``bias``: ``(C_out,)`` as in ``nn.Conv2d``.
 
 Execution backends (same outputs and gradients):
@@ -18,7 +19,8 @@ Execution backends (same outputs and gradients):
   dense convolution (dense MACs).
 * ``"decomposed"``: the fast path. Permuting input channels by ``i' mod P`` and output channels
   by ``o' mod P`` turns the spatial pairs into a grouped K x K convolution with ``G * P`` groups;
-  the point pairs are a grouped 1 x 1 convolution with ``G`` groups. Both are stock kernels.
+  the point pairs are a grouped 1 x 1 convolution with ``G`` groups (``point_groups`` where
+  set). Both are stock kernels.
 * ``"fused"``: native CPU kernels (:mod:`ssconv.kernels.fused`, compiled on first use where a
   C++ compiler is present). Inference: one kernel reads each K x K window once and accumulates
   the spatial and 1 x 1 weights together (float32). Training: forward, input gradient and
@@ -68,7 +70,7 @@ from ssconv.layers.dispatch import (  # noqa: F401  (re-exported: the rules' old
     pixel_rows_suit,
     pixels_take_channels_last,
 )
-from ssconv.layers.pattern import SSCPattern
+from ssconv.layers.pattern import KernelType, SSCPattern
 
 __all__ = [
     "SSConv2d",
@@ -123,6 +125,9 @@ class SSConv2d(nn.Module):
       ``(i' - o') mod P == 0``; ``None`` means no spatial kernel (a 1 x 1 convolution).
     * ``pointwise``: the other in-group pairs get a 1 x 1 weight (``True``) or nothing.
     * ``spatial``: ``"full"`` K x K kernels or ``"checkerboard"`` kernels.
+    * ``point_groups`` ``G1``: channel groups of the 1 x 1 part (``None``: ``groups``); a
+      multiple of ``groups``, so that a filter's 1 x 1 weights cover only the ``C_in / G1``
+      inputs of its point group (a thinner 1 x 1 part; the spatial pairs are unchanged).
 
     * ``shuffle``: with ``groups > 1``, the layer reads its input in ShuffleNet's shuffled
       channel order: group ``h`` reads input channels ``h, h + G, h + 2G, ...`` (one from each
@@ -181,6 +186,7 @@ class SSConv2d(nn.Module):
         dense_groups: int = 1,
         init_scale: str = "effective",
         shuffle: bool = False,
+        point_groups: int | None = None,
     ) -> None:
         super().__init__()
         if device is None:  # the ambient default, e.g. of a `with torch.device("meta")` block
@@ -190,7 +196,14 @@ class SSConv2d(nn.Module):
         with torch.device("cpu"):
             factory = {"device": device, "dtype": dtype}
             pattern = SSCPattern(
-                in_channels, out_channels, kernel_size, groups, period, pointwise, spatial
+                in_channels,
+                out_channels,
+                kernel_size,
+                groups,
+                period,
+                pointwise,
+                spatial,
+                point_groups,
             )
             self.pattern = pattern
             self.in_channels = in_channels
@@ -235,6 +248,8 @@ class SSConv2d(nn.Module):
             self.period = period
             self.pointwise = pointwise
             self.spatial = spatial
+            #: Channel groups of the 1 x 1 part (``groups`` unless set finer).
+            self.point_groups = pattern.point_groups
             if not isinstance(shuffle, bool):
                 raise TypeError(f"shuffle must be True or False, got {shuffle!r}")
             #: Whether the input is read in shuffled channel order (only with groups > 1).
@@ -321,6 +336,18 @@ class SSConv2d(nn.Module):
         else:
             in_index = torch.arange(c_in)
         self.register_buffer("in_index", in_index.to(**long), persistent=False)
+        # With point_groups G1 > G: the column (local input, of C_in/G) of each stored 1 x 1
+        # weight, and the same inside its point group (of C_in/G1); scatter's backward is a
+        # gather.
+        point_cols = point_local_cols = None
+        if pat.has_point and pat.point_groups != groups:
+            # The POINT pairs in increasing input order: every filter has point_per_filter.
+            is_point = pat.type_map() == KernelType.POINT  # (C_out, C_in), logical inputs
+            cols = is_point.nonzero()[:, 1].view(self.out_channels, -1) % cin_g
+            point_cols = cols.to(**long)
+            point_local_cols = (cols % pat.in_per_point_group).to(**long)
+        self.register_buffer("point_cols", point_cols, persistent=False)
+        self.register_buffer("point_local_cols", point_local_cols, persistent=False)
 
     @property
     def backend(self) -> str:
@@ -411,15 +438,29 @@ class SSConv2d(nn.Module):
         return w
 
     def point_matrix(self) -> Tensor:
-        """(C_out, C_in/G): 1 x 1 weights in input order, zeros on the spatial pairs."""
+        """(C_out, C_in/G): 1 x 1 weights in input order, zeros on the spatial pairs (and
+        outside each filter's point group)."""
         w = self.weight_point
         assert w is not None
+        if self.point_cols is not None:
+            cin_g = self.in_channels // self.groups
+            return w.new_zeros(self.out_channels, cin_g).scatter(1, self.point_cols, w)
         if self.period is None:
             return w
         c_out, p, a_cnt = self.out_channels, self._p, self._a
         src = torch.cat([w.view(c_out, a_cnt, p - 1), w.new_zeros(c_out, a_cnt, 1)], dim=2)
         index = self.point_index.unsqueeze(1).expand(c_out, a_cnt, p)
         return torch.gather(src, 2, index).reshape(c_out, a_cnt * p)
+
+    def point_group_matrix(self) -> Tensor:
+        """(C_out, C_in/G1): the weight of the grouped 1 x 1 convolution of the point part
+        (``G1 = point_groups``; :meth:`point_matrix` when it equals ``groups``)."""
+        w = self.weight_point
+        assert w is not None
+        if self.point_local_cols is None:
+            return self.point_matrix()
+        w1 = self.in_channels // self.point_groups
+        return w.new_zeros(self.out_channels, w1).scatter(1, self.point_local_cols, w)
 
     def to_dense(self) -> Tensor:
         """The equivalent ``nn.Conv2d`` weight, ``(C_out, C_in/G, kh, kw)`` (differentiable),
@@ -646,8 +687,8 @@ class SSConv2d(nn.Module):
     def _point_conv(self, x: Tensor, padding: tuple[int, int], bias: Tensor | None) -> Tensor:
         """The point pairs: a 1 x 1 convolution that reads each K x K window's centre tap."""
         xc, pad1 = self._centre_input(x, padding)
-        w = self.point_matrix().view(self.out_channels, -1, 1, 1)
-        return F.conv2d(xc, w, bias, self.stride, pad1, 1, self.groups)
+        w = self.point_group_matrix().view(self.out_channels, -1, 1, 1)
+        return F.conv2d(xc, w, bias, self.stride, pad1, 1, self.point_groups)
 
     def _centre_input(self, x: Tensor, padding: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
         return centre_input(x, self.kernel_size, self.dilation, padding)
@@ -704,6 +745,7 @@ class SSConv2d(nn.Module):
         copy_weights: bool = False,
         init_scale: str = "effective",
         shuffle: bool = False,
+        point_groups: int | None = None,
     ) -> SSConv2d:
         """Build an SSC layer with the geometry of ``conv``.
 
@@ -744,6 +786,7 @@ class SSConv2d(nn.Module):
             dense_groups=conv.groups,
             init_scale=init_scale,
             shuffle=shuffle,
+            point_groups=point_groups,
         )
         if copy_weights:
             layer.load_conv_weight(conv.weight.detach())
@@ -786,7 +829,9 @@ class SSConv2d(nn.Module):
         if self.weight_point is not None:
             ch, cw = self.kernel_size[0] // 2, self.kernel_size[1] // 2
             centre = weight[:, :, ch, cw]  # (C_out, C_in/G)
-            if self.period is None:
+            if self.point_cols is not None:
+                self.weight_point.copy_(centre.gather(1, self.point_cols.to(weight.device)))
+            elif self.period is None:
                 self.weight_point.copy_(centre)
             else:
                 p, a_cnt = self._p, self._a
@@ -807,6 +852,8 @@ class SSConv2d(nn.Module):
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode}"
         s += f", period={self.period}, pointwise={self.pointwise}, spatial={self.spatial}"
+        if self.point_groups != self.groups:
+            s += f", point_groups={self.point_groups}"
         if self.shuffle:
             s += ", shuffle=True"
         if self._backend != "auto":
