@@ -287,6 +287,18 @@ def add_model_args(parser: argparse.ArgumentParser, *, weights: bool = True) -> 
         add_weights_args(parser)
 
 
+def point_groups_arg(text: str):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int or 'auto', got {text!r}")
+    return value
+
+
 def add_ssc_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("SSC conversion (omit all to keep the model dense)")
     g.add_argument(
@@ -317,6 +329,15 @@ def add_ssc_args(parser: argparse.ArgumentParser) -> None:
         choices=["full", "checkerboard"],
         default=None,
         help="taps of the spatial kernels (default: the solver's choice)",
+    )
+    g.add_argument(
+        "--point-groups",
+        type=point_groups_arg,
+        default=None,
+        metavar="N|auto",
+        help="groups of each layer's 1x1 part per SSC group: an int, or 'auto' (with "
+        "--density: the solver may thin the 1x1 part for more spatial kernels) (default: 1, "
+        "the 1x1 weights span the group)",
     )
     g.add_argument(
         "--distribution",
@@ -352,7 +373,7 @@ def add_ssc_args(parser: argparse.ArgumentParser) -> None:
 def ssc_requested(args: argparse.Namespace) -> bool:
     return any(
         getattr(args, k, None) is not None
-        for k in ("density", "groups", "period", "pointwise", "spatial")
+        for k in ("density", "groups", "period", "pointwise", "spatial", "point_groups")
     )
 
 
@@ -369,7 +390,7 @@ def model_from_args(args: argparse.Namespace):
     if ssc_requested(args):
         settings = {
             k: getattr(args, k)
-            for k in ("groups", "period", "pointwise", "spatial")
+            for k in ("groups", "period", "pointwise", "spatial", "point_groups")
             if getattr(args, k) is not None
         }
         try:

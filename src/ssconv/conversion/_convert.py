@@ -91,6 +91,7 @@ def convert(
     period=AUTO,
     pointwise=AUTO,
     spatial=AUTO,
+    point_groups=1,
     distribution: str = "uniform",
     prefer: str = "weights",
     skip: Sequence[str] = (),
@@ -126,6 +127,10 @@ def convert(
             also be ``"depthwise"``: in every layer the period equals the group's input width,
             so each filter has one spatial kernel and the spatial part runs as a (shifted)
             depthwise convolution, the form onnxruntime has a fast path for.
+        point_groups: groups of each layer's 1 x 1 part per SSC group (``SSConv2d``'s
+            ``point_groups`` is ``groups * point_groups``): ``1`` (default: the 1 x 1 weights
+            span each group), an int, or ``"auto"`` (the solver may thin the 1 x 1 part to
+            spend the weights on more spatial kernels; the design study in ``docs/ssc.md``).
         distribution: layer-wise target densities, ``"uniform"`` or ``"erk"``.
         prefer: what the solver keeps within a layer's share of the budget: ``"weights"``
             (the densest pattern that fits) or ``"mixing"`` (only patterns that no cheaper one
@@ -200,6 +205,8 @@ def convert(
         }.items()
         if v != AUTO
     }
+    if point_groups != 1:
+        explicit["point_groups"] = point_groups
     patterns: dict[str, SSCPattern] = {}
     targets: dict[str, float] = {}
     fallback: list[str] = []
@@ -287,6 +294,10 @@ def convert(
                 )
     else:
         settings = {**_DEFAULT_SETTINGS, **explicit}
+        if settings.get("point_groups", 1) == AUTO:
+            raise ValueError(
+                "point_groups='auto' needs density= (the solver picks it); pass an int"
+            )
         for name, conv in todo:
             groups_total = conv.groups * int(settings["groups"])
             try:
@@ -298,6 +309,7 @@ def convert(
                     resolve_period(settings["period"], conv.in_channels, groups_total),
                     settings["pointwise"],
                     settings["spatial"],
+                    groups_total * int(settings.get("point_groups", 1)),
                 )
             except ValueError as exc:
                 decisions[name].reason = f"pattern does not fit: {exc}"
@@ -333,6 +345,7 @@ def convert(
             copy_weights=copy_weights,
             init_scale=init_scale,
             shuffle=shuffle and conv.groups == 1,
+            point_groups=pattern.point_groups,
         )
         replace_module(model, name, layer)
         d = decisions[name]

@@ -76,6 +76,7 @@ def candidate_patterns(
     period=AUTO,
     pointwise=AUTO,
     spatial=AUTO,
+    point_groups=1,
     pointwise_only: bool = False,
 ) -> list[SSCPattern]:
     """All valid SSC patterns for ``layer``; a setting other than ``"auto"`` is held fixed.
@@ -85,7 +86,16 @@ def candidate_patterns(
     (``period=None``) are proposed for K x K layers only when ``pointwise_only`` is set.
     ``period="depthwise"`` sets the period to each group's input width (one spatial kernel
     per filter).
+
+    ``point_groups`` counts the 1 x 1 part's groups per SSC group (``SSCPattern.point_groups``
+    is ``groups * point_groups``): ``1`` (the 1 x 1 part spans each group), an int, or
+    ``"auto"`` (every valid count; only patterns with both a spatial and a 1 x 1 part vary,
+    elsewhere a finer 1 x 1 grouping is just more ``groups``).
     """
+    if point_groups != AUTO and (
+        not isinstance(point_groups, int) or isinstance(point_groups, bool) or point_groups < 1
+    ):
+        raise ValueError(f"point_groups must be a positive int or 'auto', got {point_groups!r}")
     common = math.gcd(layer.in_channels, layer.out_channels)
     if groups == AUTO:
         total_groups = [g for g in _divisors(common) if g % layer.groups == 0]
@@ -115,20 +125,28 @@ def candidate_patterns(
                 for sp in sp_options:
                     if p is None and (not pw or sp != "full"):
                         continue
-                    try:
-                        out.append(
-                            SSCPattern(
-                                layer.in_channels,
-                                layer.out_channels,
-                                layer.kernel_size,
-                                g,
-                                p,
-                                pw,
-                                sp,
+                    if p is None or p == 1 or not pw:
+                        ratios = [1]  # no spatial or no 1 x 1 part: nothing to split
+                    elif point_groups != AUTO:
+                        ratios = [point_groups]
+                    else:
+                        ratios = _divisors(math.gcd(width // p, layer.out_channels // g))
+                    for r in ratios:
+                        try:
+                            out.append(
+                                SSCPattern(
+                                    layer.in_channels,
+                                    layer.out_channels,
+                                    layer.kernel_size,
+                                    g,
+                                    p,
+                                    pw,
+                                    sp,
+                                    g * r,
+                                )
                             )
-                        )
-                    except ValueError:
-                        continue
+                        except ValueError:
+                            continue
     return out
 
 
@@ -160,6 +178,7 @@ def _rank_key(pattern: SSCPattern) -> tuple:
         pattern.groups,
         pattern.spatial != "full",
         not pattern.pointwise,
+        pattern.point_groups,
     )
 
 
@@ -234,7 +253,8 @@ def solve_budget(
         fixed_params: dense weights of the conv/linear layers that are not converted.
         distribution: ``"uniform"`` or ``"erk"`` layer-wise target densities.
         fill: spend the budget left over by the discrete per-layer choices (greedy).
-        constraints: settings held fixed (``groups``, ``period``, ``pointwise``, ``spatial``).
+        constraints: settings held fixed (``groups``, ``period``, ``pointwise``, ``spatial``,
+            ``point_groups``: see :func:`candidate_patterns`).
         layer_constraints: per layer name, settings held fixed on top of ``constraints``
             (e.g. ``{"period": None}`` for the 1 x 1 layers :func:`ssconv.convert` adds).
         prefer: ``"weights"`` (each layer gets the densest pattern within its share) or

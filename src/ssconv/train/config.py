@@ -52,6 +52,9 @@ SSC_PRESETS: dict[str, dict] = {
     # One spatial kernel per filter in every layer: the spatial part is a shifted depthwise
     # convolution (onnxruntime's fast path; docs/ssc.md, "Design study").
     "ssc_depthwise": {"ssc_period": DEPTHWISE_PERIOD},
+    # The solver may thin each layer's 1 x 1 part (its own, finer group count) to spend the
+    # weights on more spatial kernels (design study, screen 8, docs/ssc.md).
+    "ssc_thin_point": {"ssc_point_groups": "auto"},
 }
 STRUCTURED_BASELINES = STRUCTURED_RIVALS
 #: ``torch.compile`` modes (``compile_mode``; ``ssconv bench --compile MODE``).
@@ -150,8 +153,8 @@ class TrainConfig:
     method: str = _f(
         "ssc",
         "dense; ssc or an SSC preset (ssc_ungrouped, ssc_shuffled, ssc_unshuffled, ssc_hetconv, "
-        "ssc_groupwise, ssc_checkerboard, ssc_depthwise, group_conv); dw_separable; or a pruning "
-        "method",
+        "ssc_groupwise, ssc_checkerboard, ssc_depthwise, ssc_thin_point, group_conv); "
+        "dw_separable; or a pruning method",
         kind=str,
         choices=METHODS,
     )
@@ -180,6 +183,14 @@ class TrainConfig:
         "SSC spatial taps: full, checkerboard or auto",
         kind=str,
         choices=("auto", "full", "checkerboard"),
+    )
+    ssc_point_groups: Any = _f(
+        1,
+        "groups of the SSC 1x1 part per SSC group: 1 (the 1x1 weights span the group), an int "
+        "or auto (the solver may thin the 1x1 part for more spatial kernels)",
+        kind="int_or_auto",
+        lo=1,
+        neutral=1,
     )
     ssc_prefer: str = _f(
         "weights",
@@ -339,6 +350,7 @@ SPARSE_ONLY_KEYS = frozenset(
         "ssc_pointwise",
         "ssc_spatial",
         "ssc_prefer",
+        "ssc_point_groups",
         "ssc_backend",
         "ssc_shuffle",
         "keep",

@@ -43,7 +43,14 @@ def ssc_settings(cfg: TrainConfig) -> dict[str, Any]:
     }
     preset = {k: v for k, v in SSC_PRESETS.get(cfg.method, {}).items() if k in values}
     merged = {k: (preset[k] if v == "auto" and k in preset else v) for k, v in values.items()}
-    return {k.removeprefix("ssc_"): v for k, v in merged.items() if v != "auto"}
+    out = {k.removeprefix("ssc_"): v for k, v in merged.items() if v != "auto"}
+    # point_groups defaults to 1, not to the solver: "auto" is passed on, 1 left out.
+    point_groups = cfg.ssc_point_groups
+    if point_groups == 1 and "ssc_point_groups" in SSC_PRESETS.get(cfg.method, {}):
+        point_groups = SSC_PRESETS[cfg.method]["ssc_point_groups"]
+    if point_groups != 1:
+        out["point_groups"] = point_groups
+    return out
 
 
 def ssc_shuffle(cfg: TrainConfig) -> bool:
