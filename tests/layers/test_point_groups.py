@@ -190,3 +190,43 @@ def test_point_conv_executes_only_the_point_groups_macs():
         y = layer(x)
     wl = layer.point_group_matrix().view(16, 4, 1, 1)
     torch.testing.assert_close(y, F.conv2d(x, wl, layer.bias, groups=4))
+
+
+def test_solver_thins_the_point_part_within_the_budget_and_exports(tmp_path):
+    import ssconv
+    from ssconv.deploy import export_onnx
+
+    model = ssconv.create_model("cifar_resnet20", in_channels=1)
+    plain = ssconv.convert(model, density=0.05, warn_coverage=False)
+    thin = ssconv.convert(model, density=0.05, point_groups="auto", warn_coverage=False)
+    assert plain.density <= 0.05 and thin.density <= 0.05
+    layers = [m for m in thin.model.modules() if isinstance(m, SSConv2d)]
+    assert any(m.point_groups > m.groups for m in layers)
+    assert all(m.point_groups == m.groups for m in plain.model.modules() if isinstance(m, SSConv2d))
+    # The report counts what the layers hold.
+    assert sum(m.num_params for m in layers) + 144 + 640 == thin.weight_params  # stem, fc
+    report = export_onnx(thin.model.eval(), tmp_path / "m.onnx", (1, 28, 28))
+    assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4
+    with pytest.raises(ValueError, match="point_groups='auto' needs density="):
+        ssconv.convert(model, period=4, point_groups="auto")
+    with pytest.raises(ValueError, match="point_groups must be a positive int or 'auto'"):
+        ssconv.convert(model, density=0.1, point_groups=0)
+
+
+def test_config_key_and_preset_reach_the_solver():
+    from ssconv.train.config import ConfigError, TrainConfig
+    from ssconv.train.methods import ssc_settings
+
+    preset = TrainConfig.from_dict({"method": "ssc_thin_point", "density": 0.05})
+    assert ssc_settings(preset)["point_groups"] == "auto"
+    explicit = TrainConfig.from_dict({"method": "ssc", "ssc_point_groups": 2})
+    assert ssc_settings(explicit)["point_groups"] == 2
+    default = TrainConfig.from_dict({"method": "ssc", "density": 0.05})
+    assert "point_groups" not in ssc_settings(default)
+    # The neutral default leaves earlier runs' digests as they were (this one's digest
+    # before the key existed), and a value other than 1 changes it.
+    assert default.digest() == "6ff46cddd7"
+    thin = TrainConfig.from_dict({"method": "ssc", "density": 0.05, "ssc_point_groups": "auto"})
+    assert thin.digest() != default.digest()
+    with pytest.raises(ConfigError, match="ssc_point_groups"):
+        TrainConfig.from_dict({"method": "ssc", "ssc_point_groups": 0})
