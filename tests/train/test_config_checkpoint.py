@@ -148,6 +148,7 @@ def test_keys_added_later_keep_old_runs_identity():
         "init_checkpoint": None,
         "compile_mode": "default",
         "ssc_prefer": "weights",
+        "ssc_point_groups": 1,
     }
     # The data, weights, compile and solver keys' defaults are their neutral values: a default
     # run keeps its old digest.
@@ -160,6 +161,7 @@ def test_keys_added_later_keep_old_runs_identity():
         "init_checkpoint",
         "compile_mode",
         "ssc_prefer",
+        "ssc_point_groups",
     ):
         assert getattr(TrainConfig(), key) == NEUTRAL[key]
     # (ssc_shuffle: false, not the default null, which since 2026-12-02 means "mix" for ssc.)
