@@ -60,9 +60,10 @@ def interpret(monkeypatch):
     assert triton_ssc.interpreting()
 
 
-def _pair(case, dtype=torch.float32, device="cpu", bias=True):
+def _pair(case, dtype=torch.float32, device="cpu", bias=True, point_groups=None):
     c_in, c_out, k, s, p, d, g, period, pw, sp, shuffle, _ = case
     kwargs = dict(groups=g, bias=bias, period=period, pointwise=pw, spatial=sp, shuffle=shuffle)
+    kwargs["point_groups"] = point_groups
     ref = SSConv2d(c_in, c_out, k, s, p, d, backend="masked", **kwargs)
     if bias:
         with torch.no_grad():
@@ -87,8 +88,8 @@ def _close(actual, expected, rtol):
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * max(scale, 1e-6))
 
 
-def _check_forward_backward(case, device="cpu"):
-    ref, layer = _pair(case, device=device)
+def _check_forward_backward(case, device="cpu", point_groups=None):
+    ref, layer = _pair(case, device=device, point_groups=point_groups)
     x = _input(case, device=device)
     x_ref = x.clone().requires_grad_()
     x_tri = x.clone().requires_grad_()
@@ -111,6 +112,23 @@ def test_matches_masked_forward_and_gradients(interpret, monkeypatch, case, lane
         # Lane widths below 16: the broadcast-FMA tiles instead of tl.dot.
         monkeypatch.setattr(triton_ssc, "FMA_SPEED", 100.0)
     _check_forward_backward(case)
+
+
+# A thinner 1 x 1 part (point_groups > groups): the kernels' tiles come from the layer's mask,
+# so they need no path of their own; each case is one of CASES with the 1 x 1 part's groups.
+POINT_GROUP_CASES = {
+    "hetconv-point4": ("hetconv", 4),
+    "groups-checkerboard-shuffle-nhwc-point4": ("groups-checkerboard-shuffle-nhwc", 4),
+    "stride2-point2": ("stride2", 2),
+}
+
+
+@pytest.mark.parametrize("name", list(POINT_GROUP_CASES))
+def test_thinner_point_part_matches_masked(interpret, name):
+    case, point_groups = POINT_GROUP_CASES[name]
+    ref, layer = _pair(CASES[case], point_groups=point_groups)
+    assert layer.point_groups == point_groups != layer.groups
+    _check_forward_backward(CASES[case], point_groups=point_groups)
 
 
 def test_weight_gradient_pixel_splits_add_up(interpret, monkeypatch):
@@ -354,6 +372,14 @@ def test_matches_masked_on_cuda(exact_cuda, monkeypatch, case, lanes):
     if lanes == "fma":
         monkeypatch.setattr(triton_ssc, "FMA_SPEED", 100.0)
     _check_forward_backward(case, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(POINT_GROUP_CASES))
+def test_thinner_point_part_matches_masked_on_cuda(exact_cuda, monkeypatch, name):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    case, point_groups = POINT_GROUP_CASES[name]
+    _check_forward_backward(CASES[case], device="cuda", point_groups=point_groups)
 
 
 @pytest.mark.gpu
