@@ -57,6 +57,34 @@ def test_bench_variants_same_budget_and_table():
     assert "speed-up" in format_bench(result)
 
 
+def test_ssc_presets_are_variants_built_as_training_builds_them():
+    """An SSC preset is benchmarked as `ssconv train --method NAME` converts it: the same
+    patterns, at the same nonzero count as the other variants of the budget."""
+    from ssconv import SSConv2d, profile
+    from ssconv.train.config import TrainConfig
+    from ssconv.train.methods import build_model
+
+    names = ("ssc", "ssc_thin_point", "ssc_depthwise")
+    variants = build_variants("cifar_resnet20", 0.05, in_channels=1, num_classes=10, variants=names)
+    assert [v.name for v in variants] == list(names)
+
+    def patterns(model):
+        return {n: m.pattern for n, m in model.named_modules() if isinstance(m, SSConv2d)}
+
+    thin = variants[1].model
+    cfg = TrainConfig.from_dict(
+        {"method": "ssc_thin_point", "density": 0.05, "model": "cifar_resnet20"}
+    )
+    trained, _ = build_model(cfg, 10, 1, (1, 28, 28))
+    assert patterns(thin) == patterns(trained)
+    assert any(p.point_groups != p.groups for p in patterns(thin).values())
+    # Within the same weight budget as the default SSC model (the solver's discrete fits).
+    counts = [profile(v.model, (1, 1, 28, 28)).weight_params for v in variants]
+    assert all(0.98 * counts[0] <= c <= 0.05 * 268_048 for c in counts), counts
+    with pytest.raises(ValueError, match="unknown variant 'sparse'.*ssc_thin_point"):
+        build_variants("cifar_resnet20", 0.05, in_channels=1, variants=("sparse",))
+
+
 def test_bench_onnx_times_every_variant_and_survives_one_failure(monkeypatch):
     pytest.importorskip("onnxruntime")
     import ssconv.deploy
@@ -120,6 +148,7 @@ def test_bench_cli_json_and_errors(capsys, tmp_path):
     assert [r["variant"] for r in data["rows"]] == ["dense", "ssc"]
     assert json.loads(out.read_text())["model"] == "cifar_resnet20"
     assert main(["bench", "cifar_resnet20", "--variants", "sparse"]) == 2
+    assert "ssc_thin_point" in capsys.readouterr().err  # the presets are listed
     if not torch.cuda.is_available():
         assert main(["bench", "cifar_resnet20", "--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err

@@ -32,6 +32,14 @@ log = logging.getLogger(__name__)
 VARIANTS = ("dense", "ssc", "pruned", "dw_separable")
 
 
+def variant_names() -> tuple[str, ...]:
+    """Every name :func:`build_variants` takes: :data:`VARIANTS`, then the SSC presets of
+    training (``ssc_thin_point``, ``ssc_depthwise``, ...), each converted at the same density."""
+    from ssconv.train.config import SSC_PRESETS
+
+    return VARIANTS + tuple(n for n in SSC_PRESETS if n not in VARIANTS)
+
+
 @dataclass
 class Variant:
     name: str
@@ -53,7 +61,10 @@ def build_variants(
     init_checkpoint: str | Path | None = None,
 ) -> list[Variant]:
     """The model dense, as SSC at ``density``, pruned (magnitude) to SSC's exact nonzero count,
-    and depthwise-separable at ``density`` (skipped where the budget cannot be met).
+    and depthwise-separable at ``density`` (skipped where the budget cannot be met); SSC
+    presets of training (``ssc_thin_point``, ...: :func:`variant_names`) are converted at
+    ``density`` with the preset's settings, exactly as ``ssconv train --method NAME`` builds
+    them.
 
     ``keep``: the default rules keeping layers dense (see :func:`ssconv.convert`), the same for
     every variant. ``pretrained`` / ``init_checkpoint``: start the dense model from those
@@ -71,11 +82,12 @@ def build_variants(
 
         load_init_checkpoint(dense, init_checkpoint, what=f"model {model_name!r}")
     out: list[Variant] = []
+    from_weights = bool(pretrained or init_checkpoint)
     ssc = convert(
         dense,
         density=density,
         warn_coverage=False,
-        copy_weights=bool(pretrained or init_checkpoint),
+        copy_weights=from_weights,
         **rules,
     )
     for name in variants:
@@ -101,9 +113,28 @@ def build_variants(
                 log.warning("dw_separable skipped: %s", exc)
                 continue
             out.append(Variant("dw_separable", dw.model, f"density {dw.density:.4f}"))
+        elif name in variant_names():
+            out.append(_ssc_preset(dense, name, density, rules, from_weights))
         else:
-            raise ValueError(f"unknown variant {name!r}; choose from {VARIANTS}")
+            raise ValueError(f"unknown variant {name!r}; choose from {variant_names()}")
     return out
+
+
+def _ssc_preset(dense: nn.Module, name: str, density: float, rules: dict, from_weights: bool):
+    from ssconv.train.config import TrainConfig
+    from ssconv.train.methods import ssc_settings, ssc_shuffle
+
+    cfg = TrainConfig.from_dict({"method": name, "density": density})
+    result = convert(
+        copy.deepcopy(dense),
+        density=density,
+        shuffle=ssc_shuffle(cfg),
+        warn_coverage=False,
+        copy_weights=from_weights,
+        **ssc_settings(cfg),
+        **rules,
+    )
+    return Variant(name, result.model, f"density {result.density:.4f}")
 
 
 def _deployable(model: nn.Module, target: str = "torch") -> nn.Module:

@@ -93,7 +93,8 @@ def register(sub) -> None:
         "--variants",
         nargs="+",
         default=None,
-        help="subset of: dense ssc pruned dw_separable (default: all four)",
+        help="subset of: dense ssc pruned dw_separable (default: all four), and SSC presets "
+        "of training at the same density (e.g. ssc_thin_point ssc_depthwise)",
     )
     p.add_argument(
         "--keep",
@@ -120,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         build_variants,
         default_input_size,
         format_bench,
+        variant_names,
     )
     from ssconv.models import PretrainedWeightsError, WeightsError
 
@@ -136,9 +138,11 @@ def run(args: argparse.Namespace) -> int:
     if args.input_size:
         size = (args.in_channels, *args.input_size)
     variants = tuple(args.variants or VARIANTS)
-    unknown = set(variants) - set(VARIANTS)
+    unknown = set(variants) - set(variant_names())
     if unknown:
-        raise CLIError(f"--variants: unknown {sorted(unknown)}; choose from {VARIANTS}")
+        raise CLIError(
+            f"--variants: unknown {sorted(unknown)}; choose from {' '.join(variant_names())}"
+        )
     if args.onnx:
         try:
             import onnxruntime  # noqa: F401
