@@ -5,6 +5,9 @@
         [--threads 2] [--repeats 9] [--stock] [--stock-strided] [--channels-last]
         [--json out.json]
 
+A method may carry a layer-density distribution after a colon (``ssc_thin_point:erk`` is the
+preset with ``distribution: erk``, as a config would set it).
+
 Every model is built exactly as ``ssconv train`` builds it (``ssconv.train.methods``, the
 regime's init rule), and one SGD step (forward, backward, Nesterov momentum update) on a fixed
 random batch of the dataset's shape is timed, interleaved with the other models (medians and
@@ -74,7 +77,12 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="cifar_resnet20")
     p.add_argument("--dataset", default="fashion_mnist", help="only its shape is used")
     p.add_argument("--densities", type=float, nargs="+", default=[0.1, 0.05])
-    p.add_argument("--methods", nargs="+", default=["dense", "ssc", "magnitude", "dw_separable"])
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["dense", "ssc", "magnitude", "dw_separable"],
+        help="methods of ssconv train, each optionally METHOD:DISTRIBUTION (ssc_thin_point:erk)",
+    )
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--repeats", type=int, default=9)
@@ -97,14 +105,17 @@ def main(argv=None) -> int:
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     x = x.contiguous(memory_format=fmt)
     candidates = {}
-    for method in args.methods:
+    for spec in args.methods:
+        method, _, distribution = spec.partition(":")
         for density in [None] if method == "dense" else args.densities:
             keys = dict(dataset=args.dataset, model=args.model, method=method, init_scale="dense")
             if density is not None:
                 keys["density"] = density
+            if distribution:
+                keys["distribution"] = distribution
             model, _ = build_model(TrainConfig.from_dict(keys), info.num_classes, c, (c, h, w))
             model.to(memory_format=fmt)
-            name = method if density is None else f"{method}@{density:g}"
+            name = spec if density is None else f"{spec}@{density:g}"
             candidates[name] = _step(model, x, y)
             if args.stock and any(isinstance(m, SSConv2d) for m in model.modules()):
                 candidates[f"{name} (stock)"] = _Stock(model).wrap(_step(model, x, y))
