@@ -85,6 +85,43 @@ def test_ssc_presets_are_variants_built_as_training_builds_them():
         build_variants("cifar_resnet20", 0.05, in_channels=1, variants=("sparse",))
 
 
+def test_an_ssc_variant_with_erk_densities_is_built_as_training_builds_it():
+    """`ssc_thin_point:erk` is the preset with `distribution: erk`, as a config sets it; a
+    distribution on a non-SSC variant, or an unknown one, is refused naming the variant."""
+    from ssconv import SSConv2d
+    from ssconv.bench.models import parse_variant
+    from ssconv.train.config import TrainConfig
+    from ssconv.train.methods import build_model
+
+    (built,) = build_variants(
+        "cifar_resnet20", 0.05, in_channels=1, num_classes=10, variants=("ssc_thin_point:erk",)
+    )
+    assert built.name == "ssc_thin_point:erk"
+    cfg = TrainConfig.from_dict(
+        {
+            "method": "ssc_thin_point",
+            "density": 0.05,
+            "distribution": "erk",
+            "model": "cifar_resnet20",
+        }
+    )
+    trained, _ = build_model(cfg, 10, 1, (1, 28, 28))
+
+    def patterns(model):
+        return {n: m.pattern for n, m in model.named_modules() if isinstance(m, SSConv2d)}
+
+    assert patterns(built.model) == patterns(trained)
+    (uniform,) = build_variants(
+        "cifar_resnet20", 0.05, in_channels=1, num_classes=10, variants=("ssc_thin_point",)
+    )
+    assert patterns(uniform.model) != patterns(trained)  # the distribution took effect
+    assert parse_variant("ssc:uniform") == ("ssc", "uniform")
+    with pytest.raises(ValueError, match="'dense:erk'.*SSC variants only"):
+        parse_variant("dense:erk")
+    with pytest.raises(ValueError, match="unknown distribution 'snip'.*uniform erk"):
+        parse_variant("ssc:snip")
+
+
 def test_bench_onnx_times_every_variant_and_survives_one_failure(monkeypatch):
     pytest.importorskip("onnxruntime")
     import ssconv.deploy

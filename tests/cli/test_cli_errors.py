@@ -54,6 +54,8 @@ CASES = [
     (["export", "cifar_resnet20", "-o", "{dir}"], "is a folder"),
     (["export", "cifar_resnet20", "--format", "torchscript", "-o", "{tmp}/m.onnx"], ".pt"),
     (["bench", "cifar_resnet20", "-o", "{tmp}/b.txt"], "'.txt'"),
+    (["bench", "cifar_resnet20", "--variants", "sparse"], "--variants: unknown variant 'sparse'"),
+    (["bench", "cifar_resnet20", "--variants", "pruned:erk"], "SSC variants only"),
     (["eval", "{tmp}/no_such_run"], "no_such_run"),
     (["report", "{tmp}/no_such_runs"], "no_such_runs"),
     # YAML's flow mapping without the space after the colon: one key 'width:4', no value

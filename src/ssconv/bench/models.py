@@ -40,6 +40,28 @@ def variant_names() -> tuple[str, ...]:
     return VARIANTS + tuple(n for n in SSC_PRESETS if n not in VARIANTS)
 
 
+def parse_variant(name: str) -> tuple[str, str | None]:
+    """``NAME`` or ``NAME:DISTRIBUTION``: a name of :func:`variant_names`, and for SSC variants
+    (``ssc`` and the presets) optionally the layer densities (``ssc_thin_point:erk``)."""
+    from ssconv.sparsity.budget import DISTRIBUTIONS
+
+    base, sep, distribution = name.partition(":")
+    if base not in variant_names():
+        raise ValueError(f"unknown variant {base!r}; choose from {' '.join(variant_names())}")
+    if not sep:
+        return base, None
+    if base in ("dense", "pruned", "dw_separable"):
+        raise ValueError(
+            f"variant {name!r}: a distribution applies to SSC variants only (ssc and its presets)"
+        )
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(
+            f"variant {name!r}: unknown distribution {distribution!r}; choose from "
+            f"{' '.join(DISTRIBUTIONS)}"
+        )
+    return base, distribution
+
+
 @dataclass
 class Variant:
     name: str
@@ -64,7 +86,8 @@ def build_variants(
     and depthwise-separable at ``density`` (skipped where the budget cannot be met); SSC
     presets of training (``ssc_thin_point``, ...: :func:`variant_names`) are converted at
     ``density`` with the preset's settings, exactly as ``ssconv train --method NAME`` builds
-    them.
+    them; ``NAME:erk`` (:func:`parse_variant`) converts an SSC variant with ERK layer
+    densities.
 
     ``keep``: the default rules keeping layers dense (see :func:`ssconv.convert`), the same for
     every variant. ``pretrained`` / ``init_checkpoint``: start the dense model from those
@@ -91,7 +114,12 @@ def build_variants(
         **rules,
     )
     for name in variants:
-        if name == "dense":
+        base, distribution = parse_variant(name)
+        if distribution is not None:
+            out.append(
+                _ssc_preset(dense, base, density, rules, from_weights, distribution, label=name)
+            )
+        elif name == "dense":
             out.append(Variant("dense", copy.deepcopy(dense)))
         elif name == "ssc":
             out.append(Variant("ssc", ssc.model, f"density {ssc.density:.4f}"))
@@ -113,28 +141,35 @@ def build_variants(
                 log.warning("dw_separable skipped: %s", exc)
                 continue
             out.append(Variant("dw_separable", dw.model, f"density {dw.density:.4f}"))
-        elif name in variant_names():
-            out.append(_ssc_preset(dense, name, density, rules, from_weights))
         else:
-            raise ValueError(f"unknown variant {name!r}; choose from {variant_names()}")
+            out.append(_ssc_preset(dense, name, density, rules, from_weights))
     return out
 
 
-def _ssc_preset(dense: nn.Module, name: str, density: float, rules: dict, from_weights: bool):
+def _ssc_preset(
+    dense: nn.Module,
+    name: str,
+    density: float,
+    rules: dict,
+    from_weights: bool,
+    distribution: str = "uniform",
+    label: str | None = None,
+):
     from ssconv.train.config import TrainConfig
     from ssconv.train.methods import ssc_settings, ssc_shuffle
 
-    cfg = TrainConfig.from_dict({"method": name, "density": density})
+    cfg = TrainConfig.from_dict({"method": name, "density": density, "distribution": distribution})
     result = convert(
         copy.deepcopy(dense),
         density=density,
+        distribution=cfg.distribution,
         shuffle=ssc_shuffle(cfg),
         warn_coverage=False,
         copy_weights=from_weights,
         **ssc_settings(cfg),
         **rules,
     )
-    return Variant(name, result.model, f"density {result.density:.4f}")
+    return Variant(label or name, result.model, f"density {result.density:.4f}")
 
 
 def _deployable(model: nn.Module, target: str = "torch") -> nn.Module:

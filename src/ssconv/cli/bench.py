@@ -94,7 +94,8 @@ def register(sub) -> None:
         nargs="+",
         default=None,
         help="subset of: dense ssc pruned dw_separable (default: all four), and SSC presets "
-        "of training at the same density (e.g. ssc_thin_point ssc_depthwise)",
+        "of training at the same density (e.g. ssc_thin_point ssc_depthwise); an SSC variant "
+        "may name its layer densities after a colon (ssc:erk, ssc_thin_point:erk)",
     )
     p.add_argument(
         "--keep",
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         build_variants,
         default_input_size,
         format_bench,
-        variant_names,
+        parse_variant,
     )
     from ssconv.models import PretrainedWeightsError, WeightsError
 
@@ -138,11 +139,11 @@ def run(args: argparse.Namespace) -> int:
     if args.input_size:
         size = (args.in_channels, *args.input_size)
     variants = tuple(args.variants or VARIANTS)
-    unknown = set(variants) - set(variant_names())
-    if unknown:
-        raise CLIError(
-            f"--variants: unknown {sorted(unknown)}; choose from {' '.join(variant_names())}"
-        )
+    for name in variants:
+        try:
+            parse_variant(name)
+        except ValueError as exc:
+            raise CLIError(f"--variants: {exc}") from None
     if args.onnx:
         try:
             import onnxruntime  # noqa: F401
