@@ -443,3 +443,69 @@ def test_record_backfills_and_errors(tmp_path, capsys):
     bad = write_sweep(tmp_path, {"method": ["ssc"]}, results=["a"])
     with pytest.raises(ConfigError, match="results must be a folder path"):
         load_sweep(bad)
+
+
+def test_extends_inherits_the_base_and_keeps_the_digests(tmp_path):
+    grid = {"method": ["ssc", "dense"], "seed": [0]}
+    full = load_sweep(write_sweep(tmp_path, grid, results=str(tmp_path / "kept")))
+    (tmp_path / "study").mkdir()
+    child = tmp_path / "study" / "screen.yaml"
+    child.write_text(
+        yaml.safe_dump(
+            {
+                "out": str(tmp_path / "runs2"),
+                "extends": "../sweep.yaml",
+                "base": {"epochs": 2},
+                "grid": grid,
+            }
+        )
+    )
+    cells = load_sweep(child).cells()
+    assert [c.config.epochs for c in cells] == [2, 2]  # the child's key wins
+    assert cells[0].config.density == 0.3 and cells[0].config.model_kwargs == {"width": 4}
+    assert cells[0].folder.parent.parent == tmp_path / "runs2"  # out is not inherited
+    assert cells[0].record is None  # nor results
+    # Moving keys into the parent changes no cell: same resolved config, same digest.
+    child.write_text(
+        yaml.safe_dump({"out": str(tmp_path / "runs2"), "extends": "../sweep.yaml", "grid": grid})
+    )
+    assert [c.config.digest() for c in load_sweep(child).cells()] == [
+        c.config.digest() for c in full.cells()
+    ]
+    # Two levels: a grandchild's base on top of the child's on top of the parent's.
+    grandchild = tmp_path / "study" / "deeper.yaml"
+    grandchild.write_text(
+        yaml.safe_dump({"extends": "screen.yaml", "base": {"seed": 5}, "grid": {"method": ["ssc"]}})
+    )
+    (cell,) = load_sweep(grandchild).cells()
+    assert (cell.config.seed, cell.config.density, cell.config.epochs) == (5, 0.3, 1)
+
+
+def test_extends_errors(tmp_path):
+    path = tmp_path / "a.yaml"
+
+    def write(file, **data):
+        file.write_text(yaml.safe_dump({"grid": {"method": ["ssc"]}, **data}))
+
+    write(path, extends="missing.yaml")
+    with pytest.raises(ConfigError, match=r"a.yaml: extends 'missing.yaml': no such file"):
+        load_sweep(path)
+    write(path, extends=3)
+    with pytest.raises(ConfigError, match="extends must be the path of another sweep file"):
+        load_sweep(path)
+    write(path, extends="a.yaml")
+    with pytest.raises(ConfigError, match="extends forms a cycle"):
+        load_sweep(path)
+    write(path, extends="b.yaml")
+    write(tmp_path / "b.yaml", extends="a.yaml")
+    with pytest.raises(ConfigError, match="extends forms a cycle"):
+        load_sweep(path)
+    write(tmp_path / "b.yaml", base={**BASE, "epoch": 3})  # a typo in the parent names it
+    with pytest.raises(ConfigError, match=r"b.yaml: base.*did you mean 'epochs'"):
+        load_sweep(path)
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({"grid": {"seed": [0]}, "bogus": 1}))
+    with pytest.raises(ConfigError, match=r"b.yaml: unknown top-level key\(s\) \['bogus'\]"):
+        load_sweep(path)
+    write(tmp_path / "b.yaml", base=[1, 2])
+    with pytest.raises(ConfigError, match="b.yaml: base must be a mapping"):
+        load_sweep(path)

@@ -23,7 +23,11 @@ def register(sub) -> None:
         "or the output folder cannot be written (disk full, permissions); 130/143 interrupted "
         "(the running cell saved a checkpoint; run again to resume).",
     )
-    p.add_argument("sweep_file", help="YAML or TOML file with out, base and grid")
+    p.add_argument(
+        "sweep_file",
+        help="YAML or TOML file with out, base and grid (optional: results, variants, "
+        "extends: another sweep file whose base this one starts from)",
+    )
     p.add_argument(
         "--out", default=None, help="override the file's output folder (default: the file's out)"
     )

@@ -20,6 +20,20 @@ each variant is crossed with the grid, and its name is the first part of the cel
     grid:
       density: [0.1]
 
+An optional ``extends`` names another sweep file (relative to this one) whose ``base`` this
+file starts from; this file's ``base`` keys replace the inherited ones, and nothing else is
+inherited (``out``, ``results``, ``grid`` and ``variants`` stay per file). A follow-up screen
+then states only what it changes, and a change to the protocol cannot drift between screens::
+
+    extends: ../fashion_mnist_regime.yaml
+    base:
+      epochs: 6                 # everything else as in the regime
+    grid:
+      method: [ssc, erk]
+
+The cells' configs (and so their digests) are the resolved ones: moving a key from a file's
+``base`` to the file it extends changes no cell.
+
 Each cell is a normal run in ``out/<key>=<value>/...``. Finished cells are skipped, unfinished
 ones resumed from their checkpoints.
 
@@ -164,16 +178,8 @@ def load_sweep(
     replace the file's folders.
     """
     path = Path(path)
-    data = read_config_file(path, "sweep file")
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with out, base and grid")
-    unknown = set(data) - {"out", "results", "base", "grid", "variants", "description"}
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown top-level key(s) {sorted(unknown)}; expected out, results, "
-            f"base, grid, variants, description"
-        )
-    base = data.get("base") or {}
+    data = _read_sweep_file(path)
+    base = _resolved_base(path, data, ())
     grid = data.get("grid") or {}
     if not isinstance(grid, dict) or not grid:
         raise ConfigError(f"{path}: grid must map config keys to lists of values")
@@ -220,6 +226,46 @@ def load_sweep(
     spec = SweepSpec(folder, base, grid, str(path), variants, kept)
     spec.cells()  # validate every combination now, not hours later
     return spec
+
+
+_TOP_KEYS = ("out", "results", "base", "grid", "variants", "description", "extends")
+
+
+def _read_sweep_file(path: Path) -> dict:
+    data = read_config_file(path, "sweep file")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with out, base and grid")
+    unknown = set(data) - set(_TOP_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown top-level key(s) {sorted(unknown)}; expected " + ", ".join(_TOP_KEYS)
+        )
+    return data
+
+
+def _resolved_base(path: Path, data: dict, chain: tuple[Path, ...]) -> dict:
+    """``data``'s ``base`` on top of the ``base`` of the file it ``extends`` (recursively)."""
+    base = data.get("base") or {}
+    if not isinstance(base, dict):
+        raise ConfigError(f"{path}: base must be a mapping of config keys")
+    _check_items(base, f"{path}: base")  # name the file that holds a bad key
+    parent = data.get("extends")
+    if parent is None:
+        return dict(base)
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"{path}: extends must be the path of another sweep file")
+    target = (path.parent / parent).resolve()
+    here = path.resolve()
+    if target == here or target in chain:
+        names = " -> ".join(str(p) for p in (*chain, here, target))
+        raise ConfigError(f"{path}: extends forms a cycle ({names}); remove one of them")
+    if not target.is_file():
+        raise ConfigError(
+            f"{path}: extends {parent!r}: no such file ({target}); the path is relative to "
+            f"{path.parent}"
+        )
+    inherited = _resolved_base(target, _read_sweep_file(target), (*chain, here))
+    return {**inherited, **base}
 
 
 def _read_json(path: Path) -> dict | None:
