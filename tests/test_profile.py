@@ -95,3 +95,71 @@ def test_profile_restores_training_mode_and_validates():
         profile(net)
     with pytest.raises(ValueError, match="input_size must be"):
         profile(net, (3, 0, 8))
+
+
+_PATH_METHODS = {
+    "_forward_fused_train": "fused_train",
+    "_forward_pixels": "pixels",
+    "_forward_fused": "fused",
+    "_forward_decomposed": "decomposed",  # also "split", which it branches into
+}
+
+
+def _ran(layer, x, monkeypatch):
+    """Which of the layer's kernels ``layer(x)`` really ran ("masked": none of the others)."""
+    ran = []
+    for method, path in _PATH_METHODS.items():
+        original = getattr(layer, method)
+
+        def spy(*args, _path=path, _original=original):
+            ran.append(_path)
+            return _original(*args)
+
+        monkeypatch.setattr(layer, method, spy)
+    layer(x)
+    monkeypatch.undo()
+    return ran[0] if ran else "masked"
+
+
+def _same(predicted, ran):
+    return predicted == ran or (predicted, ran) == ("split", "decomposed")
+
+
+@pytest.mark.parametrize(
+    "shape, kwargs, width",
+    [
+        ((16, 16), {"period": 4, "groups": 2, "shuffle": True}, 16),  # narrow: pixel kernels
+        ((32, 32), {"period": 4, "spatial": "checkerboard", "stride": 2}, 8),  # strided, small
+        ((64, 64), {"period": 4}, 4),  # wide, tiny rows
+        ((64, 64), {"period": 8, "groups": 2}, 16),
+    ],
+)
+@pytest.mark.parametrize("backend", ["auto", "masked", "decomposed"])
+def test_call_path_names_the_kernels_forward_runs(shape, kwargs, width, backend, monkeypatch):
+    layer = SSConv2d(*shape, 3, padding=1, bias=False, backend=backend, **kwargs)
+    x = torch.randn(2, shape[0], width, width)
+    with torch.no_grad():
+        assert _same(layer.call_path(x), _ran(layer, x, monkeypatch))
+    assert _same(layer.call_path(x), _ran(layer, x, monkeypatch))  # with gradients
+    if backend != "auto":
+        assert layer.call_path(x) in (backend, "split", "fused_train")
+
+
+def test_table_names_each_ssc_layers_path_and_explains_zeros():
+    net = Net()
+    net.ssc.backend = "masked"
+    result = profile(net, (3, 16, 16))
+    rows = {r.name: r for r in result.layers}
+    assert rows["ssc"].path == "masked" and rows["stem"].path == ""
+    with torch.no_grad():  # profile runs the model without gradients
+        assert rows["cb"].path == net.cb.call_path(torch.zeros(1, 32, 8, 8))
+    text = result.table()
+    assert "runs on" in text.splitlines()[0]
+    assert "execute more than their effective MACs" in text
+    assert "ssc (masked)" in text and "one dense convolution with the pattern's zeros" in text
+    exact = nn.Sequential(SSConv2d(16, 16, 3, padding=1, period=4, groups=2, bias=False))
+    result = profile(exact, (16, 16, 16))
+    (row,) = result.layers
+    if row.path == "pixels":  # the kernel is built: it executes exactly the effective MACs
+        assert row.executed_macs == row.effective_macs
+        assert "execute more than" not in result.table()

@@ -47,6 +47,7 @@ class LayerProfile:
     effective_macs: int
     executed_macs: int
     dense_macs: int  # MACs of the dense layer of the same shape
+    path: str = ""  # SSC layers: the kernels this call ran (SSConv2d.call_path)
 
     @property
     def density(self) -> float:
@@ -120,6 +121,7 @@ class ProfileResult:
             "density",
             "eff MACs",
             "exec MACs",
+            "runs on",
         ]
         rows = [
             [
@@ -131,6 +133,7 @@ class ProfileResult:
                 f"{layer.density:.3f}",
                 format_count(layer.effective_macs),
                 format_count(layer.executed_macs),
+                layer.path,
             ]
             for layer in self.layers
         ]
@@ -143,6 +146,7 @@ class ProfileResult:
             f"{self.density:.3f}",
             format_count(self.effective_macs),
             format_count(self.executed_macs),
+            "",
         ]
         lines = text_table(headers, rows, right={4, 5, 6, 7}, footer=total)
         lines.append(
@@ -151,10 +155,35 @@ class ProfileResult:
             f"included): {self.total_params:,}; input {tuple(self.input_size)}; executed MACs "
             f"measured with FlopCounterMode"
         )
+        above = [
+            layer
+            for layer in self.layers
+            if layer.path and layer.executed_macs > layer.effective_macs
+        ]
+        if above:
+            names = ", ".join(f"{layer.name} ({layer.path})" for layer in above)
+            kinds = dict.fromkeys(layer.path for layer in above)
+            why = "; ".join(f"{k} = {_WHY_ABOVE[k]}" for k in kinds if k in _WHY_ABOVE)
+            lines.append(
+                f"{len(above)} SSC layer(s) execute more than their effective MACs on the "
+                f"kernels the `auto` backend picks for this input (rules set by measured speed, "
+                f"docs/benchmarks.md): {names}" + (f"; {why}" if why else "") + ". "
+                "A layer's `backend` attribute picks other kernels "
+                '(e.g. layer.backend = "decomposed").'
+            )
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.table()
+
+
+#: Why a path can execute zeros (the footnote of :meth:`ProfileResult.table`).
+_WHY_ABOVE = {
+    "masked": "one dense convolution with the pattern's zeros",
+    "fused": "register blocks of 16 filters that run the union of their filters' inputs and taps",
+    "decomposed": "full K x K kernels where checkerboard taps are zero",
+    "split": "full K x K kernels where checkerboard taps are zero",
+}
 
 
 def _settings(module: nn.Module) -> str:
@@ -210,9 +239,16 @@ def profile(
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
         example_input = torch.zeros(size, device=device, dtype=dtype)
     shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    paths: dict[str, str] = {}
     handles = []
     layers_to_count = list(counted_layers(model))
     for name, module, _ in layers_to_count:
+        if isinstance(module, SSConv2d):
+
+            def pre_hook(mod, args, name=name):
+                paths.setdefault(name, mod.call_path(args[0]))
+
+            handles.append(module.register_forward_pre_hook(pre_hook))
 
         def hook(mod, args, output, name=name):
             shapes.setdefault(name, (tuple(args[0].shape), tuple(output.shape)))
@@ -258,6 +294,7 @@ def profile(
                 effective_macs=nonzero * positions,
                 executed_macs=executed,
                 dense_macs=dense * positions,
+                path=paths.get(name, ""),
             )
         )
     params = list(model.parameters())

@@ -416,6 +416,22 @@ class SSConv2d(nn.Module):
         """
         return dispatch.resolve(self, inference)
 
+    def call_path(self, x: Tensor) -> str:
+        """The kernels an eager ``forward(x)`` runs, without running them (what ``ssconv
+        summary`` shows): ``"triton"``; on CPU with gradients ``"fused_train"`` (the native
+        training kernels); without them ``"pixels"`` (the pixel-vectorised kernel) or
+        ``"fused"`` (the channel-lane kernel); else a stock backend, ``"masked"`` (one dense
+        convolution with zeros), ``"decomposed"`` or ``"split"``. Inside ``torch.compile`` the
+        fused kernels run as one graph op instead."""
+        if self._backend == "triton":
+            return "triton"
+        inference = self._is_inference_call(x)
+        if not inference and self._trains_fused(x):
+            return "fused_train"
+        if inference and self._infers_on_pixels(x):
+            return "pixels"
+        return self.resolved_backend(inference)
+
     def fused_waste(self) -> float:
         """Executed over effective MACs of the fused kernel for this layer (1.0 = no waste)."""
         waste = self.__dict__.get("_fused_waste")
@@ -519,12 +535,11 @@ class SSConv2d(nn.Module):
             key = dispatch.graph_key(self, x.shape[-1], padding)
             if key >= 0:
                 return graph_ops.ssc_conv2d(x, self.to_dense(), self.bias, key)
-        inference = self._is_inference_call(x)
-        if not inference and self._trains_fused(x):
+        backend = self.call_path(x)
+        if backend == "fused_train":
             return self._forward_fused_train(x, padding)
-        if inference and self._infers_on_pixels(x):
+        if backend == "pixels":
             return self._forward_pixels(x, padding)
-        backend = self.resolved_backend(inference)
         if backend == "fused":
             return self._forward_fused(x, padding)
         if self.shuffle:
