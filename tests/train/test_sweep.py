@@ -507,5 +507,7 @@ def test_extends_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"b.yaml: unknown top-level key\(s\) \['bogus'\]"):
         load_sweep(path)
     write(tmp_path / "b.yaml", base=[1, 2])
-    with pytest.raises(ConfigError, match="b.yaml: base must be a mapping"):
+    with pytest.raises(
+        ConfigError, match="b.yaml: base: expected a mapping of keys to values, got list"
+    ):
         load_sweep(path)

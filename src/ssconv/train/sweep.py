@@ -186,7 +186,6 @@ def load_sweep(
     if overrides:
         _check_items(overrides, "--set")
         base = {**base, **overrides}
-    _check_items(base, f"{path}: base")
     variants = data.get("variants")
     if variants is not None:
         if not isinstance(variants, dict) or not variants:
@@ -246,25 +245,23 @@ def _read_sweep_file(path: Path) -> dict:
 def _resolved_base(path: Path, data: dict, chain: tuple[Path, ...]) -> dict:
     """``data``'s ``base`` on top of the ``base`` of the file it ``extends`` (recursively)."""
     base = data.get("base") or {}
-    if not isinstance(base, dict):
-        raise ConfigError(f"{path}: base must be a mapping of config keys")
-    _check_items(base, f"{path}: base")  # name the file that holds a bad key
+    _check_items(base, f"{path}: base")  # checked per file, so that errors name the file
     parent = data.get("extends")
     if parent is None:
         return dict(base)
     if not isinstance(parent, str) or not parent:
         raise ConfigError(f"{path}: extends must be the path of another sweep file")
     target = (path.parent / parent).resolve()
-    here = path.resolve()
-    if target == here or target in chain:
-        names = " -> ".join(str(p) for p in (*chain, here, target))
+    chain = (*chain, path.resolve())
+    if target in chain:
+        names = " -> ".join(str(p) for p in (*chain, target))
         raise ConfigError(f"{path}: extends forms a cycle ({names}); remove one of them")
     if not target.is_file():
         raise ConfigError(
             f"{path}: extends {parent!r}: no such file ({target}); the path is relative to "
             f"{path.parent}"
         )
-    inherited = _resolved_base(target, _read_sweep_file(target), (*chain, here))
+    inherited = _resolved_base(target, _read_sweep_file(target), chain)
     return {**inherited, **base}
 
 
