@@ -3,11 +3,14 @@
     python benchmarks/end_to_end.py [--device cpu] [--out benchmarks/results/cpu]
                                     [--tune] [--onnx] [--compile [MODE]] [--cuda-graphs]
                                     [--batch N] [--models ...] [--densities ...]
+                                    [--nchw] [--threads N] [--variants ...]
 
 Runs ``ssconv bench`` for VGG-19 and ResNet-32 (32 x 32, batch 64) and ResNet-50 (224 x 224,
 batch 8, 1x1 convs converted) at densities 0.10 and 0.05 (ResNet-50: 0.20 and 0.10, see
 DENSITIES), inference and one training step,
-and writes one JSON per case plus a Markdown summary. Record the output in docs/benchmarks.md.
+and writes one JSON per case; the Markdown tables go to stdout. Record them in
+docs/benchmarks.md. ``--nchw --threads 2 --variants dense ssc dw_separable`` is the CPU target
+grid of the speed issue (SSC trains in NCHW, the trainer's default).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import json
 import sys
 from pathlib import Path
 
-from ssconv.bench.models import bench_variants, build_variants, format_bench
+import torch
+
+from ssconv.bench.models import VARIANTS, bench_variants, build_variants, format_bench
 
 CASES = [
     # model, input size, batch, keep rules
@@ -48,14 +53,21 @@ def main(argv=None) -> int:
     p.add_argument("--cuda-graphs", action="store_true", help="CUDA graphs too (CUDA only)")
     p.add_argument("--batch", type=int, default=None, help="default: each case's batch")
     p.add_argument("--no-train", action="store_true")
+    p.add_argument("--nchw", action="store_true", help="NCHW instead of channels_last")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), help=f"default: {' '.join(VARIANTS)}"
+    )
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for model, size, batch, keep in CASES:
         if model not in args.models:
             continue
         for density in args.densities or DENSITIES[model]:
-            variants = build_variants(model, density, keep=keep)
+            variants = build_variants(model, density, keep=keep, variants=args.variants)
             batch_used = args.batch or batch
             result = bench_variants(
                 variants,
@@ -66,12 +78,14 @@ def main(argv=None) -> int:
                 onnx=args.onnx,
                 repeats=args.repeats,
                 tune=args.tune,
+                channels_last=not args.nchw,
                 compile=args.compile or False,
                 cuda_graphs=args.cuda_graphs,
             )
             result.update(model=model, target_density=density, keep=keep)
             suffix = "_tuned" if args.tune else ""
             suffix += f"_b{batch_used}" if args.batch else ""
+            suffix += "_nchw" if args.nchw else ""
             name = f"{model}_d{density}{suffix}.json"
             (out / name).write_text(json.dumps(result, indent=2))
             print(f"\n### {model}, density {density}, batch {batch_used}\n")
