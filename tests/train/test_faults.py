@@ -271,6 +271,9 @@ def test_data_loader_workers_die_with_a_killed_parent(tmp_path):
     argv = [sys.executable, "-m", "ssconv", "train", "--out", str(out), *TINY]
     argv += ["--workers", "2", "--set", "max_steps=null", "--epochs", "50"]
     argv += ["--dataset", "synthetic:3:16:16:4:4000:16"]
+    # A small lr: on a fast CPU the run reached step 40 within the test's 1 s wait at lr 0.1,
+    # diverged on the random data and stopped, taking its workers with it.
+    argv += ["--set", "lr=0.001"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SSCONV_NO_FUSED": "1"}  # dense: no kernel
     log = open(tmp_path / "run.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
