@@ -851,3 +851,26 @@ def test_inference_of_strided_layers_runs_the_pixel_kernel(shuffle):
                 ops = {str(k) for k in counter.get_flop_counts()["Global"]}
                 assert any("pix_conv2d" in k for k in ops) == on_pixels, (size, ops)
                 torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_training_after_an_inference_mode_call_matches_masked(memory_format):
+    # An evaluation under torch.inference_mode() before training (Lightning's sanity check)
+    # used to cache the kernels' index plans as inference tensors, and the next training step
+    # failed ("Inference tensors cannot be saved for backward").
+    torch.manual_seed(2)
+    layer = SSConv2d(16, 32, 3, padding=1, period=4, shuffle=True)
+    ref = SSConv2d(16, 32, 3, padding=1, period=4, shuffle=True, backend="masked")
+    ref.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 16, 9, 9).contiguous(memory_format=memory_format)
+    with torch.inference_mode():
+        _close(layer(x), ref(x), 1e-5)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = layer(xa), ref(xb)
+    assert "FusedConvTrain" in type(ya.grad_fn).__name__
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    _close(xa.grad, xb.grad, 1e-5)
+    for pa, pb in zip(layer.parameters(), ref.parameters()):
+        _close(pa.grad, pb.grad, 1e-5)

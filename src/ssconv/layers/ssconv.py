@@ -654,14 +654,18 @@ class SSConv2d(nn.Module):
         pattern and the geometry; kept outside the module's state)."""
         plans = self.__dict__.get("_fused_train_plans")
         if plans is None:
-            mask, order = self.pattern.dense_mask(), self._in_order()
-            padding = self.padding if self.padding_mode == "zeros" else (0, 0)
-            plans = (
-                fused.make_plan(mask, self.groups, kernel="pixels", in_order=order),
-                fused.input_grad_plan(
-                    mask, self.groups, self.stride, padding, self.dilation, in_order=order
-                ),
-            )
+            # Built as normal tensors even when the first call is under torch.inference_mode()
+            # (an evaluation before training, Lightning's sanity check): the training kernels
+            # index with them, and autograd refuses to save inference tensors for backward.
+            with torch.inference_mode(False):
+                mask, order = self.pattern.dense_mask(), self._in_order()
+                padding = self.padding if self.padding_mode == "zeros" else (0, 0)
+                plans = (
+                    fused.make_plan(mask, self.groups, kernel="pixels", in_order=order),
+                    fused.input_grad_plan(
+                        mask, self.groups, self.stride, padding, self.dilation, in_order=order
+                    ),
+                )
             self.__dict__["_fused_train_plans"] = plans
         return plans
 
