@@ -874,3 +874,49 @@ def test_training_after_an_inference_mode_call_matches_masked(memory_format):
     _close(xa.grad, xb.grad, 1e-5)
     for pa, pb in zip(layer.parameters(), ref.parameters()):
         _close(pa.grad, pb.grad, 1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("width", [8, 14, 16, 23, 28, 33])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pixel_kernels_equal_conv2d_at_every_row_width(width, stride):
+    # Row widths on both sides of the rule that picks 16-pixel vectors on AVX-512 builds
+    # (rows that 16 lanes pad no wider than 8 do: 14, 16, 28, 33 -> wide; 8, 23 -> narrow),
+    # for every pixel block width, forward and both gradients.
+    torch.manual_seed(width + stride)
+    layer = SSConv2d(16, 16, 3, stride=stride, padding=1, groups=2, period=4)
+    mask = layer.pattern.dense_mask()
+    for vb in fused.PIX_VB:
+        plan = fused.make_plan(mask, 2, vb=vb, kernel="pixels")
+        plan_t = fused.input_grad_plan(mask, 2, (stride, stride), (1, 1), (1, 1))
+        w = layer.to_dense().detach().requires_grad_(True)
+        x = torch.randn(2, 16, width + 1, width, requires_grad=True)
+        y = fused.fused_conv2d_train(
+            x, w, None, plan, plan_t, (3, 3), (stride, stride), (1, 1), (1, 1)
+        )
+        w2, x2 = (t.detach().clone().requires_grad_(True) for t in (w, x))
+        y2 = torch.nn.functional.conv2d(x2, w2, None, stride, 1, 1, 2)
+        g = torch.randn_like(y2)
+        (y * g).sum().backward()
+        (y2 * g).sum().backward()
+        _close(y, y2, 1e-5)
+        _close(x.grad, x2.grad, 1e-5)
+        _close(w.grad * mask, w2.grad * mask, 1e-5)
+
+
+@needs_kernel
+def test_the_build_reports_the_vectors_it_was_compiled_for(monkeypatch):
+    fused.available()
+    built = fused.vector_isa()
+    assert built == fused._module.isa()
+    assert fused.status().to_dict()["vectors"] == built
+    if not fused.is_portable_build():
+        cap = torch.backends.cpu.get_cpu_capability()
+        assert built == {"AVX512": "avx512", "AVX2": "avx2"}.get(cap, "generic")
+    # SSCONV_NO_AVX512 selects the 8-lane build: another set of flags, so another build key.
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    wide_flags = fused._flags(False)
+    monkeypatch.setenv("SSCONV_NO_AVX512", "1")
+    narrow_flags = fused._flags(False)
+    assert "-mavx512f" in wide_flags and "-mavx512f" not in narrow_flags
+    assert "-mavx2" in narrow_flags

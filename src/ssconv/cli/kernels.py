@@ -42,5 +42,5 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"the fused CPU kernel could not be built: {st.reason}")
     print(st.line())
     print(f"  build folder: {st.build_dir}")
-    print(f"  CPU capability: {st.cpu_capability}")
+    print(f"  CPU capability: {st.cpu_capability}; vectors: {st.vectors}")
     return 0

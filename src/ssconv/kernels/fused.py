@@ -95,8 +95,14 @@ def _flags(portable_build: bool | None = None) -> list[str]:
             return ["-O3"]  # clang has the vector extensions
         return ["-O3", "-DSSCONV_PORTABLE"]
     flags = ["-O3", "-fopenmp"]  # OpenMP: at::parallel_for is inline and needs it
-    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+    cap = torch.backends.cpu.get_cpu_capability()
+    if cap in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
+    # ATen's AVX512 means F, VL, BW and DQ: 16-lane kernels, 32 registers. SSCONV_NO_AVX512=1
+    # builds the 8-lane kernels instead (CPUs that slow their clock for 512-bit code, or A/B
+    # timings); it is part of the build's key, like every flag.
+    if cap == "AVX512" and not os.environ.get("SSCONV_NO_AVX512"):
+        flags += ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"]
     return flags
 
 
@@ -281,6 +287,19 @@ def _build(portable_build: bool):
             extra_ldflags=_ldflags(portable_build),
             verbose=False,
         )
+
+
+def vector_isa() -> str:
+    """The vectors the kernel is (or would be) built for: ``"avx512"`` (16 float32 lanes,
+    where ATen reports AVX512 and ``SSCONV_NO_AVX512`` is unset), ``"avx2"`` (8 lanes),
+    ``"portable"`` or ``"generic"`` (what the compiler makes of the vector types). Never
+    builds or loads the kernel."""
+    if _module is not None:
+        return _module.isa()
+    if portable():
+        return "portable"
+    flags = _flags(False)
+    return "avx512" if "-mavx512f" in flags else "avx2" if "-mavx2" in flags else "generic"
 
 
 def is_portable_build() -> bool:
@@ -1201,6 +1220,7 @@ class KernelStatus:
     name: str
     build_dir: str
     cpu_capability: str
+    vectors: str = ""  # the build's vectors (:func:`vector_isa`)
 
     @property
     def built(self) -> bool:
@@ -1228,6 +1248,7 @@ class KernelStatus:
             "name": self.name,
             "build_dir": self.build_dir,
             "cpu_capability": self.cpu_capability,
+            "vectors": self.vectors,
         }
 
 
@@ -1257,7 +1278,7 @@ def status() -> KernelStatus:
     cap = torch.backends.cpu.get_cpu_capability()
 
     def make(state: str, reason: str | None = None) -> KernelStatus:
-        return KernelStatus(state, reason, name, str(build_dir), cap)
+        return KernelStatus(state, reason, name, str(build_dir), cap, vector_isa())
 
     if os.environ.get("SSCONV_NO_FUSED"):
         return make("disabled", "disabled by SSCONV_NO_FUSED")

@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #if defined(SSCONV_PORTABLE) || !(defined(__GNUC__) || defined(__clang__))
@@ -57,14 +58,39 @@ struct vec {
   }
   friend vec operator*(S a, const vec& b) { return b * a; }
 };
+typedef vec<float, 16> vf16;
 typedef vec<float, 8> vf8;
 typedef vec<float, 4> vf4;
+typedef vec<double, 8> vd8;
 typedef vec<double, 4> vd4;
 #else
+typedef float vf16 __attribute__((vector_size(64)));
 typedef float vf8 __attribute__((vector_size(32)));
 typedef float vf4 __attribute__((vector_size(16)));
+typedef double vd8 __attribute__((vector_size(64)));
 typedef double vd4 __attribute__((vector_size(32)));
 #endif
+
+// Built with -mavx512f (ssconv.kernels.fused, where ATen reports AVX512): 16-lane registers,
+// and 32 of them, so a 16-lane block is one register and its tiles hold more pixels.
+#if defined(__AVX512F__) && !defined(SSCONV_PORTABLE)
+#define SSCONV_AVX512 1
+#else
+#define SSCONV_AVX512 0
+#endif
+
+// The instruction set the kernels were compiled for (reported by ssconv.kernels.fused).
+std::string ssc_isa() {
+#if defined(SSCONV_PORTABLE)
+  return "portable";
+#elif SSCONV_AVX512
+  return "avx512";
+#elif defined(__AVX2__)
+  return "avx2";
+#else
+  return "generic";
+#endif
+}
 
 template <typename V, typename S>
 static inline V load_v(const S* p) {
@@ -400,9 +426,15 @@ torch::Tensor ssc_fused_forward(torch::Tensor x, torch::Tensor w, torch::Tensor 
   // blocks are full; 8 x 8 and 4 x 8 serve narrow residue classes.
   if (x.scalar_type() == torch::kFloat32) {
     auto pk = make_packed<float>(w, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, &bias, vb);
+#if SSCONV_AVX512
+    if (vb == 16) run<float, vf16, 1, 6>(x, y, pk, nblocks, g);
+    else if (vb == 8) run<float, vf8, 1, 8>(x, y, pk, nblocks, g);
+    else run<float, vf4, 1, 8>(x, y, pk, nblocks, g);
+#else
     if (vb == 16) run<float, vf8, 2, 6>(x, y, pk, nblocks, g);
     else if (vb == 8) run<float, vf8, 1, 8>(x, y, pk, nblocks, g);
     else run<float, vf4, 1, 8>(x, y, pk, nblocks, g);
+#endif
   } else {  // float64: for gradcheck and references
     auto pk = make_packed<double>(w, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, &bias, vb);
     if (vb == 16) run<double, vd4, 4, 4>(x, y, pk, nblocks, g);
@@ -438,7 +470,11 @@ torch::Tensor ssc_fused_wgrad(torch::Tensor x, torch::Tensor gy, torch::Tensor c
   const int64_t nblocks = blk_seg.numel() - 1;
   if (x.scalar_type() == torch::kFloat32) {
     auto pk = make_packed<float>(gw, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, nullptr, vb);
+#if SSCONV_AVX512
+    if (vb == 16) wgrad_run<float, vf16, 1>(x, gy, gw, pk, nblocks, g);
+#else
     if (vb == 16) wgrad_run<float, vf8, 2>(x, gy, gw, pk, nblocks, g);
+#endif
     else if (vb == 8) wgrad_run<float, vf8, 1>(x, gy, gw, pk, nblocks, g);
     else wgrad_run<float, vf4, 1>(x, gy, gw, pk, nblocks, g);
   } else {
@@ -464,7 +500,13 @@ torch::Tensor ssc_fused_wgrad(torch::Tensor x, torch::Tensor gy, torch::Tensor c
 
 namespace pix {
 
-constexpr int VW = 8;  // pixels per vector (AVX2 float32)
+constexpr int VW = 16;  // the widest vector (AVX-512 float32): slack after a padded image
+
+// Whether 16-pixel vectors pad a row of wo output pixels no wider than 8-pixel ones do
+// (28 -> 32, 14 -> 16, but 8 -> 16 and 7 -> 16 would execute twice the zeros).
+static inline bool wide_rows(int64_t wo) {
+  return (wo + 15) / 16 * 16 == (wo + 7) / 8 * 8;
+}
 
 template <typename S>
 struct Image {
@@ -755,6 +797,14 @@ torch::Tensor ssc_pix_forward(torch::Tensor x, torch::Tensor w, torch::Tensor ch
   const int64_t nblocks = blk_seg.numel() - 1;
   if (x.scalar_type() == torch::kFloat32) {
     auto pk = make_packed<float>(w, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, &bias, vb);
+#if SSCONV_AVX512
+    if (pix::wide_rows(wo)) {
+      if (vb == 1) pix::forward_dispatch_r<vf16, float, 1>(x, y, pk, nblocks, g);
+      else if (vb == 2) pix::forward_dispatch_r<vf16, float, 2>(x, y, pk, nblocks, g);
+      else pix::forward_dispatch_r<vf16, float, 4>(x, y, pk, nblocks, g);
+      return y;
+    }
+#endif
     if (vb == 1) pix::forward_dispatch_r<vf8, float, 1>(x, y, pk, nblocks, g);
     else if (vb == 2) pix::forward_dispatch_r<vf8, float, 2>(x, y, pk, nblocks, g);
     else pix::forward_dispatch_r<vf8, float, 4>(x, y, pk, nblocks, g);
@@ -791,6 +841,14 @@ torch::Tensor ssc_pix_wgrad(torch::Tensor x, torch::Tensor gy, torch::Tensor ch,
   const int64_t nblocks = blk_seg.numel() - 1;
   if (x.scalar_type() == torch::kFloat32) {
     auto pk = make_packed<float>(gw, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, nullptr, vb);
+#if SSCONV_AVX512
+    if (pix::wide_rows(wo)) {
+      if (vb == 1) pix::wgrad_run<vf16, float, 1>(x, gy, gw, pk, nblocks, g);
+      else if (vb == 2) pix::wgrad_run<vf16, float, 2>(x, gy, gw, pk, nblocks, g);
+      else pix::wgrad_run<vf16, float, 4>(x, gy, gw, pk, nblocks, g);
+      return gw;
+    }
+#endif
     if (vb == 1) pix::wgrad_run<vf8, float, 1>(x, gy, gw, pk, nblocks, g);
     else if (vb == 2) pix::wgrad_run<vf8, float, 2>(x, gy, gw, pk, nblocks, g);
     else pix::wgrad_run<vf8, float, 4>(x, gy, gw, pk, nblocks, g);
@@ -812,4 +870,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Pixel-vectorised block-structured sparse conv2d forward (NCHW)");
   m.def("ssc_pix_wgrad", &ssc_pix_wgrad,
         "Weight gradient of the pixel-vectorised kernel, in the packed layout");
+  m.def("isa", &ssc_isa, "The instruction set the kernels were compiled for");
 }
