@@ -270,13 +270,16 @@ def _load():
 _portable_loaded = False
 
 
-def _build(portable_build: bool):
+def _build(portable_build: bool, source: Path | None = None):
+    """Compile (or load) the extension; ``source``: another version of the kernel's source
+    (``benchmarks/kernel_ab.py`` loads two versions side by side), by default this one's."""
     cpp_extension = _import_cpp_extension()
     _ninja_on_path()
     # One build per CPU capability, torch version (the build links against torch), source
     # version and build kind, shared by every checkout (see _build_spec).
-    name, build_dir, source = _build_spec(portable_build=portable_build)
-    _stage_source(_SOURCE, source)
+    origin = _SOURCE if source is None else Path(source)
+    name, build_dir, source = _build_spec(origin, portable_build=portable_build)
+    _stage_source(origin, source)
     with warnings.catch_warnings(), _build_notice(cpp_extension):
         warnings.simplefilter("ignore")
         return cpp_extension.load(
@@ -294,8 +297,9 @@ def vector_isa() -> str:
     where ATen reports AVX512 and ``SSCONV_NO_AVX512`` is unset), ``"avx2"`` (8 lanes),
     ``"portable"`` or ``"generic"`` (what the compiler makes of the vector types). Never
     builds or loads the kernel."""
-    if _module is not None:
-        return _module.isa()
+    isa = getattr(_module, "isa", None)  # a loaded build (older ones lack it)
+    if callable(isa):
+        return isa()
     if portable():
         return "portable"
     flags = _flags(False)

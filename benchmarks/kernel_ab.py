@@ -1,14 +1,19 @@
-"""The fused kernels' 16-lane (AVX-512) build against their 8-lane (AVX2) build, in one process.
+"""Two builds of the fused CPU kernels against each other, in one process, interleaved.
 
-    python benchmarks/isa_ab.py [--threads 2] [--repeats 9] [--batch 64] [--json out.json]
-                                [--shapes all|resnet32|vgg19] [--max-density 0.35]
+    python benchmarks/kernel_ab.py --isa [--threads 2] [--repeats 9] [--json out.json]
+    python benchmarks/kernel_ab.py --baseline OLD.cpp [...]
+                                   [--shapes all|resnet32|vgg19] [--max-density 0.35]
 
-Both builds are compiled (``SSCONV_NO_AVX512=1`` selects the 8-lane one) and loaded side by
-side; every layer of ``benchmarks/layer_speed.py``'s grid then runs as ``auto`` runs it (NCHW
-inference, and forward + backward), once on each build, the two interleaved with dense by
+``--isa``: the 8-lane (``SSCONV_NO_AVX512=1``) against the 16-lane build of this source (needs
+a CPU whose ATen capability is AVX512). ``--baseline OLD.cpp``: another version of
+``ssc_fused.cpp`` (e.g. ``git show HEAD~1:src/ssconv/kernels/ssc_fused.cpp > /tmp/old.cpp``)
+against this one, same flags. Both builds are compiled once (cached like the kernel) and loaded
+side by side; every layer of ``benchmarks/layer_speed.py``'s grid then runs as ``auto`` runs it
+(NCHW inference, and forward + backward) on each, interleaved with dense by
 :func:`ssconv.utils.timing.measure`, so that the machine's drift between runs (10-30 % on a
-shared VM) cancels out of the ratio. Needs a CPU whose ATen capability is AVX512. Prints a
-Markdown table and the median time ratios; speed is never asserted in tests.
+shared VM) cancels out of the ratio. Prints a Markdown table and the median ratios (time of A
+over time of B: above 1 means B, the new or 16-lane build, is faster); speed is never asserted
+in tests.
 """
 
 from __future__ import annotations
@@ -29,24 +34,30 @@ from ssconv.layers.pattern import SSCPattern
 from ssconv.utils.timing import machine_info, measure
 
 
-def _builds():
-    """(8-lane module, 16-lane module), each compiled once per machine and kernel version."""
-    mods = {}
-    for name, off in (("avx2", "1"), ("avx512", None)):
-        if off:
-            os.environ["SSCONV_NO_AVX512"] = off
-        else:
-            os.environ.pop("SSCONV_NO_AVX512", None)
-        mods[name] = fused._build(False)
-        if mods[name].isa() != name:
-            sys.exit(f"isa_ab: the {name} build reports {mods[name].isa()!r}")
-    os.environ.pop("SSCONV_NO_AVX512", None)
-    fused._tried, fused._module, fused._error = True, mods["avx512"], None
+def _builds(baseline: str | None) -> dict:
+    """{"A": old or 8-lane module, "B": this or 16-lane module}; B is left loaded."""
+    if baseline is not None:
+        mods = {"A": fused._build(False, source=baseline), "B": fused._build(False)}
+    else:
+        mods = {}
+        for key, name, off in (("A", "avx2", "1"), ("B", "avx512", None)):
+            if off:
+                os.environ["SSCONV_NO_AVX512"] = off
+            else:
+                os.environ.pop("SSCONV_NO_AVX512", None)
+            mods[key] = fused._build(False)
+            if mods[key].isa() != name:
+                sys.exit(f"kernel_ab: the {name} build reports {mods[key].isa()!r}")
+        os.environ.pop("SSCONV_NO_AVX512", None)
+    fused._tried, fused._module, fused._error = True, mods["B"], None
     return mods
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--isa", action="store_true", help="8-lane (A) vs 16-lane (B) build")
+    what.add_argument("--baseline", metavar="OLD.cpp", help="that source (A) vs this one (B)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--batch", type=int, default=64)
@@ -54,17 +65,21 @@ def main(argv=None) -> int:
     p.add_argument("--max-density", type=float, default=0.35)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    if torch.backends.cpu.get_cpu_capability() != "AVX512":
-        sys.exit("isa_ab: this CPU has no AVX512 capability in ATen; nothing to compare")
+    if args.isa and torch.backends.cpu.get_cpu_capability() != "AVX512":
+        sys.exit("kernel_ab: this CPU has no AVX512 capability in ATen; nothing to compare")
+    if args.baseline and not os.path.isfile(args.baseline):
+        sys.exit(f"kernel_ab: --baseline {args.baseline}: no such file")
     torch.set_num_threads(args.threads)
-    mods = _builds()
+    mods = _builds(args.baseline)
+    label = {"A": "8-lane", "B": "16-lane"} if args.isa else {"A": "baseline", "B": "this"}
     shapes = {"resnet32": RESNET32_SHAPES, "vgg19": VGG19_SHAPES}.get(
         args.shapes, RESNET32_SHAPES + VGG19_SHAPES
     )
     rows = []
     print(
-        "| layer | G | P | pw | spatial | density | dense ms | infer 8-lane ms | infer 16-lane ms "
-        "| 16-lane speed-up | train 8-lane ms | train 16-lane ms | 16-lane speed-up |\n"
+        f"| layer | G | P | pw | spatial | density | dense ms | infer {label['A']} ms "
+        f"| infer {label['B']} ms | {label['B']} speed-up | train {label['A']} ms "
+        f"| train {label['B']} ms | {label['B']} speed-up |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         flush=True,
     )
@@ -118,15 +133,15 @@ def main(argv=None) -> int:
                     "spatial": sp,
                     "density": layer.density,
                     **{f"{k}_ms": v for k, v in t.items()},
-                    "infer_ratio": t["infer_avx2"] / t["infer_avx512"],
-                    "train_ratio": t["train_avx2"] / t["train_avx512"],
+                    "infer_ratio": t["infer_A"] / t["infer_B"],
+                    "train_ratio": t["train_A"] / t["train_B"],
                 }
             )
             r = rows[-1]
             print(
                 f"| {r['shape']} | {g} | {per} | {'y' if pw else 'n'} | {sp} | {r['density']:.3f} "
-                f"| {t['dense']:.2f} | {t['infer_avx2']:.2f} | {t['infer_avx512']:.2f} "
-                f"| **{r['infer_ratio']:.2f}x** | {t['train_avx2']:.2f} | {t['train_avx512']:.2f} "
+                f"| {t['dense']:.2f} | {t['infer_A']:.2f} | {t['infer_B']:.2f} "
+                f"| **{r['infer_ratio']:.2f}x** | {t['train_A']:.2f} | {t['train_B']:.2f} "
                 f"| **{r['train_ratio']:.2f}x** |",
                 flush=True,
             )
