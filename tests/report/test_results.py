@@ -54,3 +54,30 @@ def test_dense_runs_pool_whatever_their_sparse_only_settings(tmp_path):
     )
     groups = group_runs(find_runs([tmp_path]))
     assert len(groups) == 1 and len(groups[0].runs) == 2
+
+
+def test_seed_table_lines_up_seeds_and_marks_the_missing(tmp_path):
+    from ssconv.report.results import seed_table
+
+    fake_run(tmp_path / "s0", 0.80, seed=0)
+    fake_run(tmp_path / "s2", 0.84, seed=2)
+    fake_run(tmp_path / "d0", 0.90, method="dense", density=None, seed=0)
+    fake_run(tmp_path / "d1", 0.92, method="dense", density=None, seed=1)
+    table = seed_table(group_runs(find_runs([tmp_path])))
+    lines = table.splitlines()
+    assert lines[0] == "| method | target density | seed 0 | seed 1 | seed 2 | mean ± std | seeds |"
+    assert "| dense | - | 90.00 | 92.00 | - | 91.00 ± 1.41 | 2 |" in lines
+    assert "| ssc | 0.1 | 80.00 | - | 84.00 | 82.00 ± 2.83 | 2 |" in lines
+
+
+def test_report_seeds_keeps_only_those_runs(tmp_path, capsys):
+    from ssconv.cli.main import main
+
+    for seed, acc in ((0, 0.80), (1, 0.82), (5, 0.50)):
+        fake_run(tmp_path / f"s{seed}", acc, seed=seed)
+    assert main(["report", str(tmp_path), "--seeds", "0", "1", "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "| 81.00 ± 1.41 | 81.00 ± 1.41 | 2 |" in out and "seed 5" not in out
+    assert main(["report", str(tmp_path), "--seeds", "7"]) == 2
+    err = capsys.readouterr().err
+    assert "--seeds 7" in err and "seeds 0, 1, 5" in err

@@ -25,6 +25,15 @@ def register(sub) -> None:
     )
     p.add_argument("--no-plots", action="store_true", help="tables only")
     p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="SEED",
+        help="only the runs of these seeds (e.g. --seeds 0 1 2, so that every row rests on "
+        "the same seeds); default: all",
+    )
+    p.add_argument(
         "--measure-latency",
         action="store_true",
         help="first measure the inference latency of runs that lack it (frozen "
@@ -43,7 +52,13 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ssconv.report.plots import plot_all
-    from ssconv.report.results import csv_table, find_runs, group_runs, markdown_table
+    from ssconv.report.results import (
+        csv_table,
+        find_runs,
+        group_runs,
+        markdown_table,
+        seed_table,
+    )
 
     if args.out:
         check_output_dir(args.out, "-o/--out")
@@ -53,6 +68,14 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from None
     if not runs:
         raise CLIError(f"no finished runs (final.json with complete: true) under {args.runs}")
+    if args.seeds is not None:
+        found = sorted({r.config.get("seed") for r in runs}, key=str)
+        runs = [r for r in runs if r.config.get("seed") in set(args.seeds)]
+        if not runs:
+            raise CLIError(
+                f"--seeds {' '.join(map(str, args.seeds))}: no finished run has these seeds "
+                f"(the runs have seeds {', '.join(map(str, found))})"
+            )
     if args.measure_latency:
         from ssconv.report.latency import measure_run_latency
 
@@ -63,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             r.final.update(json.loads((Path(r.folder) / "final.json").read_text()))
             print(f"latency {i}/{len(todo)}: {ms:.1f} ms  {r.folder}", file=sys.stderr, flush=True)
     groups = group_runs(runs)
-    table = markdown_table(groups)
+    table = markdown_table(groups) + "\n\nFinal test top-1 (%) per seed:\n\n" + seed_table(groups)
     print(table)
     if args.out:
         out = Path(args.out)

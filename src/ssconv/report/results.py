@@ -20,7 +20,15 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Run", "Group", "find_runs", "group_runs", "markdown_table", "csv_table"]
+__all__ = [
+    "Run",
+    "Group",
+    "find_runs",
+    "group_runs",
+    "markdown_table",
+    "seed_table",
+    "csv_table",
+]
 
 
 @dataclass
@@ -239,6 +247,27 @@ def markdown_table(groups: list[Group]) -> str:
             speed,
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def seed_table(groups: list[Group]) -> str:
+    """Final test top-1 (%) of every run, one column per seed, so that paired comparisons
+    (the same seeds of two methods) can be read off; ``-`` where a group lacks that seed."""
+    seeds = sorted({r.config.get("seed") for g in groups for r in g.runs}, key=str)
+    head = (
+        "| method | target density | "
+        + " | ".join(f"seed {s}" for s in seeds)
+        + " | mean ± std | seeds |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for g in groups:
+        by_seed = {r.config.get("seed"): r.final.get("final_acc1") for r in g.runs}
+        cells = ["-" if by_seed.get(s) is None else f"{100 * by_seed[s]:.2f}" for s in seeds]
+        target = "-" if g.target_density is None else f"{g.target_density:g}"
+        m, sd = g.mean_std("final_acc1")
+        lines.append(
+            f"| {g.method} | {target} | " + " | ".join(cells) + f" | {_pm(m, sd)} | {len(g.runs)} |"
+        )
     return "\n".join(lines)
 
 
