@@ -61,13 +61,11 @@ struct vec {
 typedef vec<float, 16> vf16;
 typedef vec<float, 8> vf8;
 typedef vec<float, 4> vf4;
-typedef vec<double, 8> vd8;
 typedef vec<double, 4> vd4;
 #else
 typedef float vf16 __attribute__((vector_size(64)));
 typedef float vf8 __attribute__((vector_size(32)));
 typedef float vf4 __attribute__((vector_size(16)));
-typedef double vd8 __attribute__((vector_size(64)));
 typedef double vd4 __attribute__((vector_size(32)));
 #endif
 
@@ -488,15 +486,16 @@ torch::Tensor ssc_fused_wgrad(torch::Tensor x, torch::Tensor gy, torch::Tensor c
 
 // ---------------------------------------------------------------------------------------------
 // Pixel-vectorised kernels (NCHW) for narrow layers: the vector lanes are 8 consecutive output
-// pixels of one row, so residue classes of one or two filters (the 16- and 32-channel layers of
-// CIFAR ResNets) execute no zeros. A block holds M <= 4 output channels with the union of their
+// pixels of one row (16 in AVX-512 builds, on rows that 16 lanes pad no wider), so residue
+// classes of one or two filters (the 16- and 32-channel layers of CIFAR ResNets) execute no
+// zeros. A block holds M <= 4 output channels with the union of their
 // supports (the same packing as above, with VB = M); each entry's weights are broadcast and
 // every input vector is used by the block's M filters.
 // Each image is copied once into a zero-padded buffer whose rows are wide enough for whole
 // vectors, so neither borders nor row tails need branches. A strided layer's image is copied
 // into sh * sw phase planes per channel (plane (a, b) holds the padded pixels (r, c) with
 // r % sh == a and c % sw == b, at (r / sh, c / sw)): a tap then reads one plane at a fixed
-// offset, so 8 output pixels of a row are 8 consecutive plane pixels, as at stride 1.
+// offset, so a vector's output pixels of a row are consecutive plane pixels, as at stride 1.
 
 namespace pix {
 
