@@ -188,6 +188,9 @@ def test_variants_cross_the_grid_label_runs_and_report_apart(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "4 cells: 2 done, 0 running, 2 left; ETA " in out
     assert "with 1 worker(s)" in out
+    # A finished cell's line shows its final test top-1.
+    acc = json.loads((cells[0].folder / "final.json").read_text())["final_acc1"]
+    assert f"   0  done      {100 * acc:.2f} %" in out
 
     report = tmp_path / "report"
     assert main(["report", str(tmp_path / "runs"), "-o", str(report), "--no-plots"]) == 0

@@ -579,12 +579,15 @@ def progress(cells: list[Cell]) -> dict[str, Any]:
     epochs = {c.index: _epochs_done(c) for c in cells if status[c.index] != "done"}
     label = {cell.index: cell.config.label or cell.config.method for cell in cells}
     walls: dict[str, list[float]] = {}
+    accuracy: dict[int, float] = {}
     for cell in cells:
         folder = done_folder(cell) if status[cell.index] == "done" else None
         if folder is not None:
             final = _read_json(folder / "final.json")
             if final and final.get("wall_time_s"):
                 walls.setdefault(label[cell.index], []).append(float(final["wall_time_s"]))
+            if final and final.get("final_acc1") is not None:
+                accuracy[cell.index] = float(final["final_acc1"])
     every = [w for ws in walls.values() for w in ws]
     left_s: float | None = 0.0 if every else None
     running = 0
@@ -612,6 +615,7 @@ def progress(cells: list[Cell]) -> dict[str, Any]:
         "eta_s": None if left_s is None else left_s / workers,
         "status": status,
         "epochs_done": epochs,
+        "final_acc1": accuracy,
     }
 
 
@@ -621,13 +625,17 @@ def _duration(seconds: float) -> str:
 
 
 def print_progress(cells: list[Cell], out=None) -> dict[str, Any]:
-    """One line per cell (status, finished epochs) and a summary with the ETA."""
+    """One line per cell (status; finished epochs, or a finished cell's final test top-1)
+    and a summary with the ETA."""
     out = out or sys.stdout
     info = progress(cells)
     for cell in cells:
         st = info["status"][cell.index]
         done = info["epochs_done"].get(cell.index)
+        acc = info["final_acc1"].get(cell.index)
         epochs = "" if done is None else f"{done}/{cell.config.epochs} epochs"
+        if acc is not None:
+            epochs = f"{100 * acc:.2f} %"
         print(f"{cell.index:4d}  {st:8s}  {epochs:12s}  {cell.label()}", file=out)
     counts = info["counts"]
     left = sum(
