@@ -149,9 +149,10 @@ def test_keys_added_later_keep_old_runs_identity():
         "compile_mode": "default",
         "ssc_prefer": "weights",
         "ssc_point_groups": 1,
+        "fast_batchnorm": False,
     }
-    # The data, weights, compile and solver keys' defaults are their neutral values: a default
-    # run keeps its old digest.
+    # The data, weights, compile, solver and BatchNorm keys' defaults are their neutral values:
+    # a default run keeps its old digest.
     for key in (
         "in_channels",
         "skip_bad_images",
@@ -162,6 +163,7 @@ def test_keys_added_later_keep_old_runs_identity():
         "compile_mode",
         "ssc_prefer",
         "ssc_point_groups",
+        "fast_batchnorm",
     ):
         assert getattr(TrainConfig(), key) == NEUTRAL[key]
     # (ssc_shuffle: false, not the default null, which since 2026-12-02 means "mix" for ssc.)

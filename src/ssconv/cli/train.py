@@ -72,6 +72,7 @@ _BOOL_FLAGS = (
     "hflip",
     "amp",
     "channels_last",
+    "fast_batchnorm",
     "compile",
     "nesterov",
     "match_budget",

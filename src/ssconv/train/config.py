@@ -273,6 +273,13 @@ class TrainConfig:
     device: str = _f("auto", "auto, cpu, cuda or cuda:N", kind=str)
     amp: bool = _f(False, "mixed precision (bfloat16 on CPU, float16 on CUDA)", kind=bool)
     channels_last: bool = _f(False, "channels_last memory format", kind=bool)
+    fast_batchnorm: bool = _f(
+        False,
+        "BatchNorm2d layers on ssconv's NCHW kernels in CPU training (every method alike; "
+        "equal to PyTorch's to float32 rounding, 1.7-2.5x faster: docs/benchmarks.md)",
+        kind=bool,
+        neutral=False,
+    )
     compile: bool = _f(False, "torch.compile the model", kind=bool)
     compile_mode: str = _f(
         "default",

@@ -687,6 +687,10 @@ class Trainer:
         model.to(device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
+        if cfg.fast_batchnorm:
+            from ssconv.layers.batchnorm import fast_batchnorm
+
+            fast_batchnorm(model)  # same tensors: the optimizer and state_dict are unaffected
         self.model = model
 
         steps_per_epoch = EpochBatchSampler(
