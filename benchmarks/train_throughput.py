@@ -3,7 +3,7 @@
     python benchmarks/train_throughput.py [--model cifar_resnet20] [--dataset fashion_mnist]
         [--densities 0.1 0.05] [--methods dense ssc magnitude dw_separable] [--batch 128]
         [--threads 2] [--repeats 9] [--stock] [--stock-strided] [--channels-last]
-        [--json out.json]
+        [--fast-batchnorm] [--json out.json]
 
 A method may carry a layer-density distribution after a colon (``ssc_thin_point:erk`` is the
 preset with ``distribution: erk``, as a config would set it).
@@ -14,13 +14,16 @@ random batch of the dataset's shape is timed, interleaved with the other models 
 interquartile spread). ``--stock`` adds the SSC models with the fused training kernels switched
 off (``backend="decomposed"/"masked"`` as the stock ``auto`` rule picks them), so the kernels'
 own gain is measured in the same process; ``--stock-strided`` switches off only the strided
-layers' (their kernels since 2026-12-03). Speed is never asserted in tests; record the output
-in docs/benchmarks.md.
+layers' (their kernels since 2026-12-03). ``--fast-batchnorm`` adds every model again with its
+BatchNorm2d layers on ssconv's NCHW kernels (``fast_batchnorm: true``), compared with dense
+under the same BatchNorm. Speed is never asserted in tests; record the output in
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 
@@ -29,6 +32,7 @@ from torch import nn
 
 from ssconv import SSConv2d
 from ssconv.data import dataset_info
+from ssconv.layers.batchnorm import fast_batchnorm
 from ssconv.train.config import TrainConfig
 from ssconv.train.methods import build_model
 from ssconv.utils.timing import machine_info, measure
@@ -93,6 +97,11 @@ def main(argv=None) -> int:
         help="also time SSC with only its strided layers on stock kernels",
     )
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument(
+        "--fast-batchnorm",
+        action="store_true",
+        help="also time every model with ssconv's BatchNorm kernels (fast_batchnorm: true)",
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.threads:
@@ -122,6 +131,10 @@ def main(argv=None) -> int:
             if args.stock_strided and any(isinstance(m, SSConv2d) for m in model.modules()):
                 stock = _Stock(model, strided_only=True)
                 candidates[f"{name} (strided stock)"] = stock.wrap(_step(model, x, y))
+            if args.fast_batchnorm:
+                fast = copy.deepcopy(model)
+                fast_batchnorm(fast)
+                candidates[f"{name} (fast BN)"] = _step(fast, x, y)
     stats = measure(candidates, repeats=args.repeats, warmup=2)
     dense = stats["dense"].median if "dense" in stats else None
     machine = machine_info("cpu")
@@ -130,11 +143,13 @@ def main(argv=None) -> int:
         f"{'channels_last' if args.channels_last else 'NCHW'}, {machine['processor']}, "
         f"torch {machine['torch']}, {machine['date']}\n"
     )
-    print("| model | ms / step | spread | images/s | vs dense |")
+    print("| model | ms / step | spread | images/s | vs dense (the same BatchNorm) |")
     print("|---|---|---|---|---|")
     rows = []
+    fast_dense = stats["dense (fast BN)"].median if "dense (fast BN)" in stats else None
     for name, s in stats.items():
-        ratio = dense / s.median if dense else float("nan")
+        ref = fast_dense if name.endswith("(fast BN)") and fast_dense else dense
+        ratio = ref / s.median if ref else float("nan")
         print(
             f"| {name} | {s.median * 1e3:.0f} | ±{s.spread * 50:.0f} % | "
             f"{args.batch / s.median:.0f} | {ratio:.2f}x |"
