@@ -862,10 +862,10 @@ torch::Tensor ssc_pix_wgrad(torch::Tensor x, torch::Tensor gy, torch::Tensor ch,
 
 // ---------------------------------------------------------------------------------------------
 // Training-mode BatchNorm of NCHW float32 tensors (ssconv.layers.batchnorm). PyTorch's CPU
-// kernels reduce an NCHW tensor per channel with scalar loops; here each channel's N planes of
-// H * W contiguous values are summed with 16-lane vector accumulators (float within a plane,
-// double across planes), parallel over channels, and the elementwise passes run over rows of
-// planes. The pixel kernels train in NCHW, where BatchNorm was 31 % of an SSC ResNet-32 step.
+// kernels were as slow as a scalar-loop version of these reductions; here each channel's N
+// planes of H * W contiguous values are summed with 16-lane vector accumulators (float within a
+// plane, double across planes), parallel over channels, and the elementwise passes run over rows
+// of planes. The pixel kernels train in NCHW, where BatchNorm was 31 % of an SSC ResNet-32 step.
 
 namespace bn {
 

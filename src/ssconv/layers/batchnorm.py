@@ -1,7 +1,7 @@
 """A faster training-mode BatchNorm for NCHW float32 tensors on CPU.
 
 The pixel kernels train SSC layers in NCHW, where PyTorch's CPU BatchNorm is 2-3x slower than
-in channels_last (its per-channel reductions over an NCHW tensor run as scalar loops); in an SSC
+in channels_last (as slow as a scalar-loop prototype of the per-channel reductions); in an SSC
 ResNet-32 training step it took 31 % of the time (docs/benchmarks.md). :class:`BatchNorm2d` is
 an ``nn.BatchNorm2d`` whose training forward and backward run the fused module's vectorised
 kernels (``ssc_fused.cpp``, namespace ``bn``) where they apply, and ``nn.BatchNorm2d``'s own
@@ -97,8 +97,8 @@ class BatchNorm2d(nn.BatchNorm2d):
 def fast_batchnorm(model: nn.Module) -> int:
     """Make every ``nn.BatchNorm2d`` of ``model`` a :class:`BatchNorm2d` (in place: the same
     parameter and buffer tensors, so optimizers and ``state_dict`` keys are unaffected);
-    returns how many were changed. Subclasses of ``nn.BatchNorm2d`` with their own forward
-    (``SyncBatchNorm`` is not one) are left alone."""
+    returns how many were changed. Only modules whose type is exactly ``nn.BatchNorm2d``
+    change; subclasses and other normalisation layers are left alone."""
     changed = 0
     for module in model.modules():
         if type(module) is nn.BatchNorm2d:
