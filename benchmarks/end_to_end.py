@@ -4,6 +4,7 @@
                                     [--tune] [--onnx] [--compile [MODE]] [--cuda-graphs]
                                     [--batch N] [--models ...] [--densities ...]
                                     [--nchw] [--threads N] [--variants ...]
+                                    [--fast-batchnorm]
 
 Runs ``ssconv bench`` for VGG-19 and ResNet-32 (32 x 32, batch 64) and ResNet-50 (224 x 224,
 batch 8, 1x1 convs converted) at densities 0.10 and 0.05 (ResNet-50: 0.20 and 0.10, see
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ssconv.bench.models import VARIANTS, bench_variants, build_variants, format_bench
+from ssconv.layers.batchnorm import fast_batchnorm
 
 CASES = [
     # model, input size, batch, keep rules
@@ -54,6 +56,11 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=None, help="default: each case's batch")
     p.add_argument("--no-train", action="store_true")
     p.add_argument("--nchw", action="store_true", help="NCHW instead of channels_last")
+    p.add_argument(
+        "--fast-batchnorm",
+        action="store_true",
+        help="every variant's BatchNorm2d on ssconv's NCHW kernels (fast_batchnorm: true)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument(
         "--variants", nargs="+", default=list(VARIANTS), help=f"default: {' '.join(VARIANTS)}"
@@ -68,6 +75,9 @@ def main(argv=None) -> int:
             continue
         for density in args.densities or DENSITIES[model]:
             variants = build_variants(model, density, keep=keep, variants=args.variants)
+            if args.fast_batchnorm:
+                for v in variants:
+                    fast_batchnorm(v.model)
             batch_used = args.batch or batch
             result = bench_variants(
                 variants,
@@ -86,6 +96,7 @@ def main(argv=None) -> int:
             suffix = "_tuned" if args.tune else ""
             suffix += f"_b{batch_used}" if args.batch else ""
             suffix += "_nchw" if args.nchw else ""
+            suffix += "_fastbn" if args.fast_batchnorm else ""
             name = f"{model}_d{density}{suffix}.json"
             (out / name).write_text(json.dumps(result, indent=2))
             print(f"\n### {model}, density {density}, batch {batch_used}\n")

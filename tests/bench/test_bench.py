@@ -304,3 +304,24 @@ def test_bench_cuda_graphs_and_reduce_overhead_on_cuda():
         for key in ("graphed", "graphed_train_step", "compiled", "compiled_train_step"):
             assert r.get(f"{key}_ms", 0) > 0 or f"{key}_error" in r, (key, r)
         assert r["graphed_ms"] > 0, r  # inference of a frozen model always captures
+
+
+def test_bench_fast_batchnorm_swaps_every_variants_batchnorm(capsys, monkeypatch):
+    from ssconv.bench import models as bench_models
+    from ssconv.layers.batchnorm import BatchNorm2d
+
+    seen = []
+    real = bench_models.bench_variants
+
+    def spy(variants, *args, **kwargs):
+        for v in variants:
+            norms = [m for m in v.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+            seen.append((v.name, bool(norms) and all(type(m) is BatchNorm2d for m in norms)))
+        return real(variants, *args, **kwargs)
+
+    monkeypatch.setattr(bench_models, "bench_variants", spy)  # cli.bench imports it per call
+    argv = ["bench", "cifar_resnet20", "--density", "0.2", "--batch", "2", "--repeats", "1"]
+    argv += ["--input-size", "16", "16", "--variants", "dense", "ssc", "--train", "--nchw"]
+    assert main([*argv, "--fast-batchnorm"]) == 0
+    assert seen == [("dense", True), ("ssc", True)]
+    capsys.readouterr()

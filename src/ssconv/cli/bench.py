@@ -58,6 +58,12 @@ def register(sub) -> None:
     add_threads_arg(p)
     p.add_argument("--train", action="store_true", help="also time one training step")
     p.add_argument(
+        "--fast-batchnorm",
+        action="store_true",
+        help="every variant's BatchNorm2d layers on ssconv's NCHW kernels in training "
+        "(as the training option fast_batchnorm: true does)",
+    )
+    p.add_argument(
         "--onnx", action="store_true", help="also time the ONNX export with onnxruntime (CPU)"
     )
     p.add_argument(
@@ -166,6 +172,11 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--init-checkpoint: {exc}") from None
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    if args.fast_batchnorm:
+        from ssconv.layers.batchnorm import fast_batchnorm
+
+        for v in built:
+            fast_batchnorm(v.model)
     result = bench_variants(
         built,
         size,
