@@ -27,10 +27,8 @@ import sys
 import torch
 from torch import nn
 
-from ssconv import SSConv2d
-from ssconv.bench.layers import DEFAULT_SETTINGS, RESNET32_SHAPES, VGG19_SHAPES
+from ssconv.bench.layers import RESNET32_SHAPES, VGG19_SHAPES, grid_layers
 from ssconv.kernels import fused
-from ssconv.layers.pattern import SSCPattern
 from ssconv.utils.timing import machine_info, measure
 
 
@@ -87,26 +85,9 @@ def main(argv=None) -> int:
         x = torch.randn(args.batch, shape.in_channels, shape.size, shape.size)
         xg = x.clone().requires_grad_(True)
         dense = nn.Conv2d(shape.in_channels, shape.out_channels, 3, shape.stride, 1, bias=False)
-        for g, per, pw, sp in DEFAULT_SETTINGS:
-            try:
-                pattern = SSCPattern(shape.in_channels, shape.out_channels, 3, g, per, pw, sp)
-            except ValueError:
-                continue
-            layer = SSConv2d(
-                shape.in_channels,
-                shape.out_channels,
-                3,
-                shape.stride,
-                1,
-                groups=g,
-                bias=False,
-                period=per,
-                pointwise=pw,
-                spatial=sp,
-            )
+        for (g, per, pw, sp), layer in grid_layers(shape).items():
             if layer.density > args.max_density:
                 continue
-            del pattern
 
             def infer(mod, layer=layer, x=x):
                 fused._module = mod

@@ -27,6 +27,7 @@ __all__ = [
     "RESNET32_SHAPES",
     "VGG19_SHAPES",
     "DEFAULT_SETTINGS",
+    "grid_layers",
     "run_layer_bench",
     "run_layer_train_bench",
     "format_markdown",
@@ -96,6 +97,32 @@ def fast_backends(device: str) -> tuple[str, ...]:
     return FAST_BACKENDS
 
 
+def grid_layers(
+    shape: LayerShape, settings: list[tuple[int, int, bool, str]] = DEFAULT_SETTINGS
+) -> dict[tuple[int, int, bool, str], SSConv2d]:
+    """The 3 x 3 SSC layers of ``shape`` for each (groups, period, pointwise, spatial) setting
+    the pattern admits (the others are skipped), bias-free, padding 1, keyed by setting."""
+    layers = {}
+    for g, p, pw, sp in settings:
+        try:
+            SSCPattern(shape.in_channels, shape.out_channels, 3, g, p, pw, sp)
+        except ValueError:
+            continue
+        layers[(g, p, pw, sp)] = SSConv2d(
+            shape.in_channels,
+            shape.out_channels,
+            3,
+            shape.stride,
+            1,
+            groups=g,
+            bias=False,
+            period=p,
+            pointwise=pw,
+            spatial=sp,
+        )
+    return layers
+
+
 def run_layer_bench(
     shapes: list[LayerShape],
     settings: list[tuple[int, int, bool, str]] = DEFAULT_SETTINGS,
@@ -116,24 +143,7 @@ def run_layer_bench(
         dense = nn.Conv2d(shape.in_channels, shape.out_channels, 3, shape.stride, 1, bias=False).to(
             device
         )
-        layers = {}
-        for g, p, pw, sp in settings:
-            try:
-                SSCPattern(shape.in_channels, shape.out_channels, 3, g, p, pw, sp)
-            except ValueError:
-                continue
-            layers[(g, p, pw, sp)] = SSConv2d(
-                shape.in_channels,
-                shape.out_channels,
-                3,
-                shape.stride,
-                1,
-                groups=g,
-                bias=False,
-                period=p,
-                pointwise=pw,
-                spatial=sp,
-            ).to(device)
+        layers = {k: layer.to(device) for k, layer in grid_layers(shape, settings).items()}
         candidates = {"dense": lambda dense=dense, x=x: dense(x)}
         for key, layer in layers.items():
             for backend in backends:
@@ -231,27 +241,10 @@ def run_layer_train_bench(
             return call
 
         candidates = {"dense": step(dense)}
-        layers = {}
-        for g, p, pw, sp in settings:
-            try:
-                SSCPattern(shape.in_channels, shape.out_channels, 3, g, p, pw, sp)
-            except ValueError:
-                continue
-            layer = SSConv2d(
-                shape.in_channels,
-                shape.out_channels,
-                3,
-                shape.stride,
-                1,
-                groups=g,
-                bias=False,
-                period=p,
-                pointwise=pw,
-                spatial=sp,
-            )
-            layers[(g, p, pw, sp)] = layer
-            candidates[((g, p, pw, sp), "auto")] = step(layer, "auto")
-            candidates[((g, p, pw, sp), "stock")] = step(layer, layer._stock_backend())
+        layers = grid_layers(shape, settings)
+        for key, layer in layers.items():
+            candidates[(key, "auto")] = step(layer, "auto")
+            candidates[(key, "stock")] = step(layer, layer._stock_backend())
         stats = measure(candidates, repeats=repeats, warmup=2)
         t_dense = stats["dense"].median
         for key, layer in layers.items():

@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"no finished runs (final.json with complete: true) under {args.runs}")
     if args.seeds is not None:
         found = sorted({r.config.get("seed") for r in runs}, key=str)
-        runs = [r for r in runs if r.config.get("seed") in set(args.seeds)]
+        wanted = set(args.seeds)
+        runs = [r for r in runs if r.config.get("seed") in wanted]
         if not runs:
             raise CLIError(
                 f"--seeds {' '.join(map(str, args.seeds))}: no finished run has these seeds "

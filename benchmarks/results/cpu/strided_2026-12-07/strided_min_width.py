@@ -13,20 +13,12 @@ import sys
 import torch
 
 from ssconv import SSConv2d
+from ssconv.bench.layers import DEFAULT_SETTINGS
 from ssconv.layers import dispatch
 from ssconv.utils.timing import measure
 
 torch.set_num_threads(2)
-SETTINGS = [
-    (1, 2, True, "full"),
-    (1, 4, True, "full"),
-    (1, 8, True, "full"),
-    (1, 16, True, "full"),
-    (1, 4, False, "full"),
-    (2, 4, True, "full"),
-    (1, 4, True, "checkerboard"),
-]
-CASES = [(32, 64, 16, p, g, pw, sp) for (g, p, pw, sp) in SETTINGS] + [
+CASES = [(32, 64, 16, p, g, pw, sp) for (g, p, pw, sp) in DEFAULT_SETTINGS] + [
     (32, 64, 14, 4, 1, True, "full"),
     (32, 64, 14, 8, 1, True, "full"),
     (32, 64, 14, 16, 1, True, "full"),
