@@ -920,3 +920,65 @@ def test_the_build_reports_the_vectors_it_was_compiled_for(monkeypatch):
     narrow_flags = fused._flags(False)
     assert "-mavx512f" in wide_flags and "-mavx512f" not in narrow_flags
     assert "-mavx2" in narrow_flags
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"period": 4},
+        {"period": 4, "spatial": "checkerboard", "groups": 2},
+        {"period": 4, "shuffle": True, "groups": 2},
+        {"period": 4, "point_groups": 4},
+        {"period": 2, "pointwise": False, "groups": 2},
+        {"period": None},
+        {"period": 4, "stride": 2},
+    ],
+)
+def test_parameter_maps_pack_exactly_what_to_dense_packs(kwargs):
+    # The training step packs the parameters with one gather through these maps instead of
+    # to_dense() + gather(); both must give the same packed weights, bit for bit.
+    torch.manual_seed(0)
+    layer = SSConv2d(16, 32, 3, padding=1, **kwargs)
+    plan, plan_t = layer._train_plans()
+    maps = layer._param_maps()
+    assert maps is not None
+    params = [p for p in (layer.weight_spatial, layer.weight_point) if p is not None]
+    flat = torch.cat([params[0].new_zeros(1), *(p.detach().reshape(-1) for p in params)])
+    dense = layer.to_dense().detach()
+    assert torch.equal(flat[maps.forward], fused.gather(dense, plan))
+    if isinstance(plan_t, fused.PhasePlans):
+        assert torch.equal(flat[maps.transposed], dense)
+    else:
+        assert torch.equal(flat[maps.transposed], fused.gather(dense, plan_t))
+    # The inverse map returns every parameter from its place in the packed weight.
+    assert torch.equal(fused.gather(dense, plan).reshape(-1)[maps.inverse], flat[1:])
+
+
+def test_parameter_maps_refuse_weights_that_are_not_placements():
+    # A dense weight that sums or scales parameters has no one-gather packing: param_maps
+    # says so, and the layer then packs through to_dense() as before.
+    layer = SSConv2d(8, 8, 3, padding=1, period=2)
+    plan, plan_t = layer._train_plans()
+    shapes = [tuple(layer.weight_spatial.shape), tuple(layer.weight_point.shape)]
+
+    def doubled(ws, wp):
+        return 2 * layer._dense(ws, wp)
+
+    def summed(ws, wp):
+        d = layer._dense(ws, wp)
+        return d + d.flip(0)
+
+    assert fused.param_maps(doubled, shapes, plan, plan_t) is None
+    assert fused.param_maps(summed, shapes, plan, plan_t) is None
+
+
+@needs_kernel
+@pytest.mark.parametrize("maps", [True, False])
+def test_training_packs_from_parameters_or_through_to_dense_alike(maps):
+    torch.manual_seed(3)
+    cfg = (16, 24, 3, 4, 4, True, "checkerboard", {"padding": 1, "stride": 2})
+    layer, ref = _train_pair(cfg)
+    if not maps:
+        layer.__dict__["_fused_param_maps"] = None  # as param_maps answers for a non-placement
+    name = "FusedConvTrainParams" if maps else "FusedConvTrainBackward"
+    assert_trains_like(layer, layer, ref, cfg[0], grad_fn=name)

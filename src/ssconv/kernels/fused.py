@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
 import sys
 import threading
 import warnings
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -1192,6 +1194,124 @@ def fused_conv2d_train(
     bias_l = lane_values(bias, plan, w)
     geometry = [*kernel_size, *stride, *padding, *dilation]
     return _FusedConvTrain.apply(x, w, bias_l, wt, plan, plan_t, geometry, geometry_t)
+
+
+@dataclass(frozen=True)
+class ParamMaps:
+    """Where a layer's parameters go in the kernels' packed weights, so that a training step
+    packs them with one gather each and returns their gradients with one gather
+    (:func:`param_maps`, :func:`fused_conv2d_train_params`).
+
+    Indices point into ``[0, *params[0].flatten(), *params[1].flatten(), ...]`` (0: a zero).
+    """
+
+    forward: Tensor  # (E, VB): the forward packing (plan.src's shape)
+    transposed: Tensor  # the input gradient's packing, or the grouped weight of a strided layer
+    inverse: Tensor  # (P,): each parameter's position in ``forward.flatten()``
+    shapes: tuple[tuple[int, ...], ...]
+
+
+@torch.no_grad()
+def param_maps(
+    dense_of: Callable[..., Tensor],
+    shapes: Sequence[tuple[int, ...]],
+    plan: Plan,
+    plan_t: Plan | PhasePlans,
+) -> ParamMaps | None:
+    """The :class:`ParamMaps` of parameters of ``shapes`` whose dense-equivalent weight
+    ``(C_out, C_in/G, kh, kw)`` is ``dense_of(*params)``, found by passing parameter numbers
+    through it (float64, exact). None where that weight is not a placement of each parameter in
+    one place (a sum or a scaling of parameters): the caller then packs through ``dense_of``."""
+    sizes = [math.prod(s) for s in shapes]
+    total = sum(sizes)
+    numbers = torch.arange(1, total + 1, dtype=torch.float64).split(sizes)
+    dense = dense_of(*(n.view(s) for n, s in zip(numbers, shapes)))
+    where = dense.round().long()
+    if not torch.equal(where.double(), dense) or where.min() < 0:
+        return None
+    counts = torch.bincount(where.reshape(-1), minlength=total + 1)
+    if counts.numel() != total + 1 or not bool((counts[1:] == 1).all()):
+        return None
+    flat = torch.cat([where.reshape(-1), where.new_zeros(1)])
+    fwd = flat[plan.src]
+    used = torch.bincount(fwd.reshape(-1), minlength=total + 1)
+    if not bool((used[1:] == 1).all()):
+        return None  # a parameter the packing drops or repeats
+    inverse = torch.empty(total, dtype=torch.long)
+    pos = torch.arange(fwd.numel())
+    hit = fwd.reshape(-1) > 0
+    inverse[fwd.reshape(-1)[hit] - 1] = pos[hit]
+    t = where if isinstance(plan_t, PhasePlans) else flat[plan_t.src]
+    return ParamMaps(fwd, t.contiguous(), inverse, tuple(tuple(s) for s in shapes))
+
+
+class _FusedConvTrainParams(torch.autograd.Function):
+    """:class:`_FusedConvTrain` on the layer's parameters themselves: packed inside, and the
+    packed weight gradient returned to them with one gather (no autograd graph of indexing
+    ops per layer and step)."""
+
+    @staticmethod
+    def forward(ctx, x, bias, maps, plan, plan_t, geometry, geometry_t, *params):
+        flat = torch.cat([params[0].new_zeros(1), *(p.reshape(-1) for p in params)])
+        w = flat[maps.forward]
+        wt = flat[maps.transposed]
+        bias_l = lane_values(bias, plan, w)
+        y = _run_forward(x, w, bias_l, plan, geometry)
+        ctx.save_for_backward(x, wt)
+        ctx.plans = (plan, plan_t)
+        ctx.geometry = (geometry, geometry_t)
+        ctx.maps = maps
+        return _like(y, x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):
+        x, wt = ctx.saved_tensors
+        plan, plan_t = ctx.plans
+        geometry, geometry_t = ctx.geometry
+        maps = ctx.maps
+        gx = gb = None
+        gparams: list[Tensor | None] = [None] * len(maps.shapes)
+        if ctx.needs_input_grad[0]:
+            gx = input_grad(gy, wt, plan_t, geometry_t, x)
+        if ctx.needs_input_grad[1]:
+            gb = gy.sum((0, 2, 3))
+        if any(ctx.needs_input_grad[7:]):
+            g = run_weight_grad(x, gy, plan, geometry).reshape(-1)[maps.inverse]
+            sizes = [math.prod(s) for s in maps.shapes]
+            gparams = [a.view(s) for a, s in zip(g.split(sizes), maps.shapes)]
+        return (gx, gb, None, None, None, None, None, *gparams)
+
+
+def fused_conv2d_train_params(
+    x: Tensor,
+    params: Sequence[Tensor],
+    maps: ParamMaps,
+    bias: Tensor | None,
+    plan: Plan,
+    plan_t: Plan | PhasePlans,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Tensor:
+    """:func:`fused_conv2d_train` of the layer whose parameters are ``params`` and whose
+    :class:`ParamMaps` is ``maps``: the same outputs and gradients, packed straight from the
+    parameters (the training step's fast path)."""
+    strided = tuple(stride) != (1, 1)
+    geometry_t = None if strided else transposed_geometry(kernel_size, stride, padding, dilation)
+    if not strided and geometry_t is None:
+        raise ValueError(
+            f"fused SSC training needs padding <= dilation * (kernel - 1) in a stride-1 "
+            f"layer; got padding {tuple(padding)}"
+        )
+    if x.dim() != 4 or x.shape[1] != plan.in_channels:
+        raise RuntimeError(
+            f"fused SSC conv: expected input of shape (N, {plan.in_channels}, H, W), got "
+            f"{tuple(x.shape)}"
+        )
+    geometry = [*kernel_size, *stride, *padding, *dilation]
+    return _FusedConvTrainParams.apply(x, bias, maps, plan, plan_t, geometry, geometry_t, *params)
 
 
 def input_grad_plan(

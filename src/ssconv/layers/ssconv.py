@@ -446,8 +446,10 @@ class SSConv2d(nn.Module):
     # ------------------------------------------------------------- weights
     def spatial_kernels(self) -> Tensor:
         """(C_out, A, kh, kw): each filter's spatial kernels, zeros at unused checkerboard taps."""
-        w = self.weight_spatial
-        assert w is not None
+        assert self.weight_spatial is not None
+        return self._spatial_kernels(self.weight_spatial)
+
+    def _spatial_kernels(self, w: Tensor) -> Tensor:
         if self._checkerboard:
             flat = w.new_zeros(self.tap_mask.numel()).index_copy(0, self.tap_index, w)
             return flat.view(self.tap_mask.shape)
@@ -456,8 +458,10 @@ class SSConv2d(nn.Module):
     def point_matrix(self) -> Tensor:
         """(C_out, C_in/G): 1 x 1 weights in input order, zeros on the spatial pairs (and
         outside each filter's point group)."""
-        w = self.weight_point
-        assert w is not None
+        assert self.weight_point is not None
+        return self._point_matrix(self.weight_point)
+
+    def _point_matrix(self, w: Tensor) -> Tensor:
         if self.point_cols is not None:
             cin_g = self.in_channels // self.groups
             return w.new_zeros(self.out_channels, cin_g).scatter(1, self.point_cols, w)
@@ -482,11 +486,16 @@ class SSConv2d(nn.Module):
         """The equivalent ``nn.Conv2d`` weight, ``(C_out, C_in/G, kh, kw)`` (differentiable),
         over the layer's logical inputs (the input channels :attr:`in_index` names; with
         ``shuffle`` use :meth:`to_conv2d` for a convolution of the input as it comes)."""
+        return self._dense(self.weight_spatial, self.weight_point)
+
+    def _dense(self, weight_spatial: Tensor | None, weight_point: Tensor | None) -> Tensor:
+        """:meth:`to_dense` of the given parameter values (the layer's own, or stand-ins)."""
         kh, kw = self.kernel_size
         c_out, cin_g = self.out_channels, self.in_channels // self.groups
         dense: Tensor | None = None
         if self._has_spatial:
-            k = self.spatial_kernels()
+            assert weight_spatial is not None
+            k = self._spatial_kernels(weight_spatial)
             if self._p == 1:
                 dense = k
             else:
@@ -494,7 +503,8 @@ class SSConv2d(nn.Module):
                 dense = (k.unsqueeze(2) * onehot).reshape(c_out, cin_g, kh, kw)
         if self._has_point:
             ch, cw = kh // 2, kw // 2
-            pw = self.point_matrix().view(c_out, cin_g, 1, 1)
+            assert weight_point is not None
+            pw = self._point_matrix(weight_point).view(c_out, cin_g, 1, 1)
             pw = F.pad(pw, [cw, kw - 1 - cw, ch, kh - 1 - ch])
             dense = pw if dense is None else dense + pw
         assert dense is not None
@@ -691,17 +701,31 @@ class SSConv2d(nn.Module):
 
     def _forward_fused_train(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
         plan, plan_t = self._train_plans()
-        return fused.fused_conv2d_train(
-            x,
-            self.to_dense(),
-            self.bias,
-            plan,
-            plan_t,
-            self.kernel_size,
-            self.stride,
-            padding,
-            self.dilation,
-        )
+        maps = self._param_maps()
+        geometry = (self.kernel_size, self.stride, padding, self.dilation)
+        if maps is None:
+            return fused.fused_conv2d_train(x, self.to_dense(), self.bias, plan, plan_t, *geometry)
+        params = [p for p in (self.weight_spatial, self.weight_point) if p is not None]
+        return fused.fused_conv2d_train_params(x, params, maps, self.bias, plan, plan_t, *geometry)
+
+    def _param_maps(self) -> fused.ParamMaps | None:
+        """Where the parameters go in the training kernels' packed weights (fixed by the
+        pattern; kept outside the module's state). Packing through them costs one gather per
+        step instead of :meth:`to_dense`'s chain of indexing ops and its autograd graph."""
+        if "_fused_param_maps" not in self.__dict__:
+            with torch.inference_mode(False):
+                names = [
+                    n for n in ("weight_spatial", "weight_point") if getattr(self, n) is not None
+                ]
+                shapes = [tuple(getattr(self, n).shape) for n in names]
+
+                def dense_of(*ws: Tensor) -> Tensor:
+                    given = dict(zip(names, ws))
+                    return self._dense(given.get("weight_spatial"), given.get("weight_point"))
+
+                maps = fused.param_maps(dense_of, shapes, *self._train_plans())
+            self.__dict__["_fused_param_maps"] = maps
+        return self.__dict__["_fused_param_maps"]
 
     def _point_conv(self, x: Tensor, padding: tuple[int, int], bias: Tensor | None) -> Tensor:
         """The point pairs: a 1 x 1 convolution that reads each K x K window's centre tap."""
