@@ -106,3 +106,18 @@ def test_fast_batchnorm_swaps_only_plain_batchnorms():
     assert type(model[1]) is BatchNorm2d and type(model[3]) is nn.BatchNorm1d
     assert [id(p) for p in model.parameters()] == params  # optimizers keep working
     assert fast_batchnorm(model) == 0
+
+
+def test_models_with_fast_batchnorm_can_be_traced():
+    # ssconv's tracer (feature extraction, ssconv.symbolic_trace) used to enter the subclass's
+    # forward, which, like nn.BatchNorm2d's, cannot be traced; it is now a leaf as that one is.
+    from ssconv.layers.ssconv import symbolic_trace
+    from ssconv.models import create_model
+
+    model = create_model("cifar_resnet20", num_classes=10)
+    fast_batchnorm(model)
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    leaves = [n.target for n in symbolic_trace(model).graph.nodes if n.op == "call_module"]
+    assert "bn1" in leaves and "layer1.0.bn2" in leaves
+    _close(symbolic_trace(model)(x), model(x))

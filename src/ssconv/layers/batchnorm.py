@@ -58,6 +58,8 @@ class BatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` with the fused module's kernels for training-mode calls on NCHW
     float32 CPU tensors (see the module docstring); anything else runs ``nn.BatchNorm2d``."""
 
+    _fx_leaf = True  # ssconv.SSCTracer keeps it one call_module node, as nn.BatchNorm2d is
+
     def _fast(self, x: Tensor) -> bool:
         return (
             self.training
