@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ssconv.bench.models import build_variants
 from ssconv.layers.batchnorm import fast_batchnorm
+from ssconv.utils.malloc import tune_malloc
 from ssconv.utils.timing import machine_info, measure
 
 
@@ -38,6 +39,7 @@ def _step(model, x, y):
 
 
 def main(argv=None) -> int:
+    tune_malloc()  # as the ssconv command does (ssconv.utils.malloc)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="cifar_resnet32")
     p.add_argument("--density", type=float, default=0.1)

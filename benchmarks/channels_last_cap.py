@@ -15,9 +15,11 @@ import torch
 
 import ssconv.layers.dispatch as dispatch
 from ssconv.bench.models import bench_variants, build_variants
+from ssconv.utils.malloc import tune_malloc
 
 
 def main(argv=None) -> int:
+    tune_malloc()  # as the ssconv command does (ssconv.utils.malloc)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("model")
     p.add_argument("--density", type=float, default=0.1)

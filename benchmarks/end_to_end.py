@@ -25,6 +25,7 @@ import torch
 
 from ssconv.bench.models import VARIANTS, bench_variants, build_variants, format_bench
 from ssconv.layers.batchnorm import fast_batchnorm
+from ssconv.utils.malloc import tune_malloc
 
 CASES = [
     # model, input size, batch, keep rules
@@ -39,6 +40,7 @@ DENSITIES = {"vgg19_bn": (0.1, 0.05), "cifar_resnet32": (0.1, 0.05), "resnet50":
 
 
 def main(argv=None) -> int:
+    tune_malloc()  # as the ssconv command does (ssconv.utils.malloc)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="benchmarks/results/cpu")

@@ -29,6 +29,7 @@ from torch import nn
 
 from ssconv.bench.layers import RESNET32_SHAPES, VGG19_SHAPES, grid_layers
 from ssconv.kernels import fused
+from ssconv.utils.malloc import tune_malloc
 from ssconv.utils.timing import machine_info, measure
 
 
@@ -52,6 +53,7 @@ def _builds(baseline: str | None) -> dict:
 
 
 def main(argv=None) -> int:
+    tune_malloc()  # as the ssconv command does (ssconv.utils.malloc)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--isa", action="store_true", help="8-lane (A) vs 16-lane (B) build")

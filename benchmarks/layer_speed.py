@@ -29,6 +29,7 @@ from ssconv.bench.layers import (
     run_layer_train_bench,
     summarize,
 )
+from ssconv.utils.malloc import tune_malloc
 from ssconv.utils.timing import machine_info
 
 
@@ -45,6 +46,7 @@ def _emit(title, table, rows, summary, info, args, fmt) -> None:
 
 
 def main(argv=None) -> int:
+    tune_malloc()  # as the ssconv command does (ssconv.utils.malloc)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=11)

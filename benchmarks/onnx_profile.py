@@ -33,6 +33,7 @@ from ssconv import convert
 from ssconv.bench.models import Variant, build_variants
 from ssconv.deploy import export_onnx
 from ssconv.layers.inference import SSConv2dInference
+from ssconv.utils.malloc import tune_malloc
 from ssconv.utils.timing import machine_info
 
 
@@ -80,6 +81,7 @@ def profile_onnx(path: Path, x: torch.Tensor, threads: int, runs: int) -> dict:
 
 
 def main(argv=None) -> int:
+    tune_malloc()  # as the ssconv command does (ssconv.utils.malloc)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="cifar_resnet32")
     p.add_argument("--density", type=float, default=0.1)

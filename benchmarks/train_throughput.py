@@ -35,6 +35,7 @@ from ssconv.data import dataset_info
 from ssconv.layers.batchnorm import fast_batchnorm
 from ssconv.train.config import TrainConfig
 from ssconv.train.methods import build_model
+from ssconv.utils.malloc import tune_malloc
 from ssconv.utils.timing import machine_info, measure
 
 
@@ -77,6 +78,7 @@ class _Stock:
 
 
 def main(argv=None) -> int:
+    tune_malloc()  # as the ssconv command does (ssconv.utils.malloc)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="cifar_resnet20")
     p.add_argument("--dataset", default="fashion_mnist", help="only its shape is used")

@@ -11,6 +11,7 @@ import traceback
 
 from ssconv import __version__
 from ssconv.cli.common import CLIError
+from ssconv.utils.malloc import tune_malloc
 
 # One module per subcommand, each with ``register(subparsers)``.
 SUBCOMMANDS = [
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    tune_malloc()  # tensor memory stays in the heap: no page faults per step (utils/malloc.py)
     try:
         return int(args.func(args) or 0)
     except CLIError as exc:

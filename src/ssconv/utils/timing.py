@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ssconv.utils import malloc
+
 __all__ = ["Stats", "measure", "machine_info"]
 
 
@@ -96,6 +98,7 @@ def machine_info(device: torch.device | str = "cpu") -> dict:
         "processor": _cpu_name(),
         "threads": torch.get_num_threads(),
         "device": str(dev),
+        "malloc_tuned": malloc.tuned(),
     }
     if dev.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(dev)
