@@ -982,3 +982,29 @@ def test_training_packs_from_parameters_or_through_to_dense_alike(maps):
         layer.__dict__["_fused_param_maps"] = None  # as param_maps answers for a non-placement
     name = "FusedConvTrainParams" if maps else "FusedConvTrainBackward"
     assert_trains_like(layer, layer, ref, cfg[0], grad_fn=name)
+
+
+@needs_kernel
+@pytest.mark.parametrize("width", [8, 6])  # rows of whole vectors (gradient read in place), not
+@pytest.mark.parametrize("threads", [1, 2])
+def test_weight_gradient_over_image_groups_and_their_remainder(width, threads):
+    # The pixel kernels' weight gradient sums over groups of up to 8 small images per pass;
+    # a batch of 19 leaves a partial group on every thread.
+    torch.manual_seed(width)
+    cfg = (32, 32, 3, 2, 4, True, "full", {"padding": 1})
+    layer, ref = _train_pair(cfg)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(19, 32, width, width)
+        xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        ya, yb = layer(xa), ref(xb)
+        assert "FusedConvTrain" in type(ya.grad_fn).__name__
+        g = torch.randn_like(yb)
+        (ya * g).sum().backward()
+        (yb * g).sum().backward()
+    finally:
+        torch.set_num_threads(previous)
+    _close(xa.grad, xb.grad, 1e-5)
+    for pa, pb in zip(layer.parameters(), ref.parameters()):
+        _close(pa.grad, pb.grad, 1e-5)
