@@ -690,10 +690,11 @@ static void forward_run(const torch::Tensor& x, torch::Tensor& y, const Packed<S
 }
 
 // dW for the entries [e0, e0 + NE) of block b over the ng images of a group (each one's output
-// gradient in a zero-padded (Cout, Ho, WoP) buffer), added lane by lane to out (W lanes per
-// weight: the lanes are summed once per call). Looping over a group of images, not one, keeps
-// the accumulators in registers over more pixels: on 8 x 8 and 16 x 16 images one image gave
-// only 8-16 iterations per call, and the weight gradient ran 1.5-1.8x slower than the forward.
+// gradient with rows of WoP pixels, padded where WoP > Wo), added lane by lane to out (W lanes
+// per weight: the lanes are summed once per call). A group of images per call, not one, writes
+// the accumulators back once per group (on 8 x 8 images one image gave 8 iterations a call);
+// by itself it measured no faster, the weight gradient's gain came with the accumulators and
+// the in-place gradient of wgrad_run (docs/benchmarks.md).
 template <typename V, typename S, int M, int NE>
 static inline void wgrad_entries(const Image<S>* imgs, const S* const* gpads, const S* zeros,
                                  int64_t ng, const Packed<S>& pk, int64_t b, const int64_t* eoff,
@@ -733,7 +734,8 @@ static void wgrad_run(const torch::Tensor& x, const torch::Tensor& gy, torch::Te
   constexpr int W = sizeof(V) / sizeof(S);
 #ifdef __AVX512F__
   // 32 vector registers: 16 accumulators where blocks hold 2 or 4 filters, so that each loaded
-  // gradient and input vector feeds 4-8 FMAs (with 8, one of 1.25 loads per FMA bound the loop).
+  // gradient and input vector feeds 4-8 FMAs (with 8, the compiler gave every FMA a memory
+  // operand, 1.25 loads per FMA, and the loads bound the loop).
   constexpr int NE = M == 1 ? 8 : 16 / M;
 #else
   constexpr int NE = 8 / M;  // 8 accumulators: enough independent FMAs to fill the pipeline
