@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    tune_malloc()  # tensor memory stays in the heap: no page faults per step (utils/malloc.py)
+    tune_malloc()  # freed tensor memory stays in the heap (ssconv/utils/malloc.py)
     try:
         return int(args.func(args) or 0)
     except CLIError as exc:

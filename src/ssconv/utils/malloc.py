@@ -4,9 +4,10 @@ PyTorch's CPU tensors come from ``malloc``. By default glibc serves blocks above
 that it raises as large blocks are freed (128 KiB at first, at most 32 MiB on 64-bit systems)
 with a fresh ``mmap`` each, and gives freed memory at the top of the heap back to the kernel
 beyond a trim threshold, so an activation of a few MiB can cost its whole size in page faults
-again at every training step. Measured on a 2-core Zen 4 VM (docs/benchmarks.md): a 1 MiB
-``threshold_backward`` took 351 us instead of 50, and whole CIFAR ResNet-32 training steps
-about 10 % longer, dense and SSC alike.
+again in a later step. Measured on a 2-core Zen 4 VM (docs/benchmarks.md, "glibc's malloc"):
+one ``threshold_backward`` of a 1 MiB tensor took 351 us with the default settings and 50 us
+with the thresholds raised; on whole CIFAR ResNet-32 training steps two measurements disagreed
+(about 10 % for dense and SSC alike in one, no difference in the other).
 
 :func:`tune_malloc` fixes the mmap threshold at its maximum (32 MiB) and raises the trim
 threshold to 1 GiB, the settings of the ``MALLOC_MMAP_THRESHOLD_`` and
