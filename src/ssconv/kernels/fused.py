@@ -1141,6 +1141,48 @@ def pixel_conv2d(
     return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 
 
+def _train_geometry(
+    x: Tensor,
+    plan: Plan,
+    plan_t: Plan | PhasePlans,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> list[int] | None:
+    """Check a training call of the kernels (``plan_t`` suits the stride, a stride-1 layer's
+    padding allows the transposed call, ``x`` has the plan's channels); return the input
+    gradient's geometry, None for a strided layer (its phases carry their own)."""
+    strided = tuple(stride) != (1, 1)
+    if strided != isinstance(plan_t, PhasePlans):
+        raise ValueError(
+            f"plan_t must be the {'PhasePlans' if strided else 'transposed Plan'} of a "
+            f"{'strided' if strided else 'stride-1'} layer (see input_grad_plan); got "
+            f"{type(plan_t).__name__} for stride {tuple(stride)}"
+        )
+    geometry_t = None
+    if strided:
+        if (plan_t.stride, plan_t.padding, plan_t.dilation) != (
+            tuple(stride),
+            tuple(padding),
+            tuple(dilation),
+        ):
+            raise ValueError("plan_t was made for another stride, padding or dilation")
+    else:
+        geometry_t = transposed_geometry(kernel_size, stride, padding, dilation)
+        if geometry_t is None:
+            raise ValueError(
+                f"fused SSC training needs padding <= dilation * (kernel - 1) in a stride-1 "
+                f"layer; got padding {tuple(padding)}"
+            )
+    if x.dim() != 4 or x.shape[1] != plan.in_channels:
+        raise RuntimeError(
+            f"fused SSC conv: expected input of shape (N, {plan.in_channels}, H, W), got "
+            f"{tuple(x.shape)}"
+        )
+    return geometry_t
+
+
 def fused_conv2d_train(
     x: Tensor,
     weight: Tensor,
@@ -1161,33 +1203,8 @@ def fused_conv2d_train(
     raises otherwise, if ``plan_t`` does not suit the stride, and if the kernel is not built.
     No double backward.
     """
-    strided = tuple(stride) != (1, 1)
-    if strided != isinstance(plan_t, PhasePlans):
-        raise ValueError(
-            f"plan_t must be the {'PhasePlans' if strided else 'transposed Plan'} of a "
-            f"{'strided' if strided else 'stride-1'} layer (see input_grad_plan); got "
-            f"{type(plan_t).__name__} for stride {tuple(stride)}"
-        )
-    if strided:
-        if (plan_t.stride, plan_t.padding, plan_t.dilation) != (
-            tuple(stride),
-            tuple(padding),
-            tuple(dilation),
-        ):
-            raise ValueError("plan_t was made for another stride, padding or dilation")
-        geometry_t = None
-    else:
-        geometry_t = transposed_geometry(kernel_size, stride, padding, dilation)
-        if geometry_t is None:
-            raise ValueError(
-                f"fused SSC training needs padding <= dilation * (kernel - 1) in a stride-1 "
-                f"layer; got padding {tuple(padding)}"
-            )
-    if x.dim() != 4 or x.shape[1] != plan.in_channels:
-        raise RuntimeError(
-            f"fused SSC conv: expected input of shape (N, {plan.in_channels}, H, W), got "
-            f"{tuple(x.shape)}"
-        )
+    geometry_t = _train_geometry(x, plan, plan_t, kernel_size, stride, padding, dilation)
+    strided = geometry_t is None
     w = gather(weight, plan)
     with torch.no_grad():
         wt = weight.detach() if strided else gather(weight.detach(), plan_t)
@@ -1298,18 +1315,7 @@ def fused_conv2d_train_params(
     """:func:`fused_conv2d_train` of the layer whose parameters are ``params`` and whose
     :class:`ParamMaps` is ``maps``: the same outputs and gradients, packed straight from the
     parameters (the training step's fast path)."""
-    strided = tuple(stride) != (1, 1)
-    geometry_t = None if strided else transposed_geometry(kernel_size, stride, padding, dilation)
-    if not strided and geometry_t is None:
-        raise ValueError(
-            f"fused SSC training needs padding <= dilation * (kernel - 1) in a stride-1 "
-            f"layer; got padding {tuple(padding)}"
-        )
-    if x.dim() != 4 or x.shape[1] != plan.in_channels:
-        raise RuntimeError(
-            f"fused SSC conv: expected input of shape (N, {plan.in_channels}, H, W), got "
-            f"{tuple(x.shape)}"
-        )
+    geometry_t = _train_geometry(x, plan, plan_t, kernel_size, stride, padding, dilation)
     geometry = [*kernel_size, *stride, *padding, *dilation]
     return _FusedConvTrainParams.apply(x, bias, maps, plan, plan_t, geometry, geometry_t, *params)
 
