@@ -17,25 +17,16 @@ import copy
 import json
 
 import torch
-import torch.nn.functional as F
 
-from ssconv.bench.models import build_variants
+from ssconv.bench.models import build_variants, train_step
 from ssconv.layers.batchnorm import fast_batchnorm
 from ssconv.utils.malloc import tune_malloc
 from ssconv.utils.timing import machine_info, measure
 
 
 def _step(model, x, y):
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     model.train()
-
-    def step():
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    return step
+    return train_step(model, x, y)
 
 
 def main(argv=None) -> int:

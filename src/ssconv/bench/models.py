@@ -25,7 +25,7 @@ from ssconv.models import create_model, model_info
 from ssconv.sparsity.selection import KEEP_RULES
 from ssconv.utils.timing import Stats, machine_info, measure
 
-__all__ = ["Variant", "build_variants", "bench_variants", "format_bench"]
+__all__ = ["Variant", "build_variants", "bench_variants", "format_bench", "train_step"]
 
 log = logging.getLogger(__name__)
 
@@ -257,17 +257,17 @@ def bench_variants(
                 from ssconv.layers.tuning import autotune
 
                 autotune(model, x, training=True)
-            steps[v.name] = _train_step(model, x, y)
+            steps[v.name] = train_step(model, x, y)
             if compile:
                 compiled_steps[v.name] = _prepared(
                     v,
                     "compiled_train_step",
-                    lambda model=model: _train_step(
+                    lambda model=model: train_step(
                         torch.compile(model, mode=mode), x, y, probe=model
                     ),
                 )
             if cuda_graphs:
-                step = _train_step(model, x, y, graphed=True)
+                step = train_step(model, x, y, graphed=True)
                 graphed_steps[v.name] = _graphed(v, "graphed_train_step", step)
         train_repeats = max(3, repeats // 2)
         _measure_into(variants, "train_step", steps, repeats=train_repeats, device=dev)
@@ -326,7 +326,7 @@ TIMED = (
 )
 
 
-def _train_step(
+def train_step(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
