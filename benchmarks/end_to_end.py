@@ -4,7 +4,7 @@
                                     [--tune] [--onnx] [--compile [MODE]] [--cuda-graphs]
                                     [--batch N] [--models ...] [--densities ...]
                                     [--nchw] [--threads N] [--variants ...]
-                                    [--fast-batchnorm]
+                                    [--fast-batchnorm] [--[no-]fast-pooling]
 
 Runs ``ssconv bench`` for VGG-19 and ResNet-32 (32 x 32, batch 64) and ResNet-50 (224 x 224,
 batch 8, 1x1 convs converted) at densities 0.10 and 0.05 (ResNet-50: 0.20 and 0.10, see
@@ -63,6 +63,13 @@ def main(argv=None) -> int:
         action="store_true",
         help="every variant's BatchNorm2d on ssconv's NCHW kernels (fast_batchnorm: true)",
     )
+    p.add_argument(
+        "--fast-pooling",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="every variant's 2 x 2 max pools on ssconv's NCHW kernel, frozen and in training "
+        "(--no-fast-pooling: PyTorch's in both; default: ssconv's in the frozen models only)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument(
         "--variants", nargs="+", default=list(VARIANTS), help=f"default: {' '.join(VARIANTS)}"
@@ -93,12 +100,15 @@ def main(argv=None) -> int:
                 channels_last=not args.nchw,
                 compile=args.compile or False,
                 cuda_graphs=args.cuda_graphs,
+                fast_pooling=args.fast_pooling,
             )
             result.update(model=model, target_density=density, keep=keep)
             suffix = "_tuned" if args.tune else ""
             suffix += f"_b{batch_used}" if args.batch else ""
             suffix += "_nchw" if args.nchw else ""
             suffix += "_fastbn" if args.fast_batchnorm else ""
+            if args.fast_pooling is not None:
+                suffix += "_fastpool" if args.fast_pooling else "_torchpool"
             name = f"{model}_d{density}{suffix}.json"
             (out / name).write_text(json.dumps(result, indent=2))
             print(f"\n### {model}, density {density}, batch {batch_used}\n")

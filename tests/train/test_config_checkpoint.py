@@ -150,9 +150,10 @@ def test_keys_added_later_keep_old_runs_identity():
         "ssc_prefer": "weights",
         "ssc_point_groups": 1,
         "fast_batchnorm": False,
+        "fast_pooling": False,
     }
-    # The data, weights, compile, solver and BatchNorm keys' defaults are their neutral values:
-    # a default run keeps its old digest.
+    # The data, weights, compile, solver, BatchNorm and pooling keys' defaults are their
+    # neutral values: a default run keeps its old digest.
     for key in (
         "in_channels",
         "skip_bad_images",
@@ -164,6 +165,7 @@ def test_keys_added_later_keep_old_runs_identity():
         "ssc_prefer",
         "ssc_point_groups",
         "fast_batchnorm",
+        "fast_pooling",
     ):
         assert getattr(TrainConfig(), key) == NEUTRAL[key]
     # (ssc_shuffle: false, not the default null, which since 2026-12-02 means "mix" for ssc.)

@@ -621,3 +621,25 @@ def test_fast_batchnorm_trains_like_pytorch_batchnorm(tmp_path, method):
         for k in sa:
             if sa[k].is_floating_point():
                 assert torch.allclose(sa[k], sb[k], rtol=1e-3, atol=1e-4), k
+
+
+def test_fast_pooling_trains_like_pytorch_pooling(tmp_path):
+    from ssconv.kernels import fused
+    from ssconv.layers.pooling import MaxPool2d
+
+    kw = {"model": "vgg11_bn", "model_kwargs": {"width_mult": 0.125}, "epochs": 1}
+    plain = Trainer(cfg(**kw), tmp_path / "plain", progress=False)
+    a = plain.run().final
+    fast = Trainer(cfg(**kw, fast_pooling=True), tmp_path / "fast", progress=False)
+    b = fast.run().final
+    pools = [m for m in fast.model.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    assert len(pools) == 4 and all(type(m) is MaxPool2d for m in pools)
+    assert fast.cfg.digest() != plain.cfg.digest()
+    assert a["complete"] and b["complete"]
+    if fused.available():
+        # The pools' values and gradients equal PyTorch's exactly, so three SGD steps give
+        # the same weights to the rounding of the other layers' kernels.
+        sa, sb = plain.model.state_dict(), fast.model.state_dict()
+        for k in sa:
+            if sa[k].is_floating_point():
+                assert torch.allclose(sa[k], sb[k], rtol=1e-5, atol=1e-6), k

@@ -172,10 +172,13 @@ def _ssc_preset(
     return Variant(label or name, result.model, f"density {result.density:.4f}")
 
 
-def _deployable(model: nn.Module, target: str = "torch") -> nn.Module:
+def _deployable(
+    model: nn.Module, target: str = "torch", fast_pooling: bool | None = None
+) -> nn.Module:
     from ssconv.deploy import freeze
 
-    return freeze(model, target=target)  # a copy, pruning masks baked in
+    # a copy, pruning masks baked in
+    return freeze(model, target=target, fast_pooling=fast_pooling)
 
 
 def bench_variants(
@@ -191,8 +194,14 @@ def bench_variants(
     tune: bool = False,
     compile: bool | str = False,
     cuda_graphs: bool = False,
+    fast_pooling: bool | None = None,
 ) -> dict:
     """Measure every variant; returns a JSON-ready dict (rows + machine).
+
+    ``fast_pooling``: every variant's 2 x 2 max pools on ssconv's NCHW kernel
+    (:func:`ssconv.layers.pooling.fast_pooling`), in the frozen models and, with ``True``, in
+    training too; ``None``: :func:`ssconv.deploy.freeze`'s default (on) in the frozen models,
+    PyTorch's pools in training.
 
     ``compile``: also time each frozen model (and, with ``train``, each training step) under
     ``torch.compile`` (inductor; a mode name such as ``"reduce-overhead"``, or True for the
@@ -210,6 +219,10 @@ def bench_variants(
     x = torch.randn(batch, *input_size, device=dev).contiguous(memory_format=fmt)
     for v in variants:
         v.model.to(dev).to(memory_format=fmt)
+        if fast_pooling:
+            from ssconv.layers.pooling import fast_pooling as use_fast_pooling
+
+            use_fast_pooling(v.model)
         if tune:
             from ssconv.layers.tuning import autotune
 
@@ -221,7 +234,10 @@ def bench_variants(
             effective_macs=prof.effective_macs,
             executed_macs=prof.executed_macs,
         )
-    frozen = {v.name: _deployable(v.model).to(dev).to(memory_format=fmt) for v in variants}
+    frozen = {
+        v.name: _deployable(v.model, fast_pooling=fast_pooling).to(dev).to(memory_format=fmt)
+        for v in variants
+    }
     for v in variants:
         v.results["executed_macs_frozen"] = profile(
             frozen[v.name], (1, *input_size), device=dev
@@ -311,6 +327,7 @@ def bench_variants(
         "tuned": tune,
         "compile_mode": (mode or "default") if compile else None,
         "cuda_graphs": cuda_graphs,
+        "fast_pooling": fast_pooling,
     }
 
 

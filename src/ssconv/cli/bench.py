@@ -64,6 +64,14 @@ def register(sub) -> None:
         "(as the training option fast_batchnorm: true does)",
     )
     p.add_argument(
+        "--fast-pooling",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="every variant's 2 x 2 max pools on ssconv's NCHW kernel, in the frozen models and "
+        "in training (--no-fast-pooling: PyTorch's in both; default: ssconv's in the frozen "
+        "models, as ssconv.deploy.freeze does, PyTorch's in training)",
+    )
+    p.add_argument(
         "--onnx", action="store_true", help="also time the ONNX export with onnxruntime (CPU)"
     )
     p.add_argument(
@@ -189,6 +197,7 @@ def run(args: argparse.Namespace) -> int:
         tune=args.tune,
         compile=args.compile or False,
         cuda_graphs=args.cuda_graphs,
+        fast_pooling=args.fast_pooling,
     )
     result.update(model=args.model, target_density=args.density)
     if args.output:

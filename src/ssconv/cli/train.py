@@ -73,6 +73,7 @@ _BOOL_FLAGS = (
     "amp",
     "channels_last",
     "fast_batchnorm",
+    "fast_pooling",
     "compile",
     "nesterov",
     "match_budget",

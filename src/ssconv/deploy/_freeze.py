@@ -37,6 +37,7 @@ def freeze(
     dense_above: float | None = None,
     channel_order: bool = True,
     target: str = "torch",
+    fast_pooling: bool | None = None,
 ):
     """An inference copy of ``model``: pruning masks baked in, BatchNorm folded, SSC layers
     frozen.
@@ -56,6 +57,10 @@ def freeze(
             run their channel shuffle and residue reorders as index gathers, shared between
             consecutive layers, and narrow ones hold their 1 x 1 part ungrouped
             (:meth:`SSConv2dInference.use_gathered_input`).
+        fast_pooling: 2 x 2 max pools on ssconv's NCHW kernel
+            (:func:`ssconv.layers.pooling.fast_pooling`; equal results, PyTorch's code for
+            other windows and layouts). Default: on for ``target="torch"``, off for
+            ``"onnxruntime"`` (an export holds the standard operator either way).
     """
     if target not in FREEZE_TARGETS:
         raise ValueError(f"target must be one of {FREEZE_TARGETS}, got {target!r}")
@@ -82,6 +87,12 @@ def freeze(
             narrow = layer.in_channels * layer.out_channels <= ORT_DENSE_POINT_MAX
             frozen.use_gathered_input(dense_point=narrow)
         replace_module(model, name, frozen)
+    if fast_pooling is None:
+        fast_pooling = target == "torch"
+    if fast_pooling:
+        from ssconv.layers.pooling import fast_pooling as use_fast_pooling
+
+        use_fast_pooling(model)
     if channel_order:
         model = optimize_channel_order(model)
     return model.eval()

@@ -1099,6 +1099,239 @@ torch::Tensor ssc_bn_backward_apply(torch::Tensor dy, torch::Tensor x, torch::Te
   return dx;
 }
 
+// 2 x 2, stride-2 max pooling of NCHW float32 tensors (floor mode, no padding): PyTorch's CPU
+// kernel is a scalar loop over output pixels in NCHW (25x slower than its channels_last kernel
+// on VGG-19's 64-channel 32 x 32 maps), and VGG's pools train and infer in NCHW beside the
+// pixel kernels. The window is scanned as PyTorch does ((0,0), (0,1), (1,0), (1,1); a value
+// is taken when it is greater or NaN), so values and argmax positions equal PyTorch's, and the
+// gradient goes where its goes, ties included. Training keeps the argmax (0-3) as uint8.
+
+namespace mp {
+
+// One output of a window: a0, a1 its top row, b0, b1 its bottom row. The max of the top pair
+// and of the bottom pair, then of the two, is what PyTorch's scan in row-major order gives,
+// values and argmax alike (ties go to the earlier value; a NaN wins, the later NaN of two).
+static inline float window(float a0, float a1, float b0, float b1, uint8_t& q) {
+  const bool ct = (a1 > a0) | (a1 != a1), cb = (b1 > b0) | (b1 != b1);
+  const float mt = ct ? a1 : a0, mb = cb ? b1 : b0;
+  const bool cv = (mb > mt) | (mb != mb);
+  q = cv ? (uint8_t)(2 + cb) : (uint8_t)ct;
+  return cv ? mb : mt;
+}
+
+#if !defined(SSCONV_PORTABLE) && (defined(__GNUC__) || defined(__clang__))
+#define SSCONV_MP_VECTORS 1
+typedef int32_t vi16 __attribute__((vector_size(64)));
+typedef int32_t vi8 __attribute__((vector_size(32)));
+typedef int32_t vi4 __attribute__((vector_size(16)));
+typedef uint8_t vu8x16 __attribute__((vector_size(16)));
+typedef uint8_t vu8x8 __attribute__((vector_size(8)));
+typedef uint8_t vu8x4 __attribute__((vector_size(4)));
+
+// Per vector width L (16, 8, 4 floats): its integer and byte vectors, the even and odd lanes of
+// two vectors, and two vectors interleaved (low and high halves).
+template <int L>
+struct Lanes;
+template <>
+struct Lanes<16> {
+  typedef vf16 F;
+  typedef vi16 I;
+  typedef vu8x16 B;
+  static F evens(F a, F b) {
+    return __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28,
+                                   30);
+  }
+  static F odds(F a, F b) {
+    return __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29,
+                                   31);
+  }
+  static F zip_lo(F a, F b) {
+    return __builtin_shufflevector(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  }
+  static F zip_hi(F a, F b) {
+    return __builtin_shufflevector(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30,
+                                   15, 31);
+  }
+};
+template <>
+struct Lanes<8> {
+  typedef vf8 F;
+  typedef vi8 I;
+  typedef vu8x8 B;
+  static F evens(F a, F b) { return __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14); }
+  static F odds(F a, F b) { return __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15); }
+  static F zip_lo(F a, F b) { return __builtin_shufflevector(a, b, 0, 8, 1, 9, 2, 10, 3, 11); }
+  static F zip_hi(F a, F b) { return __builtin_shufflevector(a, b, 4, 12, 5, 13, 6, 14, 7, 15); }
+};
+template <>
+struct Lanes<4> {
+  typedef vf4 F;
+  typedef vi4 I;
+  typedef vu8x4 B;
+  static F evens(F a, F b) { return __builtin_shufflevector(a, b, 0, 2, 4, 6); }
+  static F odds(F a, F b) { return __builtin_shufflevector(a, b, 1, 3, 5, 7); }
+  static F zip_lo(F a, F b) { return __builtin_shufflevector(a, b, 0, 4, 1, 5); }
+  static F zip_hi(F a, F b) { return __builtin_shufflevector(a, b, 2, 6, 3, 7); }
+};
+
+// Outputs j .. j + L - 1 from a window row pair (a: top, b: bottom, both at window 0), and
+// their argmax into k[j ..] unless k is null.
+template <int L>
+static inline void windows(const float* a, const float* b, float* out, uint8_t* k, int64_t j) {
+  a += 2 * j;
+  b += 2 * j;
+  out += j;
+  typedef Lanes<L> W;
+  typedef typename W::F F;
+  typedef typename W::I I;
+  const F a0 = load_v<F>(a), a1 = load_v<F>(a + L), b0 = load_v<F>(b), b1 = load_v<F>(b + L);
+  const F ae = W::evens(a0, a1), ao = W::odds(a0, a1);
+  const F be = W::evens(b0, b1), bo = W::odds(b0, b1);
+  const I ct = (ao > ae) | (ao != ao), cb = (bo > be) | (bo != bo);
+  const F mt = ct ? ao : ae, mb = cb ? bo : be;
+  const I cv = (mb > mt) | (mb != mb);
+  store_v(out, cv ? mb : mt);
+  if (k != nullptr) {
+    const I q = cv ? 2 - cb : -ct;  // comparisons give -1 for true
+    store_v(k + j, __builtin_convertvector(q, typename W::B));
+  }
+}
+
+// The gradient of L outputs back to their windows' 2L + 2L input positions.
+template <int L>
+static inline void scatter(const float* g, const uint8_t* k, float* a, float* b) {
+  typedef Lanes<L> W;
+  typedef typename W::F F;
+  typedef typename W::I I;
+  const F gv = load_v<F>(g), z{};
+  const I q = __builtin_convertvector(load_v<typename W::B>(k), I);
+  const F t0 = q == 0 ? gv : z, t1 = q == 1 ? gv : z, u0 = q == 2 ? gv : z, u1 = q == 3 ? gv : z;
+  store_v(a, W::zip_lo(t0, t1));
+  store_v(a + L, W::zip_hi(t0, t1));
+  store_v(b, W::zip_lo(u0, u1));
+  store_v(b + L, W::zip_hi(u0, u1));
+}
+#else
+#define SSCONV_MP_VECTORS 0
+#endif
+
+static void check(const char* fn, const torch::Tensor& t) {
+  TORCH_CHECK(t.dim() == 4 && t.scalar_type() == torch::kFloat32 && t.device().is_cpu() &&
+                  t.is_contiguous(),
+              fn, ": expected a contiguous (NCHW) float32 CPU tensor of 4 dimensions");
+}
+
+}  // namespace mp
+
+// y[n, c, i, j] = max of x[n, c, 2i:2i+2, 2j:2j+2]; with `with_index`, also the argmax in the
+// window (0-3, row-major) as uint8 (an empty tensor otherwise).
+std::vector<torch::Tensor> ssc_maxpool2x2(torch::Tensor x, bool with_index) {
+  mp::check("ssc_maxpool2x2", x);
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t ho = h / 2, wo = w / 2;
+  TORCH_CHECK(ho > 0 && wo > 0, "ssc_maxpool2x2: input planes must be at least 2 x 2, got ", h,
+              " x ", w);
+  auto y = torch::empty({n, c, ho, wo}, x.options());
+  auto idx = with_index ? torch::empty({n, c, ho, wo}, x.options().dtype(torch::kUInt8))
+                        : torch::empty({0}, x.options().dtype(torch::kUInt8));
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  uint8_t* ip = with_index ? idx.data_ptr<uint8_t>() : nullptr;
+  at::parallel_for(0, n * c, 4, [&](int64_t p0, int64_t p1) {
+#if SSCONV_MP_VECTORS
+    // Planes with fewer than 4 outputs a row and even rows (VGG's 4 x 4 maps): the windows'
+    // top rows and bottom rows copied one after the other, so that a plane's windows are
+    // read as one long row pair (a pair never crosses rows) and its outputs written in order.
+    const bool flat = wo < 4 && (w & 1) == 0;
+    std::vector<float> rows(flat ? 2 * ho * w : 0);
+#endif
+    for (int64_t plane = p0; plane < p1; ++plane) {
+#if SSCONV_MP_VECTORS
+      if (flat) {
+        float* top = rows.data();
+        float* bot = top + ho * w;
+        const float* xs = xp + plane * h * w;
+        for (int64_t i = 0; i < ho; ++i) {
+          std::memcpy(top + i * w, xs + 2 * i * w, sizeof(float) * w);
+          std::memcpy(bot + i * w, xs + (2 * i + 1) * w, sizeof(float) * w);
+        }
+        const int64_t cnt = ho * wo;
+        float* out = yp + plane * cnt;
+        uint8_t* k = ip == nullptr ? nullptr : ip + plane * cnt;
+        int64_t j = 0;
+        for (; j + 16 <= cnt; j += 16) mp::windows<16>(top, bot, out, k, j);
+        for (; j + 4 <= cnt; j += 4) mp::windows<4>(top, bot, out, k, j);
+        for (; j < cnt; ++j) {
+          uint8_t q;
+          out[j] = mp::window(top[2 * j], top[2 * j + 1], bot[2 * j], bot[2 * j + 1], q);
+          if (k != nullptr) k[j] = q;
+        }
+        continue;
+      }
+#endif
+      for (int64_t i = 0; i < ho; ++i) {
+        const int64_t r = plane * ho + i;
+        const float* __restrict a = xp + (plane * h + 2 * i) * w;
+        const float* __restrict b = a + w;
+        float* __restrict out = yp + r * wo;
+        uint8_t* __restrict k = ip == nullptr ? nullptr : ip + r * wo;
+        int64_t j = 0;
+#if SSCONV_MP_VECTORS
+        for (; j + 16 <= wo; j += 16) mp::windows<16>(a, b, out, k, j);
+        for (; j + 8 <= wo; j += 8) mp::windows<8>(a, b, out, k, j);
+        for (; j + 4 <= wo; j += 4) mp::windows<4>(a, b, out, k, j);
+#endif
+        for (; j < wo; ++j) {
+          uint8_t q;
+          out[j] = mp::window(a[2 * j], a[2 * j + 1], b[2 * j], b[2 * j + 1], q);
+          if (k != nullptr) k[j] = q;
+        }
+      }
+    }
+  });
+  return {y, idx};
+}
+
+// The input gradient of ssc_maxpool2x2: dy[n, c, i, j] goes to the argmax of its window, zero
+// elsewhere (and in the last row / column of odd-sized planes, which no window reads).
+torch::Tensor ssc_maxpool2x2_backward(torch::Tensor dy, torch::Tensor idx, int64_t h, int64_t w) {
+  mp::check("ssc_maxpool2x2_backward", dy);
+  const int64_t n = dy.size(0), c = dy.size(1), ho = dy.size(2), wo = dy.size(3);
+  TORCH_CHECK(ho == h / 2 && wo == w / 2, "ssc_maxpool2x2_backward: gradient of ", ho, " x ", wo,
+              " does not suit input planes of ", h, " x ", w);
+  TORCH_CHECK(idx.scalar_type() == torch::kUInt8 && idx.is_contiguous() &&
+                  idx.sizes() == dy.sizes(),
+              "ssc_maxpool2x2_backward: the argmax must be a contiguous uint8 tensor shaped "
+              "like the gradient");
+  auto dx = torch::empty({n, c, h, w}, dy.options());
+  const float* gp = dy.data_ptr<float>();
+  const uint8_t* ip = idx.data_ptr<uint8_t>();
+  float* dp = dx.data_ptr<float>();
+  at::parallel_for(0, n * c, 4, [&](int64_t p0, int64_t p1) {
+    for (int64_t plane = p0; plane < p1; ++plane) {
+      float* base = dp + plane * h * w;
+      // Positions the vector blocks do not write are zeroed first: rows of scalar tails (all
+      // rows without vectors), and the last row / column of odd-sized planes.
+      if (!SSCONV_MP_VECTORS || wo % 4 != 0 || (w & 1)) std::memset(base, 0, sizeof(float) * h * w);
+      for (int64_t i = 0; i < ho; ++i) {
+        const float* __restrict g = gp + (plane * ho + i) * wo;
+        const uint8_t* __restrict k = ip + (plane * ho + i) * wo;
+        float* __restrict a = base + 2 * i * w;
+        float* __restrict b = a + w;
+        int64_t j = 0;
+#if SSCONV_MP_VECTORS
+        for (; j + 16 <= wo; j += 16) mp::scatter<16>(g + j, k + j, a + 2 * j, b + 2 * j);
+        for (; j + 8 <= wo; j += 8) mp::scatter<8>(g + j, k + j, a + 2 * j, b + 2 * j);
+        for (; j + 4 <= wo; j += 4) mp::scatter<4>(g + j, k + j, a + 2 * j, b + 2 * j);
+#endif
+        for (; j < wo; ++j) a[(k[j] >> 1) * w + 2 * j + (k[j] & 1)] = g[j];
+      }
+      if (h & 1) std::memset(base + (h - 1) * w, 0, sizeof(float) * w);
+    }
+  });
+  return dx;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ssc_fused_forward", &ssc_fused_forward,
         "Fused block-structured sparse conv2d forward (float32/float64, CPU, NHWC)");
@@ -1113,4 +1346,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bn_affine", &ssc_bn_affine, "x * a[c] + b[c] over an NCHW tensor");
   m.def("bn_backward_sums", &ssc_bn_backward_sums, "Per-channel sum(dy), sum(dy * (x - mean))");
   m.def("bn_backward_apply", &ssc_bn_backward_apply, "dy * a[c] + x * b[c] + k[c]");
+  m.def("maxpool2x2", &ssc_maxpool2x2, "2 x 2, stride-2 max pooling of an NCHW tensor");
+  m.def("maxpool2x2_backward", &ssc_maxpool2x2_backward, "Its input gradient");
 }

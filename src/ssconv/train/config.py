@@ -280,6 +280,13 @@ class TrainConfig:
         kind=bool,
         neutral=False,
     )
+    fast_pooling: bool = _f(
+        False,
+        "2 x 2 max pools on ssconv's NCHW kernel in CPU training (every method alike; equal "
+        "to PyTorch's, values and gradients: docs/benchmarks.md)",
+        kind=bool,
+        neutral=False,
+    )
     compile: bool = _f(False, "torch.compile the model", kind=bool)
     compile_mode: str = _f(
         "default",

@@ -691,6 +691,10 @@ class Trainer:
             from ssconv.layers.batchnorm import fast_batchnorm
 
             fast_batchnorm(model)  # same tensors: the optimizer and state_dict are unaffected
+        if cfg.fast_pooling:
+            from ssconv.layers.pooling import fast_pooling
+
+            fast_pooling(model)  # no parameters or buffers
         self.model = model
 
         steps_per_epoch = EpochBatchSampler(
