@@ -27,3 +27,74 @@ def test_channel_order_pass_removes_transposes_and_keeps_outputs(name):
     perm = residue_permutation(2, 4, 16)
     assert sorted(perm.tolist()) == list(range(16))
     assert perm[:2].tolist() == [0, 4]  # group 0 (8 channels, P=4): residue 0 is 0, 4
+
+
+def _fused_chain():
+    from torch import nn
+
+    torch.manual_seed(0)
+    conv = lambda: ssconv.SSConv2d(128, 128, 3, padding=1, period=4)  # noqa: E731
+    return nn.Sequential(
+        conv(), nn.ReLU(), conv(), nn.ReLU(), nn.MaxPool2d(2), conv(), nn.ReLU(), conv()
+    ).eval()
+
+
+def test_fused_layers_hand_channels_last_outputs_on():
+    from ssconv.kernels import fused
+    from ssconv.layers.inference import SSConv2dInference
+
+    model = _fused_chain()
+    frozen = freeze(model)
+    layers = [m for m in frozen.modules() if isinstance(m, SSConv2dInference)]
+    assert all(m.fused for m in layers)  # 128 channels on 8 x 8 maps: the fused kernel
+    # The last layer's output is the model's: it keeps the caller's layout.
+    assert [m.output_layout for m in layers] == ["channels_last"] * 3 + ["nchw"]
+    assert "channels_last output" in repr(layers[0])
+    seen = []
+    hooks = [
+        m.register_forward_pre_hook(
+            lambda _m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+        )
+        for m in layers
+    ]
+    x = torch.randn(2, 128, 8, 8)
+    with torch.no_grad():
+        y = frozen(x)
+        ref = model(x)
+    for h in hooks:
+        h.remove()
+    assert torch.allclose(y, ref, atol=1e-4)
+    assert y.is_contiguous()  # NCHW in, NCHW out (from the chain's end)
+    if fused.available():
+        assert seen == [False, True, True, True]  # one copy in, none between the layers
+    # Nothing chained where a layer's output also goes elsewhere, nor for onnxruntime.
+    assert not any(
+        m.output_layout
+        for m in freeze(model, target="onnxruntime").modules()
+        if isinstance(m, SSConv2dInference)
+    )
+
+
+def test_outputs_used_beyond_fused_layers_keep_their_layout():
+    from torch import nn
+
+    from ssconv.layers.inference import SSConv2dInference
+
+    class Branch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = ssconv.SSConv2d(128, 128, 3, padding=1, period=4)
+            self.b = ssconv.SSConv2d(128, 128, 3, padding=1, period=4)
+
+        def forward(self, x):
+            y = torch.relu(self.a(x))
+            return self.b(y) + y  # y also feeds the add
+
+    torch.manual_seed(0)
+    model = Branch().eval()
+    frozen = freeze(model)
+    layers = [m for m in frozen.modules() if isinstance(m, SSConv2dInference)]
+    assert [m.output_layout for m in layers] == [None, None]
+    x = torch.randn(2, 128, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(frozen(x), model(x), atol=1e-4)

@@ -9,7 +9,7 @@ import copy
 from torch import nn
 
 from ssconv.deploy.batchnorm import fold_batchnorm
-from ssconv.deploy.channel_order import optimize_channel_order
+from ssconv.deploy.channel_order import chain_channels_last, optimize_channel_order
 from ssconv.layers.inference import SSConv2dInference
 from ssconv.layers.ssconv import SSConv2d
 from ssconv.utils.modules import replace_module
@@ -95,4 +95,6 @@ def freeze(
         use_fast_pooling(model)
     if channel_order:
         model = optimize_channel_order(model)
+    if target == "torch":
+        chain_channels_last(model)  # only the fused kernel reads the setting (eager, CPU)
     return model.eval()

@@ -722,11 +722,14 @@ def fused_conv2d(
     stride: tuple[int, int],
     padding: tuple[int, int],
     dilation: tuple[int, int],
+    channels_last: bool | None = None,
 ) -> Tensor:
     """Run the kernel (float32 CPU). Raises if it is not built.
 
     The output has the input's memory format, as ``F.conv2d`` gives (the kernel itself works
-    in channels_last: an NCHW input costs two layout copies).
+    in channels_last: an NCHW input costs two layout copies), or, whatever the input's,
+    channels_last with ``channels_last=True`` (one copy fewer for an NCHW input) and NCHW with
+    ``channels_last=False``.
     """
     if x.dim() != 4 or x.shape[1] != packed.in_channels:
         raise RuntimeError(
@@ -748,7 +751,8 @@ def fused_conv2d(
         [*kernel_size, *stride, *padding, *dilation],
         packed.vb,
     )
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    if channels_last is None:
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     return y if channels_last else y.contiguous()
 
 

@@ -27,6 +27,9 @@ from ssconv.layers.ssconv import SSConv2d, centre_input, pad_arguments, shuffle_
 __all__ = ["SSConv2dInference"]
 
 
+_LAYOUTS = {None: None, "channels_last": True, "nchw": False}
+
+
 class SSConv2dInference(nn.Module):
     """A frozen :class:`SSConv2d`: precomputed kernels, standard operators only.
 
@@ -96,6 +99,11 @@ class SSConv2dInference(nn.Module):
                 and layer.trains_fused(None)
             )
             self._out_pos = layer.out_pos.detach().cpu().clone()
+        # The memory layout of outputs of the fused kernel (which works in channels_last):
+        # None, the input's (as F.conv2d); "channels_last" where every consumer of the output
+        # is another frozen SSC layer on that kernel, which reads it without a copy; "nchw" at
+        # the end of such a chain. Set by ssconv.deploy.chain_channels_last.
+        self.output_layout: str | None = None
 
     @property
     def num_params(self) -> int:
@@ -227,7 +235,13 @@ class SSConv2dInference(nn.Module):
             )
         if self.fused and fused.can_run(x, self._weights()):
             return fused.fused_conv2d(
-                x, self._fused_packed(), self.kernel_size, self.stride, padding, self.dilation
+                x,
+                self._fused_packed(),
+                self.kernel_size,
+                self.stride,
+                padding,
+                self.dilation,
+                channels_last=_LAYOUTS[self.output_layout],
             )
         if self.gathered:
             y = self._forward_residue(x.index_select(1, self.in_gather), padding)
@@ -397,6 +411,8 @@ class SSConv2dInference(nn.Module):
             order += ", fused pixel kernel (NCHW)"
         if self.fused:
             order += ", fused CPU kernel"
+        if self.output_layout is not None:
+            order += f", {self.output_layout} output"
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, {self.pattern.describe()}, mode={self.mode}{order}"
