@@ -118,6 +118,43 @@ def test_ceil_mode_on_even_sides_runs_the_kernel():
     assert torch.equal(gb, ga)
 
 
+@needs_kernel
+@pytest.mark.parametrize(
+    "pool_kw",
+    [
+        {"kernel_size": 3, "stride": 2, "padding": 1},  # ResNet's stem pool
+        {"kernel_size": 3, "stride": 1, "padding": 1},
+        {"kernel_size": 2, "stride": 1},
+        {"kernel_size": 3, "stride": 3},  # a stride without vector code
+        {"kernel_size": 5, "stride": 2, "padding": 2},
+        {"kernel_size": 3, "stride": 2, "padding": 1, "dilation": 2},
+        {"kernel_size": (2, 3), "stride": (1, 2), "padding": (1, 1)},
+        {"kernel_size": 3, "stride": 2, "ceil_mode": True},
+        {"kernel_size": 2, "ceil_mode": True},  # odd sides: partial windows
+    ],
+)
+@pytest.mark.parametrize("shape", [(2, 3, 17, 20), (1, 2, 56, 56), (2, 2, 5, 7), (1, 1, 4, 70)])
+def test_inference_of_any_window_equals_pytorch(pool_kw, shape, monkeypatch):
+    x = _input(shape, nans=3)
+    pool = MaxPool2d(**pool_kw)
+    try:
+        ref = F.max_pool2d(x, **pool_kw)
+    except RuntimeError:
+        pytest.skip("PyTorch refuses this window on this shape")
+    calls = []
+    mod = fused._built()
+
+    class Spy:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(mod, name)
+
+    monkeypatch.setattr(fused, "_built", lambda: Spy())
+    with torch.no_grad():
+        _equal(pool(x), ref)
+    assert calls and calls[0] in ("maxpool_infer", "maxpool2x2")
+
+
 def test_return_indices_keeps_pytorch_behaviour():
     pool = MaxPool2d(2, return_indices=True)
     y, idx = pool(torch.randn(1, 2, 4, 4))

@@ -25,6 +25,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <limits>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -1332,6 +1333,86 @@ torch::Tensor ssc_maxpool2x2_backward(torch::Tensor dy, torch::Tensor idx, int64
   return dx;
 }
 
+// Max pooling of any window in inference (no argmax): the values do not depend on the order in
+// which a window is scanned (a NaN anywhere gives NaN), so each output row takes the maximum of
+// its window's input rows first, then the maximum over each window's columns of that row, read
+// with the pool's stride (vector code for strides 1 and 2: ResNet's 3 x 3, stride-2 stem pool
+// and VGG's pools). Padding is -inf, as PyTorch treats it; rows and columns a window reads past
+// the input (padding, ceil mode) are skipped or read as -inf. ho, wo: PyTorch's output size.
+torch::Tensor ssc_maxpool_infer(torch::Tensor x, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                                int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t ho,
+                                int64_t wo) {
+  mp::check("ssc_maxpool_infer", x);
+  TORCH_CHECK(kh > 0 && kw > 0 && sh > 0 && sw > 0 && ph >= 0 && pw >= 0 && dh > 0 && dw > 0 &&
+                  ho > 0 && wo > 0,
+              "ssc_maxpool_infer: invalid window");
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  auto y = torch::empty({n, c, ho, wo}, x.options());
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const float ninf = -std::numeric_limits<float>::infinity();
+  // The padded row: pw + w + what the last window and a vector past it read.
+  const int64_t span = std::max(pw + w, sw * (wo - 1) + dw * (kw - 1) + 1) + 2 * 16 + 16;
+  at::parallel_for(0, n * c, 1, [&](int64_t p0, int64_t p1) {
+    std::vector<float> row(span, ninf);
+    float* v = row.data();
+    for (int64_t plane = p0; plane < p1; ++plane) {
+      const float* xs = xp + plane * h * w;
+      for (int64_t i = 0; i < ho; ++i) {
+        // The window rows' maximum, element-wise, into v[pw .. pw + w).
+        bool first = true;
+        for (int64_t di = 0; di < kh; ++di) {
+          const int64_t ih = i * sh - ph + di * dh;
+          if (ih < 0 || ih >= h) continue;
+          const float* r = xs + ih * w;
+          float* out = v + pw;
+          if (first) {
+            std::memcpy(out, r, sizeof(float) * w);
+            first = false;
+          } else {
+            for (int64_t t = 0; t < w; ++t) {
+              out[t] = ((r[t] > out[t]) | (r[t] != r[t])) ? r[t] : out[t];
+            }
+          }
+        }
+        if (first) std::fill(v + pw, v + pw + w, ninf);  // no row inside the input
+        // Each window's columns of v, v[j * sw + dj * dw] for dj < kw.
+        float* out = yp + (plane * ho + i) * wo;
+        int64_t j = 0;
+#if SSCONV_MP_VECTORS
+        if (sw == 1 || sw == 2) {
+          typedef mp::Lanes<16> W;
+          for (; j + 16 <= wo; j += 16) {
+            vf16 m;
+            for (int64_t dj = 0; dj < kw; ++dj) {
+              const float* q = v + j * sw + dj * dw;
+              const vf16 a = load_v<vf16>(q);
+              const vf16 e = sw == 1 ? a : W::evens(a, load_v<vf16>(q + 16));
+              if (dj == 0) {
+                m = e;
+              } else {
+                const mp::vi16 take = (e > m) | (e != e);
+                m = take ? e : m;
+              }
+            }
+            store_v(out + j, m);
+          }
+        }
+#endif
+        for (; j < wo; ++j) {
+          float m = v[j * sw];
+          for (int64_t dj = 1; dj < kw; ++dj) {
+            const float e = v[j * sw + dj * dw];
+            m = ((e > m) | (e != e)) ? e : m;
+          }
+          out[j] = m;
+        }
+      }
+    }
+  });
+  return y;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ssc_fused_forward", &ssc_fused_forward,
         "Fused block-structured sparse conv2d forward (float32/float64, CPU, NHWC)");
@@ -1348,4 +1429,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bn_backward_apply", &ssc_bn_backward_apply, "dy * a[c] + x * b[c] + k[c]");
   m.def("maxpool2x2", &ssc_maxpool2x2, "2 x 2, stride-2 max pooling of an NCHW tensor");
   m.def("maxpool2x2_backward", &ssc_maxpool2x2_backward, "Its input gradient");
+  m.def("maxpool_infer", &ssc_maxpool_infer, "Max pooling of an NCHW tensor (values only)");
 }
