@@ -1,7 +1,8 @@
 """What NCHW costs frozen models and training steps beside the convolutions, in one process.
 
     python benchmarks/nchw_overheads.py [--model vgg19_bn] [--density 0.1] [--threads 2]
-                                        [--batch 64] [--repeats 15] [--train] [--json F]
+                                        [--batch 64] [--size 32] [--repeats 15] [--train]
+                                        [--keep RULE ...] [--json F]
 
 Inference (NCHW, the pixel kernels' layout): dense, SSC and depthwise-separable models frozen
 three ways, all timed interleaved so that the machine's drift cancels out of the ratios:
@@ -65,11 +66,21 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=32, help="input height = width")
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--train", action="store_true", help="also time training steps")
+    p.add_argument(
+        "--keep",
+        nargs="*",
+        default=None,
+        help="layers kept dense (ssconv.convert's keep rules; end_to_end.py times ResNet-50 "
+        "with: stem depthwise classifier)",
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    built = {v.name: v.model for v in build_variants(args.model, args.density, variants=VARIANTS)}
+    built = {
+        v.name: v.model
+        for v in build_variants(args.model, args.density, variants=VARIANTS, keep=args.keep)
+    }
     x = torch.randn(args.batch, 3, args.size, args.size)
     frozen = {(v, f): _frozen(m, f) for v, m in built.items() for f in FORMS}
     with torch.inference_mode():
