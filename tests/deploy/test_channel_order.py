@@ -98,3 +98,34 @@ def test_outputs_used_beyond_fused_layers_keep_their_layout():
     x = torch.randn(2, 128, 8, 8)
     with torch.no_grad():
         assert torch.allclose(frozen(x), model(x), atol=1e-4)
+
+
+def test_chains_hand_channels_last_only_to_layers_that_run_the_fused_kernel():
+    # ResNet-32's 32 -> 64 stride-2 layer runs the fused kernel at 8 output pixels, the
+    # 64-channel layer after it the pixel kernel on NCHW (narrow layers at >= 7 pixels): a
+    # channels_last handoff would move it off that kernel, so the producer checks per call.
+    from torch import nn
+
+    from ssconv.kernels import fused
+    from ssconv.layers.inference import SSConv2dInference
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        ssconv.SSConv2d(32, 64, 3, stride=2, padding=1, period=4),
+        nn.ReLU(),
+        ssconv.SSConv2d(64, 64, 3, padding=1, period=4),
+    ).eval()
+    frozen = freeze(model)
+    first, second = [m for m in frozen.modules() if isinstance(m, SSConv2dInference)]
+    assert first.output_layout == "channels_last" and first.chain_consumers[0][0] is second
+    assert second.output_layout == "nchw"
+    seen = []
+    second.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    x = torch.randn(2, 32, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(frozen(x), model(x), atol=1e-4)
+    if fused.available():
+        assert first._consumers_take_channels_last(8) is False  # the pixel kernel's size
+        assert seen == [False]

@@ -178,6 +178,27 @@ def optimize_channel_order(model: nn.Module) -> nn.Module:
     return gm
 
 
+def _pool_width_change(node, modules) -> tuple | None:
+    """The (kernel, stride, padding, dilation, ceil_mode) of a pooling module along the width,
+    () for per-channel operations that keep the size, None where it is not known."""
+    module = modules.get(node.target) if node.op == "call_module" else None
+    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+
+        def last(v):
+            return v[-1] if isinstance(v, (tuple, list)) else v
+
+        stride = module.stride if module.stride is not None else module.kernel_size
+        dilation = getattr(module, "dilation", 1)
+        return tuple(last(v) for v in (module.kernel_size, stride, module.padding, dilation)) + (
+            module.ceil_mode,
+        )
+    if module is not None or node.op == "call_method":
+        return ()  # ReLU, dropout, activations: the size is kept
+    if node.op == "call_function" and node.target in (F.max_pool2d, F.avg_pool2d):
+        return None
+    return ()
+
+
 def chain_channels_last(model: nn.Module) -> nn.Module:
     """Let frozen SSC layers on the fused kernel hand their output to the next in channels_last.
 
@@ -185,13 +206,13 @@ def chain_channels_last(model: nn.Module) -> nn.Module:
     the input in and its output back, two copies a layer (a tenth of a frozen VGG-19's
     inference time in NCHW, where its 8 x 8 and smaller layers run on that kernel). A layer
     whose output reaches, through ReLUs, pooling and other per-channel operations only, other
-    frozen SSC layers that run the fused kernel, returns its output in channels_last, which
-    the next one reads as it is; the last layer of such a chain returns NCHW
-    (:attr:`SSConv2dInference.output_layout`). So a chain copies once on the way in and once
-    on the way out, and NCHW calls keep NCHW outputs (channels_last calls get NCHW from a
-    chain's end too). Values are unchanged; layers that run another kernel at the input's size
-    ignore the setting. Works on a ``torch.fx``-traceable model; others are returned
-    unchanged. Returns ``model``.
+    frozen SSC layers, returns its output in channels_last when all of them run the fused
+    kernel at the size they get (checked per call: a layer that would run the pixel kernel on
+    NCHW gets NCHW), and the next one reads it as it is; the last layer of such a chain
+    returns NCHW (:attr:`SSConv2dInference.output_layout`). So a chain copies once on the way
+    in and once on the way out, and NCHW calls keep NCHW outputs (channels_last calls get NCHW
+    from a chain's end too). Values are unchanged. Works on a ``torch.fx``-traceable model;
+    others are returned unchanged. Returns ``model``.
     """
     try:
         graph = SSCTracer().trace(model)
@@ -208,39 +229,41 @@ def chain_channels_last(model: nn.Module) -> nn.Module:
         ok = isinstance(module, SSConv2dInference) and module.fused
         return module if ok else None
 
-    def fused_consumers(node) -> list | None:
-        """The fused layers ``node``'s output reaches through per-channel operations, or None
-        where it reaches anything else (the model's output included)."""
+    def consumers(node, pools=()) -> list | None:
+        """(node, pools) of the fused layers ``node``'s output reaches through per-channel
+        operations, or None where it reaches anything else (the model's output included)."""
         found = []
         for user in node.users:
             if user.args[:1] != (node,) or any(a is node for a in user.args[1:]):
                 return None
             if fused_layer(user) is not None:
-                found.append(user)
-            elif _is_pass_through(user, modules):
-                more = fused_consumers(user)
-                if more is None:
-                    return None
-                found += more
-            else:
+                found.append((user, pools))
+                continue
+            change = _pool_width_change(user, modules) if _is_pass_through(user, modules) else None
+            more = (
+                None if change is None else consumers(user, pools + ((change,) if change else ()))
+            )
+            if more is None:
                 return None
+            found += more
         return found or None
 
-    chained, ends = set(), set()
+    chained, ends = {}, set()
     for node in graph.nodes:
         if fused_layer(node) is not None:
-            consumers = fused_consumers(node)
-            if consumers:
-                chained.add(node)
-                ends.update(consumers)
+            found = consumers(node)
+            if found:
+                chained[node] = [(fused_layer(n), pools) for n, pools in found]
+                ends.update(n for n, _ in found)
     for node in graph.nodes:
         layer = fused_layer(node)
         if layer is not None:
+            layer.chain_consumers = chained.get(node, [])
             if node in chained:
                 layer.output_layout = "channels_last"
             elif node in ends:
                 layer.output_layout = "nchw"
             else:
                 layer.output_layout = None
-    log.info("channels_last chains: %d frozen SSC layers hand their output on", len(chained))
+    log.info("channels_last chains: %d frozen SSC layers may hand their output on", len(chained))
     return model

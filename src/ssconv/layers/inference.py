@@ -22,6 +22,7 @@ from ssconv.layers.dispatch import (
     pixel_rows_suit,
     pixels_take_channels_last,
 )
+from ssconv.layers.pooling import pool_output_size
 from ssconv.layers.ssconv import SSConv2d, centre_input, pad_arguments, shuffle_channels
 
 __all__ = ["SSConv2dInference"]
@@ -101,9 +102,13 @@ class SSConv2dInference(nn.Module):
             self._out_pos = layer.out_pos.detach().cpu().clone()
         # The memory layout of outputs of the fused kernel (which works in channels_last):
         # None, the input's (as F.conv2d); "channels_last" where every consumer of the output
-        # is another frozen SSC layer on that kernel, which reads it without a copy; "nchw" at
-        # the end of such a chain. Set by ssconv.deploy.chain_channels_last.
+        # is another frozen SSC layer that runs that kernel at the size it gets (then it reads
+        # the output without a copy; checked per call, see chain_consumers); "nchw" at the end
+        # of such a chain. Set by ssconv.deploy.chain_channels_last.
         self.output_layout: str | None = None
+        # (layer, pools) for each consumer: the frozen SSC layers the output reaches and the
+        # (kernel, stride, padding, dilation, ceil_mode) width changes of the pools on the way.
+        self.chain_consumers: list[tuple[SSConv2dInference, tuple]] = []
 
     @property
     def num_params(self) -> int:
@@ -234,15 +239,21 @@ class SSConv2dInference(nn.Module):
                 x, self._pixel_packed(), self.kernel_size, self.stride, padding, self.dilation
             )
         if self.fused and fused.can_run(x, self._weights()):
-            return fused.fused_conv2d(
+            y = fused.fused_conv2d(
                 x,
                 self._fused_packed(),
                 self.kernel_size,
                 self.stride,
                 padding,
                 self.dilation,
-                channels_last=_LAYOUTS[self.output_layout],
+                channels_last=True,  # the kernel's own layout: no copy yet
             )
+            keep = _LAYOUTS[self.output_layout]
+            if keep is None:
+                keep = _is_channels_last(x)
+            elif keep:
+                keep = self._consumers_take_channels_last(y.shape[-1])
+            return y if keep else y.contiguous()
         if self.gathered:
             y = self._forward_residue(x.index_select(1, self.in_gather), padding)
             return y if self.out_gather is None else y.index_select(1, self.out_gather)
@@ -282,6 +293,26 @@ class SSConv2dInference(nn.Module):
         if out is None:
             return y if bias is None else y + bias.view(1, -1, 1, 1)
         return out + y
+
+    def _consumers_take_channels_last(self, width: int) -> bool:
+        """Whether every consumer in :attr:`chain_consumers` runs the fused kernel on this
+        output (``width`` pixels wide, through its pools), and so reads channels_last without
+        a copy; a consumer that would run the pixel kernel on NCHW wants NCHW."""
+        for layer, pools in self.chain_consumers:
+            w = width
+            for k, s, p, d, ceil in pools:
+                w = pool_output_size(w, k, s, p, d, ceil)
+            if w <= 0 or (layer.pixels and layer._pixels_suit_nchw(w)):
+                return False
+        return bool(self.chain_consumers)
+
+    def _pixels_suit_nchw(self, width: int) -> bool:
+        """:meth:`_pixels_suit` for an NCHW input ``width`` pixels wide."""
+        padding = (0, 0) if self.padding_mode != "zeros" else self.padding
+        channels = min(self.in_channels, self.out_channels)
+        return pixel_rows_suit(
+            self.kernel_size, padding, self.dilation, channels, width, self.stride
+        )
 
     @torch.no_grad()
     def dense_weight(self) -> Tensor:

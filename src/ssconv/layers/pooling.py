@@ -24,7 +24,16 @@ from torch import Tensor, nn
 
 from ssconv.kernels import fused
 
-__all__ = ["MaxPool2d", "fast_pooling"]
+__all__ = ["MaxPool2d", "fast_pooling", "pool_output_size"]
+
+
+def pool_output_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
+    """PyTorch's pooling output size along one side (``pooling_output_shape``)."""
+    span = size + 2 * p - d * (k - 1) - 1
+    n = (span + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (n - 1) * s >= size + p:
+        n -= 1  # the last window must start inside the input or the left padding
+    return n
 
 
 class _MaxPool2x2(torch.autograd.Function):
@@ -87,15 +96,11 @@ class MaxPool2d(nn.MaxPool2d):
         return "infer" if fused.available() else None
 
     def _output_size(self, h: int, w: int) -> tuple[int, int]:
-        """PyTorch's pooling output size (``pooling_output_shape``)."""
-        out = []
-        for size, k, s, p, d in zip((h, w), *self._window()):
-            span = size + 2 * p - d * (k - 1) - 1
-            n = (span + (s - 1 if self.ceil_mode else 0)) // s + 1
-            if self.ceil_mode and (n - 1) * s >= size + p:
-                n -= 1  # the last window must start inside the input or the left padding
-            out.append(n)
-        return out[0], out[1]
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self._window()
+        return (
+            pool_output_size(h, kh, sh, ph, dh, self.ceil_mode),
+            pool_output_size(w, kw, sw, pw, dw, self.ceil_mode),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         kernel = self._kernel(x)
