@@ -480,6 +480,11 @@ def test_auto_trains_stride1_layers_on_the_fused_kernels():
     xs = torch.randn(2, 16, 28, 28, requires_grad=True)
     assert "FusedConvTrain" in type(strided(xs).grad_fn).__name__
     assert "FusedConvTrain" not in type(strided(xs[:, :, :16, :16]).grad_fn).__name__
+    # Inference takes the pixel kernel from narrower strided rows (8 output pixels).
+    from ssconv.layers import dispatch
+
+    assert dispatch.trains_fused(strided, 16, inference=True)
+    assert not dispatch.trains_fused(strided, 14, inference=True)
     assert not SSConv2d(16, 16, 3, padding=1, period=4, backend="decomposed").trains_fused()
     assert not SSConv2d(16, 16, 1, period=None).trains_fused()  # no spatial part: one GEMM
     with torch.no_grad():
@@ -833,9 +838,9 @@ def test_failed_native_build_is_retried_portable_once(tmp_path, monkeypatch, cap
 @needs_kernel
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_inference_of_strided_layers_runs_the_pixel_kernel(shuffle):
-    """A strided layer with output rows wide enough (AUTO_FUSED_STRIDED_MIN_WIDTH) infers on
-    the pixel kernel through its phase planes, the layer and its frozen twin, exactly; with
-    narrower rows it does not."""
+    """A strided layer with output rows wide enough (AUTO_PIXELS_STRIDED_INFER_MIN_WIDTH, 8:
+    narrower than training's AUTO_FUSED_STRIDED_MIN_WIDTH) infers on the pixel kernel through
+    its phase planes, the layer and its frozen twin, exactly; with narrower rows it does not."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from ssconv.deploy import freeze
@@ -844,7 +849,7 @@ def test_inference_of_strided_layers_runs_the_pixel_kernel(shuffle):
     layer = SSConv2d(16, 32, 3, stride=2, padding=1, groups=2, period=4, shuffle=shuffle).eval()
     frozen = freeze(nn.Sequential(layer))
     conv = layer.to_conv2d()
-    for size, on_pixels in ((28, True), (29, True), (16, False)):
+    for size, on_pixels in ((28, True), (29, True), (16, True), (14, False)):
         x = torch.randn(2, 16, size, size)
         with torch.no_grad():
             expected = conv(x)

@@ -78,6 +78,12 @@ AUTO_FUSED_TRAIN_NARROW = 64
 # (ResNet-32's 16 -> 32 @32/s2 in 5 of 7 settings, the Fashion-MNIST ResNet-20's @28/s2), and
 # 1.1-2x slower at 8 (32 -> 64 @16/s2: four kernel calls with their set-up for 64 pixels).
 AUTO_FUSED_STRIDED_MIN_WIDTH = 14
+# Inference alone (forward, no gradients) of strided layers takes the pixel kernels from
+# narrower rows: at 8 output pixels (ResNet-32's 32 -> 64 @16/s2) they were faster than the
+# channel-lane kernel in 6 of 7 settings, 1.2x-1.5x (benchmarks/layer_speed.py --nchw,
+# 2026-12-07, Zen 4: efficiency 0.32-0.53 against 0.21-0.45; P = 2: 0.57 against 0.62); it is
+# the input gradient's stride phases that make training slower there.
+AUTO_PIXELS_STRIDED_INFER_MIN_WIDTH = 8
 # Inference of channels_last inputs runs the pixel kernel (through an NCHW copy and back) for
 # layers of at most this many channels, where the channels_last kernel wastes most lanes.
 PIXELS_CHANNELS_LAST_MAX = 32
@@ -148,7 +154,7 @@ def stock_backend(layer) -> str:
     return "decomposed"
 
 
-def trains_fused(layer, input_width: int | None = None) -> bool:
+def trains_fused(layer, input_width: int | None = None, *, inference: bool = False) -> bool:
     """Whether gradient-needing float32 CPU calls (on inputs ``input_width`` pixels wide)
     run on the fused training kernels.
 
@@ -156,7 +162,9 @@ def trains_fused(layer, input_width: int | None = None) -> bool:
     for layers with a spatial part (at stride 1, padding at most ``dilation * (k - 1)``)
     whose output rows are wide enough for the pixel-vectorised kernels (the
     AUTO_FUSED_TRAIN_* rule, AUTO_FUSED_STRIDED_MIN_WIDTH for strided layers;
-    ``input_width=None`` skips that check). Other devices and dtypes, tracing and
+    ``input_width=None`` skips that check; ``inference=True``: the rule of calls without
+    gradients, AUTO_PIXELS_STRIDED_INFER_MIN_WIDTH for strided layers). Other devices and
+    dtypes, tracing and
     ``torch.export`` use the stock choice of :func:`resolve`; ``torch.compile`` follows this
     rule with the kernels as graph ops (:func:`compiles_fused`, :func:`graph_key`). Builds
     the kernel if it is not built yet.
@@ -169,7 +177,13 @@ def trains_fused(layer, input_width: int | None = None) -> bool:
         if wanted and input_width is not None:
             channels = min(layer.in_channels, layer.out_channels)
             wanted = pixel_rows_suit(
-                layer.kernel_size, padding, layer.dilation, channels, input_width, layer.stride
+                layer.kernel_size,
+                padding,
+                layer.dilation,
+                channels,
+                input_width,
+                layer.stride,
+                inference=inference,
             )
     else:
         return False
@@ -197,7 +211,7 @@ def infers_on_pixels(layer, x: Tensor) -> bool:
         return False
     if _is_channels_last(x) and not pixels_take_channels_last(layer):
         return False
-    return trains_fused(layer, x.shape[-1])
+    return trains_fused(layer, x.shape[-1], inference=True)
 
 
 def trains_fused_call(layer, x: Tensor) -> bool:
@@ -216,13 +230,18 @@ def pixel_rows_suit(
     channels: int,
     input_width: int,
     stride: tuple[int, int] = (1, 1),
+    *,
+    inference: bool = False,
 ) -> bool:
     """The AUTO_FUSED_TRAIN_* rule: output rows wide enough for the pixel-vectorised kernels
     (8-pixel vectors), narrower ones allowed for narrow stride-1 layers;
-    AUTO_FUSED_STRIDED_MIN_WIDTH for strided ones."""
+    AUTO_FUSED_STRIDED_MIN_WIDTH for strided ones (AUTO_PIXELS_STRIDED_INFER_MIN_WIDTH for
+    calls without gradients, ``inference=True``)."""
     span = input_width + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1)
     out_width = (span - 1) // stride[1] + 1
     if tuple(stride) != (1, 1):
+        if inference:
+            return out_width >= AUTO_PIXELS_STRIDED_INFER_MIN_WIDTH
         return out_width >= AUTO_FUSED_STRIDED_MIN_WIDTH
     narrow = channels <= AUTO_FUSED_TRAIN_NARROW
     return out_width >= AUTO_FUSED_TRAIN_MIN_WIDTH or (

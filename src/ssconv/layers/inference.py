@@ -311,7 +311,7 @@ class SSConv2dInference(nn.Module):
         padding = (0, 0) if self.padding_mode != "zeros" else self.padding
         channels = min(self.in_channels, self.out_channels)
         return pixel_rows_suit(
-            self.kernel_size, padding, self.dilation, channels, width, self.stride
+            self.kernel_size, padding, self.dilation, channels, width, self.stride, inference=True
         )
 
     @torch.no_grad()
@@ -370,7 +370,13 @@ class SSConv2dInference(nn.Module):
             return False
         channels = min(self.in_channels, self.out_channels)
         return pixel_rows_suit(
-            self.kernel_size, padding, self.dilation, channels, x.shape[-1], self.stride
+            self.kernel_size,
+            padding,
+            self.dilation,
+            channels,
+            x.shape[-1],
+            self.stride,
+            inference=True,
         )
 
     def _compiles_fused(self, x: Tensor, padding: tuple[int, int]) -> bool:
@@ -389,7 +395,13 @@ class SSConv2dInference(nn.Module):
         ``input_width`` pixels wide, -1 where the eager rule would not run it."""
         channels = min(self.in_channels, self.out_channels)
         if not pixel_rows_suit(
-            self.kernel_size, padding, self.dilation, channels, input_width, self.stride
+            self.kernel_size,
+            padding,
+            self.dilation,
+            channels,
+            input_width,
+            self.stride,
+            inference=True,
         ):
             return -1
         if not fused.available():
