@@ -44,6 +44,11 @@ def test_fused_matches_conv2d_with_spec_masked_weight(cfg):
         (64, 48, 5, 1, 2, 4, False, "full"),
         (32, 32, 1, 1, 1, 4, True, "checkerboard"),  # 1 x 1 image: every tap but the centre is off
         (24, 40, 3, 1, 1, 3, True, "full"),  # 40 outputs: a partly filled last block
+        # Small maps: pixels tiled by the set of taps inside the input, outside taps skipped
+        # (tiles of 6 pixels straddle the sets' boundaries: batch 5).
+        (128, 128, 2, 1, 2, 4, True, "full"),
+        (64, 64, 4, 2, 1, 4, True, "full"),
+        (64, 64, 4, 1, 1, 8, True, "checkerboard"),
     ],
 )
 def test_fused_equals_masked_on_wide_layers(shape):
