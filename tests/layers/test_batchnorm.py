@@ -121,3 +121,14 @@ def test_models_with_fast_batchnorm_can_be_traced():
     leaves = [n.target for n in symbolic_trace(model).graph.nodes if n.op == "call_module"]
     assert "bn1" in leaves and "layer1.0.bn2" in leaves
     _close(symbolic_trace(model)(x), model(x))
+
+
+@needs_kernel
+def test_second_derivatives_raise_instead_of_going_wrong():
+    # The kernels' backward is not differentiable: create_graph must not give partial second
+    # derivatives silently.
+    _, fast = _pair(4)
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    (g,) = torch.autograd.grad(fast(x).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()

@@ -155,6 +155,14 @@ def test_inference_of_any_window_equals_pytorch(pool_kw, shape, monkeypatch):
     assert calls and calls[0] in ("maxpool_infer", "maxpool2x2")
 
 
+@needs_kernel
+def test_second_derivatives_raise_instead_of_going_wrong():
+    x = _input((1, 2, 4, 4)).requires_grad_(True)
+    (g,) = torch.autograd.grad(MaxPool2d(2)(x).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()
+
+
 def test_return_indices_keeps_pytorch_behaviour():
     pool = MaxPool2d(2, return_indices=True)
     y, idx = pool(torch.randn(1, 2, 4, 4))

@@ -48,6 +48,7 @@ class _MaxPool2x2(torch.autograd.Function):
         return y
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # a second derivative raises, never wrong
     def backward(ctx, dy: Tensor):
         (idx,) = ctx.saved_tensors
         return fused._built().maxpool2x2_backward(dy.contiguous(), idx, *ctx.size)
