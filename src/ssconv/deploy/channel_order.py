@@ -17,7 +17,7 @@ from ssconv.layers.channel_order import ChannelGather, ChannelOrder
 from ssconv.layers.inference import SSConv2dInference
 from ssconv.layers.ssconv import SSCTracer
 
-__all__ = ["optimize_channel_order"]
+__all__ = ["chain_channels_last", "optimize_channel_order"]
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def chain_channels_last(model: nn.Module) -> nn.Module:
     frozen SSC layers, returns its output in channels_last when all of them run the fused
     kernel at the size they get (checked per call: a layer that would run the pixel kernel on
     NCHW gets NCHW), and the next one reads it as it is; the last layer of such a chain
-    returns NCHW (:attr:`SSConv2dInference.output_layout`). So a chain copies once on the way
+    returns NCHW (``SSConv2dInference.output_layout``). So a chain copies once on the way
     in and once on the way out, and NCHW calls keep NCHW outputs (channels_last calls get NCHW
     from a chain's end too). Values are unchanged. Works on a ``torch.fx``-traceable model;
     others are returned unchanged. Returns ``model``.

@@ -295,7 +295,7 @@ class SSConv2dInference(nn.Module):
         return out + y
 
     def _consumers_take_channels_last(self, width: int) -> bool:
-        """Whether every consumer in :attr:`chain_consumers` runs the fused kernel on this
+        """Whether every consumer in ``chain_consumers`` runs the fused kernel on this
         output (``width`` pixels wide, through its pools), and so reads channels_last without
         a copy; a consumer that would run the pixel kernel on NCHW wants NCHW."""
         for layer, pools in self.chain_consumers:
