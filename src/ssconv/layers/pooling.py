@@ -117,8 +117,9 @@ class MaxPool2d(nn.MaxPool2d):
 def fast_pooling(model: nn.Module) -> int:
     """Make every ``nn.MaxPool2d`` of ``model`` a :class:`MaxPool2d` (in place; pools have no
     parameters or buffers, so ``state_dict`` is unaffected); returns how many were changed.
-    Only modules whose type is exactly ``nn.MaxPool2d`` change; the others (and pools of other
-    windows, which keep PyTorch's code at run time) are left alone."""
+    Only modules whose type is exactly ``nn.MaxPool2d`` change (pools of windows other than
+    2 x 2 / stride 2 then run the kernel only in calls without gradients); subclasses and
+    other pooling layers are left alone."""
     changed = 0
     for module in model.modules():
         if type(module) is nn.MaxPool2d:
