@@ -123,22 +123,29 @@ struct Geometry {
 // Pointer table for `count` consecutive output pixels starting at `pix`, stored with stride
 // `T` per tap: ptrs[tap * T + t] is the input row (NHWC pixel) that tap reads for pixel t, or the
 // zero row outside the image (and past the last pixel).
+// The taps' rows of one output pixel (image ni, row oh, column ow) into slot t of the table.
+template <typename S>
+static inline void pixel_ptrs(const S* xp, const S* zeros, bool valid, int64_t ni, int64_t oh,
+                              int64_t ow, int64_t t, int64_t T, int64_t c, int64_t h,
+                              int64_t wd, const Geometry& g, const S** ptrs) {
+  for (int64_t u = 0; u < g.kh; ++u) {
+    const int64_t ih = oh * g.sh - g.ph + u * g.dh;
+    const bool row_ok = valid && ih >= 0 && ih < h;
+    const S* row = xp + (ni * h + ih) * wd * c;
+    for (int64_t v = 0; v < g.kw; ++v) {
+      const int64_t iw = ow * g.sw - g.pw + v * g.dw;
+      ptrs[(u * g.kw + v) * T + t] = (row_ok && iw >= 0 && iw < wd) ? row + iw * c : zeros;
+    }
+  }
+}
+
 template <typename S>
 static void fill_ptrs(const S* xp, const S* zeros, int64_t pix, int64_t count, int64_t T,
                       int64_t npix, int64_t c, int64_t h, int64_t wd, int64_t ho, int64_t wo,
                       const Geometry& g, const S** ptrs) {
   int64_t ni = pix / (ho * wo), oh = (pix % (ho * wo)) / wo, ow = pix % wo;
   for (int64_t t = 0; t < count; ++t, ++pix) {
-    const bool valid = pix < npix;
-    for (int64_t u = 0; u < g.kh; ++u) {
-      const int64_t ih = oh * g.sh - g.ph + u * g.dh;
-      const bool row_ok = valid && ih >= 0 && ih < h;
-      const S* row = xp + (ni * h + ih) * wd * c;
-      for (int64_t v = 0; v < g.kw; ++v) {
-        const int64_t iw = ow * g.sw - g.pw + v * g.dw;
-        ptrs[(u * g.kw + v) * T + t] = (row_ok && iw >= 0 && iw < wd) ? row + iw * c : zeros;
-      }
-    }
+    pixel_ptrs(xp, zeros, pix < npix, ni, oh, ow, t, T, c, h, wd, g, ptrs);
     if (++ow == wo) {
       ow = 0;
       if (++oh == ho) {
@@ -158,16 +165,8 @@ static void fill_ptrs_ordered(const S* xp, const S* zeros, const int64_t* order,
   for (int64_t t = 0; t < count; ++t) {
     const bool valid = first + t < npix;
     const int64_t pix = valid ? order[first + t] : 0;
-    const int64_t ni = pix / (ho * wo), oh = (pix % (ho * wo)) / wo, ow = pix % wo;
-    for (int64_t u = 0; u < g.kh; ++u) {
-      const int64_t ih = oh * g.sh - g.ph + u * g.dh;
-      const bool row_ok = valid && ih >= 0 && ih < h;
-      const S* row = xp + (ni * h + ih) * wd * c;
-      for (int64_t v = 0; v < g.kw; ++v) {
-        const int64_t iw = ow * g.sw - g.pw + v * g.dw;
-        ptrs[(u * g.kw + v) * T + t] = (row_ok && iw >= 0 && iw < wd) ? row + iw * c : zeros;
-      }
-    }
+    pixel_ptrs(xp, zeros, valid, pix / (ho * wo), (pix % (ho * wo)) / wo, pix % wo, t, T, c, h,
+               wd, g, ptrs);
   }
 }
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ssconv.kernels import fused
+from ssconv.utils.modules import retype_modules
 
 __all__ = ["BatchNorm2d", "fast_batchnorm"]
 
@@ -102,9 +103,4 @@ def fast_batchnorm(model: nn.Module) -> int:
     parameter and buffer tensors, so optimizers and ``state_dict`` keys are unaffected);
     returns how many were changed. Only modules whose type is exactly ``nn.BatchNorm2d``
     change; subclasses and other normalisation layers are left alone."""
-    changed = 0
-    for module in model.modules():
-        if type(module) is nn.BatchNorm2d:
-            module.__class__ = BatchNorm2d
-            changed += 1
-    return changed
+    return retype_modules(model, nn.BatchNorm2d, BatchNorm2d)

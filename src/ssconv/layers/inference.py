@@ -309,6 +309,11 @@ class SSConv2dInference(nn.Module):
     def _pixels_suit_nchw(self, width: int) -> bool:
         """:meth:`_pixels_suit` for an NCHW input ``width`` pixels wide."""
         padding = (0, 0) if self.padding_mode != "zeros" else self.padding
+        return self._rows_suit(width, padding)
+
+    def _rows_suit(self, width: int, padding: tuple[int, int]) -> bool:
+        """The pixel kernel's rule for inputs ``width`` pixels wide (:func:`pixel_rows_suit`,
+        inference thresholds)."""
         channels = min(self.in_channels, self.out_channels)
         return pixel_rows_suit(
             self.kernel_size, padding, self.dilation, channels, width, self.stride, inference=True
@@ -368,16 +373,7 @@ class SSConv2dInference(nn.Module):
     def _pixels_suit(self, x: Tensor, padding: tuple[int, int]) -> bool:
         if x.dim() != 4 or (_is_channels_last(x) and not pixels_take_channels_last(self)):
             return False
-        channels = min(self.in_channels, self.out_channels)
-        return pixel_rows_suit(
-            self.kernel_size,
-            padding,
-            self.dilation,
-            channels,
-            x.shape[-1],
-            self.stride,
-            inference=True,
-        )
+        return self._rows_suit(x.shape[-1], padding)
 
     def _compiles_fused(self, x: Tensor, padding: tuple[int, int]) -> bool:
         """Whether this traced call may run the pixel kernel as a graph op (float32 CPU, as
@@ -393,16 +389,7 @@ class SSConv2dInference(nn.Module):
     def _graph_program_key(self, input_width: int, padding: tuple[int, int]) -> int:
         """The :mod:`ssconv.kernels.graph_ops` key of the pixel kernel on inputs
         ``input_width`` pixels wide, -1 where the eager rule would not run it."""
-        channels = min(self.in_channels, self.out_channels)
-        if not pixel_rows_suit(
-            self.kernel_size,
-            padding,
-            self.dilation,
-            channels,
-            input_width,
-            self.stride,
-            inference=True,
-        ):
+        if not self._rows_suit(input_width, padding):
             return -1
         if not fused.available():
             return -1

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ssconv.kernels import fused
+from ssconv.utils.modules import retype_modules
 
 __all__ = ["MaxPool2d", "fast_pooling", "pool_output_size"]
 
@@ -120,9 +121,4 @@ def fast_pooling(model: nn.Module) -> int:
     Only modules whose type is exactly ``nn.MaxPool2d`` change (pools of windows other than
     2 x 2 / stride 2 then run the kernel only in calls without gradients); subclasses and
     other pooling layers are left alone."""
-    changed = 0
-    for module in model.modules():
-        if type(module) is nn.MaxPool2d:
-            module.__class__ = MaxPool2d
-            changed += 1
-    return changed
+    return retype_modules(model, nn.MaxPool2d, MaxPool2d)
