@@ -324,11 +324,12 @@ def test_fused_training_equals_masked_forward_and_gradients(cfg):
     assert_trains_like(layer, layer, ref, cfg[0], grad_fn="FusedConvTrain")
 
 
-def assert_trains_like(run, layer, ref, c_in, grad_fn=None):
+def assert_trains_like(run, layer, ref, c_in, grad_fn=None, size=(9, 10)):
     """``run`` (``layer`` or a compiled form of it) gives the masked ``ref``'s outputs and
-    gradients (float32 1e-5) in both memory formats, and keeps the input's format."""
+    gradients (float32 1e-5) in both memory formats on inputs of ``size``, and keeps the
+    input's format."""
     for memory_format in (torch.contiguous_format, torch.channels_last):
-        x = torch.randn(3, c_in, 9, 10).contiguous(memory_format=memory_format)
+        x = torch.randn(3, c_in, *size).contiguous(memory_format=memory_format)
         xa = x.clone().requires_grad_(True)
         xb = x.clone().requires_grad_(True)
         ya, yb = run(xa), ref(xb)
@@ -474,8 +475,8 @@ def test_auto_trains_stride1_layers_on_the_fused_kernels():
     # Rows too short for the pixel vectors: stock kernels, unless the layer is narrow enough.
     assert layer.trains_fused(7) and not layer.trains_fused(6)
     wide = SSConv2d(128, 128, 3, padding=1, period=4)
-    assert wide.trains_fused(16) and not wide.trains_fused(8)
-    assert "FusedConvTrain" not in type(wide(torch.randn(1, 128, 8, 8)).grad_fn).__name__
+    assert wide.trains_fused(16) and not wide.trains_fused(14)
+    assert "FusedConvTrain" not in type(wide(torch.randn(1, 128, 14, 14)).grad_fn).__name__
     assert "FusedConvTrain" in type(wide(torch.randn(1, 128, 16, 16)).grad_fn).__name__
     dbl = SSConv2d(16, 16, 3, padding=1, period=4).double()  # auto, float64: stock kernels
     assert "FusedConvTrain" not in type(dbl(x.double()).grad_fn).__name__
@@ -494,6 +495,51 @@ def test_auto_trains_stride1_layers_on_the_fused_kernels():
     assert not SSConv2d(16, 16, 1, period=None).trains_fused()  # no spatial part: one GEMM
     with torch.no_grad():
         assert layer(x).grad_fn is None
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "cfg,size",
+    [
+        ((128, 128, 3, 1, 4, True, "full", {"padding": 1}), 8),
+        ((128, 160, 3, 2, 4, True, "checkerboard", {"padding": 1}), 4),
+        ((128, 128, 3, 2, 8, False, "full", {"padding": 1, "shuffle": True}), 2),
+        ((144, 128, 3, 1, 16, True, "full", {"padding": 1}), 3),
+    ],
+)
+def test_auto_trains_short_rows_of_wide_layers_on_the_channel_lane_kernels(cfg, size):
+    # Rows too short for the pixel kernels (VGG-19's 8-, 4- and 2-pixel layers): the
+    # channel-lane forward, input gradient and weight gradient, exact in both layouts.
+    from ssconv.layers import dispatch
+
+    layer, ref = _train_pair(cfg)
+    layer.backend = "auto"
+    assert dispatch.train_kernel(layer, size) == "channels"
+    assert not layer.trains_fused(size)  # the pixel kernels' rule
+    assert_trains_like(layer, layer, ref, cfg[0], grad_fn="FusedConvTrain", size=(size, size))
+    assert "channels" in layer.__dict__["_fused_train_plans"]
+
+
+def test_channel_lane_training_rule():
+    from ssconv.layers import dispatch
+
+    wide = SSConv2d(128, 128, 3, padding=1, period=4)
+    if not fused.available():
+        assert dispatch.train_kernel(wide, 8) is None
+        return
+    assert dispatch.train_kernel(wide, 16) == "pixels"
+    assert dispatch.train_kernel(wide, 8) == "channels"
+    assert dispatch.train_kernel(wide, 2) == "channels"
+    assert dispatch.train_kernel(wide, 9) is None  # over AUTO_CHANNELS_TRAIN_MAX_WIDTH
+    assert dispatch.train_kernel(wide, None) == "pixels"  # no width: the pixel kernels' answer
+    narrow = SSConv2d(96, 128, 3, padding=1, period=4)  # under AUTO_CHANNELS_TRAIN_MIN_CHANNELS
+    assert dispatch.train_kernel(narrow, 8) is None
+    strided = SSConv2d(128, 128, 3, stride=2, padding=1, period=4)
+    assert dispatch.train_kernel(strided, 8) is None
+    wide.backend = "decomposed"
+    assert dispatch.train_kernel(wide, 8) is None
+    wide.backend = "fused"  # an explicit choice keeps the pixel kernels
+    assert dispatch.train_kernel(wide, 8) == "pixels"
 
 
 def test_auto_trains_on_stock_kernels_without_the_kernel(monkeypatch):
@@ -992,7 +1038,8 @@ def test_training_packs_from_parameters_or_through_to_dense_alike(maps):
     cfg = (16, 24, 3, 4, 4, True, "checkerboard", {"padding": 1, "stride": 2})
     layer, ref = _train_pair(cfg)
     if not maps:
-        layer.__dict__["_fused_param_maps"] = None  # as param_maps answers for a non-placement
+        # as param_maps answers for a non-placement
+        layer.__dict__["_fused_param_maps"] = {"pixels": None}
     name = "FusedConvTrainParams" if maps else "FusedConvTrainBackward"
     assert_trains_like(layer, layer, ref, cfg[0], grad_fn=name)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ssconv.layers import dispatch
 from ssconv.layers.inference import SSConv2dInference
 from ssconv.layers.pattern import SSCPattern
 from ssconv.layers.ssconv import STOCK_BACKENDS, SSConv2d
@@ -209,6 +210,15 @@ def run_layer_bench(
     return rows
 
 
+def _train_kernels(layer: SSConv2d, width: int) -> str:
+    """What ``auto`` trains ``layer`` on at ``width`` pixels: ``"fused"`` (the pixel
+    kernels), ``"fused-channels"`` (the channel-lane kernels) or the stock backend."""
+    kernel = dispatch.train_kernel(layer, width)
+    if kernel is None:
+        return layer._stock_backend()
+    return "fused" if kernel == "pixels" else "fused-channels"
+
+
 def run_layer_train_bench(
     shapes: list[LayerShape],
     settings: list[tuple[int, int, bool, str]] = DEFAULT_SETTINGS,
@@ -263,9 +273,7 @@ def run_layer_train_bench(
                     "mac_ratio": ratio,
                     "dense_ms": t_dense * 1e3,
                     "auto_ms": t_auto * 1e3,
-                    "auto_kernels": (
-                        "fused" if layer.trains_fused(shape.size) else layer._stock_backend()
-                    ),
+                    "auto_kernels": _train_kernels(layer, shape.size),
                     "stock_ms": t_stock * 1e3,
                     "stock_backend": layer._stock_backend(),
                     "auto_eff": (t_dense / t_auto) / ratio,

@@ -20,8 +20,9 @@ __all__ = [
     "resolve",
     "stock_backend",
     "fused_by_default",
+    "train_kernel",
     "trains_fused",
-    "trains_fused_call",
+    "train_kernel_call",
     "infers_on_pixels",
     "pixel_rows_suit",
     "pixels_take_channels_last",
@@ -84,6 +85,17 @@ AUTO_FUSED_STRIDED_MIN_WIDTH = 14
 # 2026-12-07, Zen 4: efficiency 0.32-0.53 against 0.21-0.45; P = 2: 0.57 against 0.62); it is
 # the input gradient's stride phases that make training slower there.
 AUTO_PIXELS_STRIDED_INFER_MIN_WIDTH = 8
+# In training on CPU, stride-1 layers whose output rows are too short for the pixel kernels
+# (the rule above) and at most AUTO_CHANNELS_TRAIN_MAX_WIDTH pixels wide train on the
+# channel-lane kernels (forward, input gradient as the forward of the transposed packing,
+# weight gradient; NHWC, through copies of NCHW tensors) where both their channel counts are
+# at least AUTO_CHANNELS_TRAIN_MIN_CHANNELS. Measured (2026-12-07, Zen 4, 2 threads,
+# docs/benchmarks.md): VGG-19's 8-, 4- and 2-pixel layers at densities 0.10 and 0.05, forward
+# + backward 0.99-1.26x (8 px) and 1.21-2.43x (4, 2 px) the stock choice; ResNet-50's
+# 256-channel 14-pixel layers (batch 8) 0.95x, hence the width limit; its 512-channel 7-pixel
+# ones 0.91x (three layers, under 1 % of its step). Narrower layers keep the stock choice.
+AUTO_CHANNELS_TRAIN_MIN_CHANNELS = 128
+AUTO_CHANNELS_TRAIN_MAX_WIDTH = 8
 # Inference of channels_last inputs runs the pixel kernel (through an NCHW copy and back) for
 # layers of at most this many channels, where the channels_last kernel wastes most lanes.
 PIXELS_CHANNELS_LAST_MAX = 32
@@ -154,6 +166,32 @@ def stock_backend(layer) -> str:
     return "decomposed"
 
 
+def train_kernel(layer, input_width: int | None = None) -> str | None:
+    """The fused kernels a gradient-needing float32 CPU call on inputs ``input_width`` pixels
+    wide trains on: ``"pixels"`` (the :func:`trains_fused` rule), ``"channels"`` (the
+    channel-lane kernels: ``"auto"`` layers at stride 1 whose rows are too short for the
+    pixel kernels, the AUTO_CHANNELS_TRAIN_* rule), None (the stock choice).
+    ``input_width=None`` answers for the pixel kernels alone."""
+    if trains_fused(layer, input_width):
+        return "pixels"
+    if (
+        layer._backend != "auto"
+        or input_width is None
+        or not layer._has_spatial
+        or tuple(layer.stride) != (1, 1)
+        or min(layer.in_channels, layer.out_channels) < AUTO_CHANNELS_TRAIN_MIN_CHANNELS
+        or layer._param_device().type != "cpu"
+    ):
+        return None
+    padding = (0, 0) if layer.padding_mode != "zeros" else layer.padding
+    if fused.transposed_geometry(layer.kernel_size, (1, 1), padding, layer.dilation) is None:
+        return None
+    span = input_width + 2 * padding[1] - layer.dilation[1] * (layer.kernel_size[1] - 1)
+    if span > AUTO_CHANNELS_TRAIN_MAX_WIDTH or not fused.available():
+        return None
+    return "channels"
+
+
 def trains_fused(layer, input_width: int | None = None, *, inference: bool = False) -> bool:
     """Whether gradient-needing float32 CPU calls (on inputs ``input_width`` pixels wide)
     run on the fused training kernels.
@@ -214,13 +252,16 @@ def infers_on_pixels(layer, x: Tensor) -> bool:
     return trains_fused(layer, x.shape[-1], inference=True)
 
 
-def trains_fused_call(layer, x: Tensor) -> bool:
-    """Whether this gradient-needing call runs on the fused training kernels."""
+def train_kernel_call(layer, x: Tensor) -> str | None:
+    """The fused kernels this gradient-needing call trains on (:func:`train_kernel`), None
+    for the stock choice."""
     if layer._backend not in ("fused", "auto"):
-        return False
+        return None
     if layer._backend == "auto" and x.dtype != torch.float32:
-        return False
-    return fused.can_train(x, list(layer.parameters())) and trains_fused(layer, x.shape[-1])
+        return None
+    if not fused.can_train(x, list(layer.parameters())):
+        return None
+    return train_kernel(layer, x.shape[-1])
 
 
 def pixel_rows_suit(

@@ -426,7 +426,7 @@ class SSConv2d(nn.Module):
         if self._backend == "triton":
             return "triton"
         inference = self._is_inference_call(x)
-        if not inference and self._trains_fused(x):
+        if not inference and self._train_kernel(x) is not None:
             return "fused_train"
         if inference and self._infers_on_pixels(x):
             return "pixels"
@@ -547,7 +547,7 @@ class SSConv2d(nn.Module):
                 return graph_ops.ssc_conv2d(x, self.to_dense(), self.bias, key)
         backend = self.call_path(x)
         if backend == "fused_train":
-            return self._forward_fused_train(x, padding)
+            return self._forward_fused_train(x, padding, self._train_kernel(x) or "pixels")
         if backend == "pixels":
             return self._forward_pixels(x, padding)
         if backend == "fused":
@@ -655,14 +655,17 @@ class SSConv2d(nn.Module):
         )
         return fused.pixel_conv2d(x, packed, self.kernel_size, self.stride, padding, self.dilation)
 
-    def _trains_fused(self, x: Tensor) -> bool:
-        """Whether this gradient-needing call runs on the fused training kernels."""
-        return dispatch.trains_fused_call(self, x)
+    def _train_kernel(self, x: Tensor) -> str | None:
+        """The fused kernels this gradient-needing call trains on (None: stock kernels)."""
+        return dispatch.train_kernel_call(self, x)
 
-    def _train_plans(self) -> tuple[fused.Plan, fused.Plan | fused.PhasePlans]:
-        """The kernels' block layouts of the forward and of the input gradient (fixed by the
-        pattern and the geometry; kept outside the module's state)."""
-        plans = self.__dict__.get("_fused_train_plans")
+    def _train_plans(
+        self, kernel: str = "pixels"
+    ) -> tuple[fused.Plan, fused.Plan | fused.PhasePlans]:
+        """The ``kernel``'s block layouts of the forward and of the input gradient (fixed by
+        the pattern and the geometry; kept outside the module's state)."""
+        cache = self.__dict__.setdefault("_fused_train_plans", {})
+        plans = cache.get(kernel)
         if plans is None:
             # Built as normal tensors even when the first call is under torch.inference_mode()
             # (an evaluation before training, Lightning's sanity check): the training kernels
@@ -671,12 +674,18 @@ class SSConv2d(nn.Module):
                 mask, order = self.pattern.dense_mask(), self._in_order()
                 padding = self.padding if self.padding_mode == "zeros" else (0, 0)
                 plans = (
-                    fused.make_plan(mask, self.groups, kernel="pixels", in_order=order),
+                    fused.make_plan(mask, self.groups, kernel=kernel, in_order=order),
                     fused.input_grad_plan(
-                        mask, self.groups, self.stride, padding, self.dilation, in_order=order
+                        mask,
+                        self.groups,
+                        self.stride,
+                        padding,
+                        self.dilation,
+                        in_order=order,
+                        kernel=kernel,
                     ),
                 )
-            self.__dict__["_fused_train_plans"] = plans
+            cache[kernel] = plans
         return plans
 
     def _graph_program_key(self, input_width: int, padding: tuple[int, int]) -> int:
@@ -699,20 +708,21 @@ class SSConv2d(nn.Module):
         """The input permutation the fused kernels read through (None: the identity)."""
         return self.in_index.cpu() if self.shuffle else None
 
-    def _forward_fused_train(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
-        plan, plan_t = self._train_plans()
-        maps = self._param_maps()
+    def _forward_fused_train(self, x: Tensor, padding: tuple[int, int], kernel: str) -> Tensor:
+        plan, plan_t = self._train_plans(kernel)
+        maps = self._param_maps(kernel)
         geometry = (self.kernel_size, self.stride, padding, self.dilation)
         if maps is None:
             return fused.fused_conv2d_train(x, self.to_dense(), self.bias, plan, plan_t, *geometry)
         params = [p for p in (self.weight_spatial, self.weight_point) if p is not None]
         return fused.fused_conv2d_train_params(x, params, maps, self.bias, plan, plan_t, *geometry)
 
-    def _param_maps(self) -> fused.ParamMaps | None:
-        """Where the parameters go in the training kernels' packed weights (fixed by the
+    def _param_maps(self, kernel: str = "pixels") -> fused.ParamMaps | None:
+        """Where the parameters go in the ``kernel``'s packed training weights (fixed by the
         pattern; kept outside the module's state). Packing through them costs one gather per
         step instead of :meth:`to_dense`'s chain of indexing ops and its autograd graph."""
-        if "_fused_param_maps" not in self.__dict__:
+        cache = self.__dict__.setdefault("_fused_param_maps", {})
+        if kernel not in cache:
             with torch.inference_mode(False):
                 names = [
                     n for n in ("weight_spatial", "weight_point") if getattr(self, n) is not None
@@ -723,9 +733,8 @@ class SSConv2d(nn.Module):
                     given = dict(zip(names, ws))
                     return self._dense(given.get("weight_spatial"), given.get("weight_point"))
 
-                maps = fused.param_maps(dense_of, shapes, *self._train_plans())
-            self.__dict__["_fused_param_maps"] = maps
-        return self.__dict__["_fused_param_maps"]
+                cache[kernel] = fused.param_maps(dense_of, shapes, *self._train_plans(kernel))
+        return cache[kernel]
 
     def _point_conv(self, x: Tensor, padding: tuple[int, int], bias: Tensor | None) -> Tensor:
         """The point pairs: a 1 x 1 convolution that reads each K x K window's centre tap."""
