@@ -520,6 +520,29 @@ def test_auto_trains_short_rows_of_wide_layers_on_the_channel_lane_kernels(cfg, 
     assert "channels" in layer.__dict__["_fused_train_plans"]
 
 
+@needs_kernel
+@pytest.mark.parametrize("size", [4, 2])
+def test_channel_lane_weight_gradient_skips_padding_over_many_chunks(size):
+    # Small maps take the border order in the weight gradient too (pixels grouped by their
+    # inside taps, over chunks of 64 pixels and two threads): the same gradients.
+    torch.manual_seed(5)
+    layer, ref = _train_pair((128, 128, 3, 2, 4, True, "checkerboard", {"padding": 1}))
+    layer.backend = "auto"
+    x = torch.randn(21, 128, size, size)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        g = torch.randn(21, 128, size, size)
+        (layer(xa) * g).sum().backward()
+        (ref(xb) * g).sum().backward()
+    finally:
+        torch.set_num_threads(threads)
+    _close(xa.grad, xb.grad, 1e-5)
+    for pa, pb in zip(layer.parameters(), ref.parameters()):
+        _close(pa.grad, pb.grad, 1e-5)
+
+
 def test_channel_lane_training_rule():
     from ssconv.layers import dispatch
 

@@ -1025,10 +1025,24 @@ def can_train(x: Tensor, params: list[Tensor]) -> bool:
     return all(p.device.type == "cpu" and p.dtype == x.dtype for p in params)
 
 
+def _memory_format(t: Tensor) -> torch.memory_format:
+    """channels_last for a channels_last (and not also contiguous) ``t``, else contiguous."""
+    cl = t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    return torch.channels_last if cl else torch.contiguous_format
+
+
 def _like(t: Tensor, ref: Tensor) -> Tensor:
     """``t`` in ``ref``'s memory format (the kernels work in channels_last)."""
-    cl = ref.is_contiguous(memory_format=torch.channels_last) and not ref.is_contiguous()
-    return t.contiguous(memory_format=torch.channels_last) if cl else t.contiguous()
+    return t.contiguous(memory_format=_memory_format(ref))
+
+
+def _kernel_layout(t: Tensor, plan: Plan) -> Tensor:
+    """``t`` in the memory format ``plan``'s kernel reads (the channel-lane kernels work in
+    channels_last): converted once where a training step's forward and weight gradient, or
+    input and weight gradients, both read it."""
+    if plan.kernel == "channels":
+        return t.contiguous(memory_format=torch.channels_last)
+    return t
 
 
 def _run_forward(x: Tensor, w: Tensor, bias_l: Tensor, plan: Plan, geometry: list[int]) -> Tensor:
@@ -1086,8 +1100,10 @@ class _FusedConvTrain(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, bias_l, wt, plan, plan_t, geometry, geometry_t):
-        y = _run_forward(x, w, bias_l, plan, geometry)
-        ctx.save_for_backward(x, wt)
+        xk = _kernel_layout(x, plan)
+        y = _run_forward(xk, w, bias_l, plan, geometry)
+        ctx.save_for_backward(xk, wt)
+        ctx.input_format = _memory_format(x)
         ctx.plans = (plan, plan_t)
         ctx.geometry = (geometry, geometry_t)
         return _like(y, x)
@@ -1098,9 +1114,12 @@ class _FusedConvTrain(torch.autograd.Function):
         x, wt = ctx.saved_tensors
         plan, plan_t = ctx.plans
         geometry, geometry_t = ctx.geometry
+        gy = _kernel_layout(gy, plan)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            gx = input_grad(gy, wt, plan_t, geometry_t, x)
+            gx = input_grad(gy, wt, plan_t, geometry_t, x).contiguous(
+                memory_format=ctx.input_format
+            )
         if ctx.needs_input_grad[1]:
             gw = run_weight_grad(x, gy, plan, geometry)
         if ctx.needs_input_grad[2]:
@@ -1285,8 +1304,10 @@ class _FusedConvTrainParams(torch.autograd.Function):
         w = take(flat, maps.forward)
         wt = take(flat, maps.transposed)
         bias_l = lane_values(bias, plan, w)
-        y = _run_forward(x, w, bias_l, plan, geometry)
-        ctx.save_for_backward(x, wt)
+        xk = _kernel_layout(x, plan)
+        y = _run_forward(xk, w, bias_l, plan, geometry)
+        ctx.save_for_backward(xk, wt)
+        ctx.input_format = _memory_format(x)
         ctx.plans = (plan, plan_t)
         ctx.geometry = (geometry, geometry_t)
         ctx.maps = maps
@@ -1299,10 +1320,13 @@ class _FusedConvTrainParams(torch.autograd.Function):
         plan, plan_t = ctx.plans
         geometry, geometry_t = ctx.geometry
         maps = ctx.maps
+        gy = _kernel_layout(gy, plan)
         gx = gb = None
         gparams: list[Tensor | None] = [None] * len(maps.shapes)
         if ctx.needs_input_grad[0]:
-            gx = input_grad(gy, wt, plan_t, geometry_t, x)
+            gx = input_grad(gy, wt, plan_t, geometry_t, x).contiguous(
+                memory_format=ctx.input_format
+            )
         if ctx.needs_input_grad[1]:
             gb = gy.sum((0, 2, 3))
         if any(ctx.needs_input_grad[7:]):

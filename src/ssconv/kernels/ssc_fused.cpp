@@ -352,22 +352,38 @@ static void wgrad_run(const torch::Tensor& x, const torch::Tensor& gy, torch::Te
   const int64_t nchunks = (npix + PCH - 1) / PCH;
   const int nthreads = at::get_num_threads();
   std::vector<S> partial((int64_t)nthreads * nentries * vb, S(0));
+  // Pixels in the forward's border order where padding makes many taps fall outside: a
+  // chunk's pixels then mostly share their outside taps, whose segments are skipped.
+  const std::vector<int64_t> order = border_order(n, h, wd, ho, wo, g);
+  const int64_t* ord = order.empty() ? nullptr : order.data();
 
   at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
     S* acc = partial.data() + (int64_t)at::get_thread_num() * nentries * vb;
     std::vector<const S*> ptrs(ntaps * PCH);
     std::vector<S> dyb(PCH * vb);
+    std::vector<char> outside(ntaps);
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
       const int64_t p0 = chunk * PCH;
       const int64_t pn = std::min(PCH, npix - p0);
-      fill_ptrs<S>(xp, zeros.data(), p0, pn, PCH, npix, c, h, wd, ho, wo, g, ptrs.data());
+      if (ord != nullptr) {
+        fill_ptrs_ordered<S>(xp, zeros.data(), ord, p0, pn, PCH, npix, c, h, wd, ho, wo, g,
+                             ptrs.data());
+        for (int64_t tap = 0; tap < ntaps; ++tap) {
+          const S* const* pt = ptrs.data() + tap * PCH;
+          bool out = true;
+          for (int64_t t = 0; t < pn && out; ++t) out = pt[t] == zeros.data();
+          outside[tap] = out;
+        }
+      } else {
+        fill_ptrs<S>(xp, zeros.data(), p0, pn, PCH, npix, c, h, wd, ho, wo, g, ptrs.data());
+      }
       for (int64_t b = 0; b < nblocks; ++b) {
         const int32_t base = pk.blk_base[b];
         const int32_t* idx = pk.out_idx + b * vb;
         int64_t lanes = 0;
         for (int64_t j = 0; j < vb; ++j) lanes += idx[j] >= 0;
         for (int64_t t = 0; t < pn; ++t) {
-          const S* src = gp + (p0 + t) * cout;
+          const S* src = gp + (ord != nullptr ? ord[p0 + t] : p0 + t) * cout;
           S* dst = dyb.data() + t * vb;
           if (base >= 0) {
             std::memcpy(dst, src + base, lanes * sizeof(S));
@@ -377,6 +393,7 @@ static void wgrad_run(const torch::Tensor& x, const torch::Tensor& gy, torch::Te
           }
         }
         for (int64_t s = pk.blk_seg[b]; s < pk.blk_seg[b + 1]; ++s) {
+          if (ord != nullptr && outside[pk.seg_tap[s]]) continue;  // padding: adds nothing
           const S* const* pt = ptrs.data() + (int64_t)pk.seg_tap[s] * PCH;
           int64_t e = pk.seg_beg[s];
           const int64_t e1 = pk.seg_beg[s + 1];
