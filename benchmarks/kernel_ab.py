@@ -3,6 +3,7 @@
     python benchmarks/kernel_ab.py --isa [--threads 2] [--repeats 9] [--json out.json]
     python benchmarks/kernel_ab.py --baseline OLD.cpp [...]
                                    [--shapes all|resnet32|vgg19] [--max-density 0.35]
+                                   [--max-width N]
 
 ``--isa``: the 8-lane (``SSCONV_NO_AVX512=1``) against the 16-lane build of this source (needs
 a CPU whose ATen capability is AVX512). ``--baseline OLD.cpp``: another version of
@@ -63,6 +64,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--shapes", choices=("all", "resnet32", "vgg19"), default="all")
     p.add_argument("--max-density", type=float, default=0.35)
+    p.add_argument(
+        "--max-width", type=int, default=None, help="only shapes of at most this many pixels a row"
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.isa and torch.backends.cpu.get_cpu_capability() != "AVX512":
@@ -75,6 +79,8 @@ def main(argv=None) -> int:
     shapes = {"resnet32": RESNET32_SHAPES, "vgg19": VGG19_SHAPES}.get(
         args.shapes, RESNET32_SHAPES + VGG19_SHAPES
     )
+    if args.max_width is not None:
+        shapes = [s for s in shapes if s.size <= args.max_width]
     rows = []
     print(
         f"| layer | G | P | pw | spatial | density | dense ms | infer {label['A']} ms "

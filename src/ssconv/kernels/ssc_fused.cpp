@@ -309,17 +309,19 @@ static void run(const torch::Tensor& x, torch::Tensor& y, const Packed<S>& pk, i
   });
 }
 
-// dW of NE consecutive entries of one segment over one chunk of pixels, added to out.
-template <typename S, typename V, int NV, int NE>
-static inline void wgrad_entries(const S* const* pt, const S* dyb, int64_t pn, const int32_t* ch,
-                                 S* out, int64_t vb) {
+// dW of NE consecutive entries of one segment over one chunk of pixels, added to out; with LIST,
+// over the pixels list[0 .. pn) of the chunk only (those whose tap is inside the image).
+template <typename S, typename V, int NV, int NE, bool LIST>
+static inline void wgrad_entries(const S* const* pt, const S* dyb, int64_t pn,
+                                 const int32_t* list, const int32_t* ch, S* out, int64_t vb) {
   constexpr int W = sizeof(V) / sizeof(S);
   V acc[NE][NV];
   for (int k = 0; k < NE; ++k)
     for (int j = 0; j < NV; ++j) acc[k][j] = V{};
   int32_t cc[NE];
   for (int k = 0; k < NE; ++k) cc[k] = ch[k];
-  for (int64_t t = 0; t < pn; ++t) {
+  for (int64_t i = 0; i < pn; ++i) {
+    const int64_t t = LIST ? list[i] : i;
     const S* row = pt[t];
     V d[NV];
     for (int j = 0; j < NV; ++j) d[j] = load_v<V>(dyb + t * vb + j * W);
@@ -352,30 +354,29 @@ static void wgrad_run(const torch::Tensor& x, const torch::Tensor& gy, torch::Te
   const int64_t nchunks = (npix + PCH - 1) / PCH;
   const int nthreads = at::get_num_threads();
   std::vector<S> partial((int64_t)nthreads * nentries * vb, S(0));
-  // Pixels in the forward's border order where padding makes many taps fall outside: a
-  // chunk's pixels then mostly share their outside taps, whose segments are skipped.
-  const std::vector<int64_t> order = border_order(n, h, wd, ho, wo, g);
-  const int64_t* ord = order.empty() ? nullptr : order.data();
+  // Where padding makes many taps fall outside (small maps, the forward's border_order rule),
+  // each tap runs over the list of the chunk's pixels it reads inside the image: the padding
+  // adds nothing. (Ordering the pixels by their inside taps, as the forward does, was slower
+  // here: a chunk's pixels then come from many images and no longer share input rows.)
+  const bool lists = !border_order(1, h, wd, ho, wo, g).empty();
 
   at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
     S* acc = partial.data() + (int64_t)at::get_thread_num() * nentries * vb;
     std::vector<const S*> ptrs(ntaps * PCH);
     std::vector<S> dyb(PCH * vb);
-    std::vector<char> outside(ntaps);
+    std::vector<int32_t> inside(lists ? ntaps * PCH : 0);
+    std::vector<int64_t> count(lists ? ntaps : 0);
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
       const int64_t p0 = chunk * PCH;
       const int64_t pn = std::min(PCH, npix - p0);
-      if (ord != nullptr) {
-        fill_ptrs_ordered<S>(xp, zeros.data(), ord, p0, pn, PCH, npix, c, h, wd, ho, wo, g,
-                             ptrs.data());
-        for (int64_t tap = 0; tap < ntaps; ++tap) {
-          const S* const* pt = ptrs.data() + tap * PCH;
-          bool out = true;
-          for (int64_t t = 0; t < pn && out; ++t) out = pt[t] == zeros.data();
-          outside[tap] = out;
-        }
-      } else {
-        fill_ptrs<S>(xp, zeros.data(), p0, pn, PCH, npix, c, h, wd, ho, wo, g, ptrs.data());
+      fill_ptrs<S>(xp, zeros.data(), p0, pn, PCH, npix, c, h, wd, ho, wo, g, ptrs.data());
+      for (int64_t tap = 0; tap < (lists ? ntaps : 0); ++tap) {
+        const S* const* pt = ptrs.data() + tap * PCH;
+        int32_t* li = inside.data() + tap * PCH;
+        int64_t k = 0;
+        for (int64_t t = 0; t < pn; ++t)
+          if (pt[t] != zeros.data()) li[k++] = (int32_t)t;
+        count[tap] = k;
       }
       for (int64_t b = 0; b < nblocks; ++b) {
         const int32_t base = pk.blk_base[b];
@@ -383,7 +384,7 @@ static void wgrad_run(const torch::Tensor& x, const torch::Tensor& gy, torch::Te
         int64_t lanes = 0;
         for (int64_t j = 0; j < vb; ++j) lanes += idx[j] >= 0;
         for (int64_t t = 0; t < pn; ++t) {
-          const S* src = gp + (ord != nullptr ? ord[p0 + t] : p0 + t) * cout;
+          const S* src = gp + (p0 + t) * cout;
           S* dst = dyb.data() + t * vb;
           if (base >= 0) {
             std::memcpy(dst, src + base, lanes * sizeof(S));
@@ -393,14 +394,27 @@ static void wgrad_run(const torch::Tensor& x, const torch::Tensor& gy, torch::Te
           }
         }
         for (int64_t s = pk.blk_seg[b]; s < pk.blk_seg[b + 1]; ++s) {
-          if (ord != nullptr && outside[pk.seg_tap[s]]) continue;  // padding: adds nothing
-          const S* const* pt = ptrs.data() + (int64_t)pk.seg_tap[s] * PCH;
+          const int64_t tap = pk.seg_tap[s];
+          const S* const* pt = ptrs.data() + tap * PCH;
           int64_t e = pk.seg_beg[s];
           const int64_t e1 = pk.seg_beg[s + 1];
+          if (lists && count[tap] < pn) {
+            const int32_t* li = inside.data() + tap * PCH;
+            const int64_t k = count[tap];
+            for (; e + NE <= e1 && k > 0; e += NE)
+              wgrad_entries<S, V, NV, NE, true>(pt, dyb.data(), k, li, pk.ch + e, acc + e * vb,
+                                                vb);
+            for (; e < e1 && k > 0; ++e)
+              wgrad_entries<S, V, NV, 1, true>(pt, dyb.data(), k, li, pk.ch + e, acc + e * vb,
+                                               vb);
+            continue;
+          }
           for (; e + NE <= e1; e += NE)
-            wgrad_entries<S, V, NV, NE>(pt, dyb.data(), pn, pk.ch + e, acc + e * vb, vb);
+            wgrad_entries<S, V, NV, NE, false>(pt, dyb.data(), pn, nullptr, pk.ch + e,
+                                               acc + e * vb, vb);
           for (; e < e1; ++e)
-            wgrad_entries<S, V, NV, 1>(pt, dyb.data(), pn, pk.ch + e, acc + e * vb, vb);
+            wgrad_entries<S, V, NV, 1, false>(pt, dyb.data(), pn, nullptr, pk.ch + e,
+                                              acc + e * vb, vb);
         }
       }
     }
