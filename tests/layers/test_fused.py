@@ -503,7 +503,7 @@ def test_auto_trains_stride1_layers_on_the_fused_kernels():
     [
         ((128, 128, 3, 1, 4, True, "full", {"padding": 1}), 8),
         ((128, 160, 3, 2, 4, True, "checkerboard", {"padding": 1}), 4),
-        ((128, 128, 3, 2, 8, False, "full", {"padding": 1, "shuffle": True}), 2),
+        ((128, 128, 3, 2, 8, True, "full", {"padding": 1, "shuffle": True}), 2),
         ((144, 128, 3, 1, 16, True, "full", {"padding": 1}), 3),
     ],
 )
@@ -559,6 +559,8 @@ def test_channel_lane_training_rule():
     assert dispatch.train_kernel(narrow, 8) is None
     strided = SSConv2d(128, 128, 3, stride=2, padding=1, period=4)
     assert dispatch.train_kernel(strided, 8) is None
+    no_point = SSConv2d(128, 128, 3, padding=1, period=4, pointwise=False)
+    assert dispatch.train_kernel(no_point, 8) is None  # its stock path is one grouped conv
     wide.backend = "decomposed"
     assert dispatch.train_kernel(wide, 8) is None
     wide.backend = "fused"  # an explicit choice keeps the pixel kernels

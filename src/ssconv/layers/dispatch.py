@@ -92,8 +92,10 @@ AUTO_PIXELS_STRIDED_INFER_MIN_WIDTH = 8
 # at least AUTO_CHANNELS_TRAIN_MIN_CHANNELS. Measured (2026-12-07, Zen 4, 2 threads,
 # docs/benchmarks.md): VGG-19's 8-, 4- and 2-pixel layers at densities 0.10 and 0.05, forward
 # + backward 0.99-1.26x (8 px) and 1.21-2.43x (4, 2 px) the stock choice; ResNet-50's
-# 256-channel 14-pixel layers (batch 8) 0.95x, hence the width limit; its 512-channel 7-pixel
-# ones 0.91x (three layers, under 1 % of its step). Narrower layers keep the stock choice.
+# 256-channel 14-pixel layers (batch 8) 0.95-1.08x, hence the width limit; its 512-channel
+# 7-pixel ones 0.87-0.91x (three layers, under 1 % of its step). Layers without a 1 x 1 part
+# (one grouped convolution on the stock path) were 0.84-0.92x in all four such rows of
+# benchmarks/layer_speed.py --train, and narrower layers keep the stock choice too.
 AUTO_CHANNELS_TRAIN_MIN_CHANNELS = 128
 AUTO_CHANNELS_TRAIN_MAX_WIDTH = 8
 # Inference of channels_last inputs runs the pixel kernel (through an NCHW copy and back) for
@@ -177,7 +179,7 @@ def train_kernel(layer, input_width: int | None = None) -> str | None:
     if (
         layer._backend != "auto"
         or input_width is None
-        or not layer._has_spatial
+        or not (layer._has_spatial and layer._has_point)
         or tuple(layer.stride) != (1, 1)
         or min(layer.in_channels, layer.out_channels) < AUTO_CHANNELS_TRAIN_MIN_CHANNELS
         or layer._param_device().type != "cpu"
