@@ -260,20 +260,20 @@ static void run(const torch::Tensor& x, torch::Tensor& y, const Packed<S>& pk, i
   const std::vector<S> zeros(c, S(0));
   const int64_t npix = n * ho * wo;
   const int64_t ntiles = (npix + T - 1) / T;
-  constexpr int64_t CHUNK = 8;  // tiles per work item: a block's weights are reused over them
-  const int64_t nchunks = (ntiles + CHUNK - 1) / CHUNK;
+  constexpr int64_t CHUNK = 8;  // tiles per pass: a block's weights are reused over them
   const int64_t vb = pk.vb;
 
   const std::vector<int64_t> order = border_order(n, h, wd, ho, wo, g);
   const int64_t* ord = order.empty() ? nullptr : order.data();
   const S* skip = ord != nullptr ? zeros.data() : nullptr;
 
-  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+  // The tiles split evenly over the threads (then passes of CHUNK tiles): whole chunks as work
+  // items left a thread idle for up to a chunk, a tenth of a layer with a few hundred pixels.
+  at::parallel_for(0, ntiles, CHUNK, [&](int64_t b0, int64_t b1) {
     std::vector<const S*> ptrs(CHUNK * ntaps * T);
     std::vector<S> scratch(CHUNK * T * vb);
-    for (int64_t chunk = c0; chunk < c1; ++chunk) {
-      const int64_t t0 = chunk * CHUNK;
-      const int64_t tn = std::min(CHUNK, ntiles - t0);
+    for (int64_t t0 = b0; t0 < b1; t0 += CHUNK) {
+      const int64_t tn = std::min(CHUNK, b1 - t0);
       for (int64_t k = 0; k < tn; ++k) {
         const S** tile_ptrs = ptrs.data() + k * ntaps * T;
         if (ord != nullptr)
@@ -351,7 +351,6 @@ static void wgrad_run(const torch::Tensor& x, const torch::Tensor& gy, torch::Te
   const S* gp = gy.data_ptr<S>();
   const std::vector<S> zeros(c, S(0));
   const int64_t npix = n * ho * wo;
-  const int64_t nchunks = (npix + PCH - 1) / PCH;
   const int nthreads = at::get_num_threads();
   std::vector<S> partial((int64_t)nthreads * nentries * vb, S(0));
   // Where padding makes many taps fall outside (small maps, the forward's border_order rule),
@@ -360,15 +359,14 @@ static void wgrad_run(const torch::Tensor& x, const torch::Tensor& gy, torch::Te
   // here: a chunk's pixels then come from many images and no longer share input rows.)
   const bool lists = !border_order(1, h, wd, ho, wo, g).empty();
 
-  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+  at::parallel_for(0, npix, PCH, [&](int64_t q0, int64_t q1) {  // evenly, as in run()
     S* acc = partial.data() + (int64_t)at::get_thread_num() * nentries * vb;
     std::vector<const S*> ptrs(ntaps * PCH);
     std::vector<S> dyb(PCH * vb);
     std::vector<int32_t> inside(lists ? ntaps * PCH : 0);
     std::vector<int64_t> count(lists ? ntaps : 0);
-    for (int64_t chunk = c0; chunk < c1; ++chunk) {
-      const int64_t p0 = chunk * PCH;
-      const int64_t pn = std::min(PCH, npix - p0);
+    for (int64_t p0 = q0; p0 < q1; p0 += PCH) {
+      const int64_t pn = std::min(PCH, q1 - p0);
       fill_ptrs<S>(xp, zeros.data(), p0, pn, PCH, npix, c, h, wd, ho, wo, g, ptrs.data());
       for (int64_t tap = 0; tap < (lists ? ntaps : 0); ++tap) {
         const S* const* pt = ptrs.data() + tap * PCH;
