@@ -171,13 +171,15 @@ static void fill_ptrs_ordered(const S* xp, const S* zeros, const int64_t* order,
 }
 
 // Output pixels ordered by the set of taps that fall inside the input (a bitmask over the
-// taps), image after image within a set, where padding makes many taps fall outside (small
-// maps: a 4 x 4 map reads 31 % zeros through a 3 x 3 window, a 2 x 2 map 56 %): the tiles of
-// one set then share their outside taps, whose segments tile_block skips, as a dense
-// convolution skips the padding. Empty where the natural order is kept (taps mostly inside,
-// or more than 64 taps).
+// taps), in groups of `group` images (image after image within a set, set after set within a
+// group), where padding makes many taps fall outside (small maps: an 8 x 8 map reads 16 %
+// zeros through a 3 x 3 window, a 4 x 4 map 31 %, a 2 x 2 map 56 %). With `group` the tile
+// width every set of a group fills whole tiles (a pixel position occurs once per image), so
+// the tiles share their outside taps, whose segments tile_block skips, as a dense convolution
+// skips the padding; and a tile's pixels come from `group` neighbouring images, whose rows
+// stay in cache. Empty where the natural order is kept (taps mostly inside, or more than 64).
 static std::vector<int64_t> border_order(int64_t n, int64_t h, int64_t wd, int64_t ho,
-                                         int64_t wo, const Geometry& g) {
+                                         int64_t wo, const Geometry& g, int64_t group) {
   const int64_t ntaps = g.kh * g.kw;
   if (ntaps > 64) return {};
   std::vector<uint64_t> mask(ho * wo);
@@ -195,19 +197,19 @@ static std::vector<int64_t> border_order(int64_t n, int64_t h, int64_t wd, int64
       mask[oh * wo + ow] = m;
       inside += __builtin_popcountll(m);
     }
-  // Kept natural where at least 80 % of the taps are inside (8 x 8 maps and larger, 3 x 3:
-  // at 8 x 8, 84 %, the reordering cost what the skipped taps saved, 1.01x over VGG-19's
-  // layers; at 4 x 4 1.07x, at 2 x 2 1.24x, benchmarks/kernel_ab.py, 2026-12-07).
-  if (inside * 5 >= ho * wo * ntaps * 4) return {};
+  // Kept natural where at least 90 % of the taps are inside (16 x 16 maps and larger, 3 x 3;
+  // docs/benchmarks.md: with the whole batch as one group, 8 x 8 maps gained nothing, 1.01x).
+  if (inside * 10 >= ho * wo * ntaps * 9) return {};
   std::vector<uint64_t> sets;
   for (uint64_t m : mask)
     if (std::find(sets.begin(), sets.end(), m) == sets.end()) sets.push_back(m);
   std::vector<int64_t> order;
   order.reserve(n * ho * wo);
-  for (uint64_t m : sets)
-    for (int64_t ni = 0; ni < n; ++ni)
-      for (int64_t pos = 0; pos < ho * wo; ++pos)
-        if (mask[pos] == m) order.push_back(ni * ho * wo + pos);
+  for (int64_t n0 = 0; n0 < n; n0 += group)
+    for (uint64_t m : sets)
+      for (int64_t ni = n0; ni < std::min(n, n0 + group); ++ni)
+        for (int64_t pos = 0; pos < ho * wo; ++pos)
+          if (mask[pos] == m) order.push_back(ni * ho * wo + pos);
   return order;
 }
 
@@ -263,7 +265,7 @@ static void run(const torch::Tensor& x, torch::Tensor& y, const Packed<S>& pk, i
   constexpr int64_t CHUNK = 8;  // tiles per pass: a block's weights are reused over them
   const int64_t vb = pk.vb;
 
-  const std::vector<int64_t> order = border_order(n, h, wd, ho, wo, g);
+  const std::vector<int64_t> order = border_order(n, h, wd, ho, wo, g, T);
   const int64_t* ord = order.empty() ? nullptr : order.data();
   const S* skip = ord != nullptr ? zeros.data() : nullptr;
 
@@ -357,7 +359,7 @@ static void wgrad_run(const torch::Tensor& x, const torch::Tensor& gy, torch::Te
   // each tap runs over the list of the chunk's pixels it reads inside the image: the padding
   // adds nothing. (Ordering the pixels by their inside taps, as the forward does, was slower
   // here: a chunk's pixels then come from many images and no longer share input rows.)
-  const bool lists = !border_order(1, h, wd, ho, wo, g).empty();
+  const bool lists = !border_order(1, h, wd, ho, wo, g, 1).empty();
 
   at::parallel_for(0, npix, PCH, [&](int64_t q0, int64_t q1) {  // evenly, as in run()
     S* acc = partial.data() + (int64_t)at::get_thread_num() * nentries * vb;
