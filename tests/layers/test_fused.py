@@ -475,7 +475,7 @@ def test_auto_trains_stride1_layers_on_the_fused_kernels():
     # Rows too short for the pixel vectors: stock kernels, unless the layer is narrow enough.
     assert layer.trains_fused(7) and not layer.trains_fused(6)
     wide = SSConv2d(128, 128, 3, padding=1, period=4)
-    assert wide.trains_fused(16) and not wide.trains_fused(14)
+    assert wide.trains_fused(16) and not wide.trains_fused(14)  # 14: neither kernel's rule
     assert "FusedConvTrain" not in type(wide(torch.randn(1, 128, 14, 14)).grad_fn).__name__
     assert "FusedConvTrain" in type(wide(torch.randn(1, 128, 16, 16)).grad_fn).__name__
     dbl = SSConv2d(16, 16, 3, padding=1, period=4).double()  # auto, float64: stock kernels
@@ -514,8 +514,8 @@ def test_auto_trains_short_rows_of_wide_layers_on_the_channel_lane_kernels(cfg, 
 
     layer, ref = _train_pair(cfg)
     layer.backend = "auto"
-    assert dispatch.train_kernel(layer, size) == "channels"
-    assert not layer.trains_fused(size)  # the pixel kernels' rule
+    assert dispatch.train_kernel(layer, size) == "channels" and layer.trains_fused(size)
+    assert not dispatch.trains_fused(layer, size)  # the pixel kernels' rule
     assert_trains_like(layer, layer, ref, cfg[0], grad_fn="FusedConvTrain", size=(size, size))
     assert "channels" in layer.__dict__["_fused_train_plans"]
 

@@ -90,13 +90,13 @@ AUTO_PIXELS_STRIDED_INFER_MIN_WIDTH = 8
 # channel-lane kernels (forward, input gradient as the forward of the transposed packing,
 # weight gradient; NHWC, through copies of NCHW tensors) where both their channel counts are
 # at least AUTO_CHANNELS_TRAIN_MIN_CHANNELS. Measured (2026-12-07, Zen 4, 2 threads,
-# docs/benchmarks.md): VGG-19's 8-, 4- and 2-pixel layers at densities 0.10 and 0.05, forward
-# + backward 0.99-1.26x (8 px) and 1.21-2.43x (4, 2 px) the stock choice; ResNet-50's
-# 256-channel 14-pixel layers (batch 8) 0.86-1.08x, hence the width limit; its 512-channel
-# 7-pixel ones 1.05x (0.87-0.91x before the kernels split small maps evenly over threads).
-# Layers without a 1 x 1 part
-# (one grouped convolution on the stock path) were 0.84-0.92x in all four such rows of
-# benchmarks/layer_speed.py --train, and narrower layers keep the stock choice too.
+# benchmarks/channels_train_rule.py, docs/benchmarks.md): VGG-19's 8-, 4- and 2-pixel layers at
+# densities 0.10 and 0.05, forward + backward 1.11-1.41x (8 px) and 1.34-2.77x (4, 2 px) the
+# stock choice; ResNet-50's 256-channel 14-pixel layers (batch 8) 0.86-1.08x, hence the width
+# limit; its 512-channel 7-pixel ones 1.05x (0.87-0.91x before the kernels split small maps
+# evenly over the threads). Layers without a 1 x 1 part (one grouped convolution on the stock
+# path) were 0.84-0.92x in all four such rows of benchmarks/layer_speed.py --train; narrower
+# layers keep the stock choice too.
 AUTO_CHANNELS_TRAIN_MIN_CHANNELS = 128
 AUTO_CHANNELS_TRAIN_MAX_WIDTH = 8
 # Inference of channels_last inputs runs the pixel kernel (through an NCHW copy and back) for

@@ -635,12 +635,14 @@ class SSConv2d(nn.Module):
         for layers with a spatial part (at stride 1, padding at most ``dilation * (k - 1)``)
         whose output rows are wide enough for the pixel-vectorised kernels (the
         AUTO_FUSED_TRAIN_* and AUTO_FUSED_STRIDED_MIN_WIDTH rules of
-        :mod:`ssconv.layers.dispatch`; ``input_width=None`` skips that check). Other devices
-        and dtypes, tracing and ``torch.export`` use the stock choice of
-        :meth:`resolved_backend`; ``torch.compile`` follows the same rule with the kernels as
-        graph ops. Builds the kernel if it is not built yet.
+        :mod:`ssconv.layers.dispatch`; ``input_width=None`` skips that check), or short rows
+        of wide layers, which train on the channel-lane kernels (the AUTO_CHANNELS_TRAIN_*
+        rule; :func:`ssconv.layers.dispatch.train_kernel` says which). Other devices and
+        dtypes, tracing and ``torch.export`` use the stock choice of
+        :meth:`resolved_backend`; ``torch.compile`` follows the pixel kernels' rule with the
+        kernels as graph ops. Builds the kernel if it is not built yet.
         """
-        return dispatch.trains_fused(self, input_width)
+        return dispatch.train_kernel(self, input_width) is not None
 
     def _infers_on_pixels(self, x: Tensor) -> bool:
         return dispatch.infers_on_pixels(self, x)
