@@ -170,16 +170,14 @@ static void fill_ptrs_ordered(const S* xp, const S* zeros, const int64_t* order,
   }
 }
 
-// Output pixels ordered by the set of taps that fall inside the input (a bitmask over the
-// taps), in groups of `group` images (image after image within a set, set after set within a
-// group), where padding makes many taps fall outside (small maps: an 8 x 8 map reads 16 %
-// zeros through a 3 x 3 window, a 4 x 4 map 31 %, a 2 x 2 map 56 %). With `group` the tile
-// width every set of a group fills whole tiles (a pixel position occurs once per image), so
-// the tiles share their outside taps, whose segments tile_block skips, as a dense convolution
-// skips the padding; and a tile's pixels come from `group` neighbouring images, whose rows
-// stay in cache. Empty where the natural order is kept (taps mostly inside, or more than 64).
-static std::vector<int64_t> border_order(int64_t n, int64_t h, int64_t wd, int64_t ho,
-                                         int64_t wo, const Geometry& g, int64_t group) {
+// For each output position of a map, the set of taps that fall inside the input (a bitmask
+// over the taps), where padding makes many taps fall outside (small maps: an 8 x 8 map reads
+// 16 % zeros through a 3 x 3 window, a 4 x 4 map 31 %, a 2 x 2 map 56 %); empty where the
+// kernels keep the natural order and multiply the zeros: at least 90 % of the taps inside
+// (16 x 16 maps and larger, 3 x 3; docs/benchmarks.md: with the whole batch as one group,
+// 8 x 8 maps gained nothing, 1.01x), or more than 64 taps.
+static std::vector<uint64_t> padded_tap_sets(int64_t h, int64_t wd, int64_t ho, int64_t wo,
+                                             const Geometry& g) {
   const int64_t ntaps = g.kh * g.kw;
   if (ntaps > 64) return {};
   std::vector<uint64_t> mask(ho * wo);
@@ -197,9 +195,20 @@ static std::vector<int64_t> border_order(int64_t n, int64_t h, int64_t wd, int64
       mask[oh * wo + ow] = m;
       inside += __builtin_popcountll(m);
     }
-  // Kept natural where at least 90 % of the taps are inside (16 x 16 maps and larger, 3 x 3;
-  // docs/benchmarks.md: with the whole batch as one group, 8 x 8 maps gained nothing, 1.01x).
   if (inside * 10 >= ho * wo * ntaps * 9) return {};
+  return mask;
+}
+
+// Output pixels ordered by their set of inside taps (padded_tap_sets), in groups of `group`
+// images (image after image within a set, set after set within a group). With `group` the
+// tile width every set of a group fills whole tiles (a pixel position occurs once per image),
+// so the tiles share their outside taps, whose segments tile_block skips, as a dense
+// convolution skips the padding; and a tile's pixels come from `group` neighbouring images,
+// whose rows stay in cache. Empty where the natural order is kept.
+static std::vector<int64_t> border_order(int64_t n, int64_t h, int64_t wd, int64_t ho,
+                                         int64_t wo, const Geometry& g, int64_t group) {
+  const std::vector<uint64_t> mask = padded_tap_sets(h, wd, ho, wo, g);
+  if (mask.empty()) return {};
   std::vector<uint64_t> sets;
   for (uint64_t m : mask)
     if (std::find(sets.begin(), sets.end(), m) == sets.end()) sets.push_back(m);
@@ -355,11 +364,11 @@ static void wgrad_run(const torch::Tensor& x, const torch::Tensor& gy, torch::Te
   const int64_t npix = n * ho * wo;
   const int nthreads = at::get_num_threads();
   std::vector<S> partial((int64_t)nthreads * nentries * vb, S(0));
-  // Where padding makes many taps fall outside (small maps, the forward's border_order rule),
+  // Where padding makes many taps fall outside (small maps, padded_tap_sets' rule),
   // each tap runs over the list of the chunk's pixels it reads inside the image: the padding
   // adds nothing. (Ordering the pixels by their inside taps, as the forward does, was slower
   // here: a chunk's pixels then come from many images and no longer share input rows.)
-  const bool lists = !border_order(1, h, wd, ho, wo, g, 1).empty();
+  const bool lists = !padded_tap_sets(h, wd, ho, wo, g).empty();
 
   at::parallel_for(0, npix, PCH, [&](int64_t q0, int64_t q1) {  // evenly, as in run()
     S* acc = partial.data() + (int64_t)at::get_thread_num() * nentries * vb;
