@@ -70,6 +70,11 @@ def main(argv=None) -> int:
         help="every variant's 2 x 2 max pools on ssconv's NCHW kernel, frozen and in training "
         "(--no-fast-pooling: PyTorch's in both; default: ssconv's in the frozen models only)",
     )
+    p.add_argument(
+        "--channels-last-chains",
+        action="store_true",
+        help="training steps with ssconv.deploy.chain_channels_last (channels_last_chains: true)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument(
         "--variants", nargs="+", default=list(VARIANTS), help=f"default: {' '.join(VARIANTS)}"
@@ -101,6 +106,7 @@ def main(argv=None) -> int:
                 compile=args.compile or False,
                 cuda_graphs=args.cuda_graphs,
                 fast_pooling=args.fast_pooling,
+                channels_last_chains=args.channels_last_chains,
             )
             result.update(model=model, target_density=density, keep=keep)
             suffix = "_tuned" if args.tune else ""
@@ -109,6 +115,7 @@ def main(argv=None) -> int:
             suffix += "_fastbn" if args.fast_batchnorm else ""
             if args.fast_pooling is not None:
                 suffix += "_fastpool" if args.fast_pooling else "_torchpool"
+            suffix += "_chains" if args.channels_last_chains else ""
             name = f"{model}_d{density}{suffix}.json"
             (out / name).write_text(json.dumps(result, indent=2))
             print(f"\n### {model}, density {density}, batch {batch_used}\n")

@@ -11,8 +11,11 @@ its output back), ``pools`` (2 x 2 max pools on ssconv's NCHW kernel,
 :func:`ssconv.layers.pooling.fast_pooling`) and ``pools + chains`` (also
 :func:`ssconv.deploy.chain_channels_last`: fused-kernel layers hand channels_last outputs to
 the next; what :func:`ssconv.deploy.freeze` does by default). ``--train`` also times one SGD
-step (NCHW, ssconv's BatchNorm for every model) with PyTorch's and with ssconv's max pools.
-Speed is never asserted in tests.
+step (NCHW, ssconv's BatchNorm for every model) the same three ways: PyTorch's max pools,
+ssconv's, and ssconv's with :func:`ssconv.deploy.chain_channels_last` applied to the trainable
+model (the training option ``channels_last_chains: true``: SSC layers that train on the
+channel-lane kernels hand their outputs on in channels_last; dense and depthwise-separable
+models have none). Speed is never asserted in tests.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import json
 import torch
 
 from ssconv.bench.models import build_variants, train_step
-from ssconv.deploy import freeze
+from ssconv.deploy import chain_channels_last, freeze
 from ssconv.layers.batchnorm import fast_batchnorm
 from ssconv.layers.inference import SSConv2dInference
 from ssconv.layers.pooling import fast_pooling
@@ -97,14 +100,16 @@ def main(argv=None) -> int:
         y = torch.randint(0, built["dense"](x[:1]).shape[1], (args.batch,))
         steps = {}
         for v, m in built.items():
-            for form in ("plain", "pools"):
+            for form in FORMS:
                 model = copy.deepcopy(m).train()
                 fast_batchnorm(model)
-                if form == "pools":
+                if form != "plain":
                     fast_pooling(model)
+                if form == "pools + chains":
+                    chain_channels_last(model)
                 steps[(v, form)] = train_step(model, x, y)
         tstats = measure(steps, repeats=max(3, args.repeats // 2))
-        print(_table(tstats, ("plain", "pools"), "Training step (ssconv's BatchNorm for all)"))
+        print(_table(tstats, FORMS, "Training step (ssconv's BatchNorm for all)"))
         record["train_ms"] = {f"{v} / {f}": s.median * 1e3 for (v, f), s in tstats.items()}
     if args.json:
         with open(args.json, "w") as fh:

@@ -129,3 +129,97 @@ def test_chains_hand_channels_last_only_to_layers_that_run_the_fused_kernel():
     if fused.available():
         assert first._consumers_take_channels_last(8) is False  # the pixel kernel's size
         assert seen == [False]
+
+
+def _trainable_chain(width: int = 128):
+    from torch import nn
+
+    torch.manual_seed(0)
+    conv = lambda: ssconv.SSConv2d(  # noqa: E731
+        width, width, 3, padding=1, groups=2, period=4, bias=False
+    )
+    return nn.Sequential(
+        conv(),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        conv(),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        conv(),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(width * 4, 10),
+    ).train()
+
+
+def _input_layouts(model):
+    seen = []
+    for m in model.modules():
+        if isinstance(m, ssconv.SSConv2d):
+            m.register_forward_pre_hook(
+                lambda _m, args: seen.append(
+                    args[0].is_contiguous(memory_format=torch.channels_last)
+                    and not args[0].is_contiguous()
+                )
+            )
+    return seen
+
+
+def test_trainable_layers_chain_in_training_calls_with_equal_values_and_gradients():
+    import copy
+
+    from ssconv.deploy import chain_channels_last
+    from ssconv.kernels import fused
+
+    model = _trainable_chain()
+    chained = chain_channels_last(copy.deepcopy(model))
+    layers = [m for m in chained.modules() if isinstance(m, ssconv.SSConv2d)]
+    # Through BatchNorm, ReLU and the pool; the last layer feeds the flatten: NCHW.
+    assert [m.output_layout for m in layers] == ["channels_last", "channels_last", "nchw"]
+    assert layers[0].chain_consumers[0][0] is layers[1]
+    assert layers[1].chain_consumers[0][1] == ((2, 2, 0, 1, False),)  # the pool's width change
+    seen = _input_layouts(chained)
+    x = torch.randn(4, 128, 4, 4, requires_grad=True)
+    xc = x.detach().clone().requires_grad_()
+    r = torch.randn(4, 10)
+    (model(x) * r).sum().backward()
+    y = chained(xc)
+    assert y.is_contiguous()
+    (y * r).sum().backward()
+    assert xc.grad.is_contiguous()  # the input gradient in the input's layout
+    assert torch.allclose(xc.grad, x.grad, rtol=1e-4, atol=1e-5 * x.grad.abs().max().item())
+    for (name, a), b in zip(model.named_parameters(), chained.parameters()):
+        assert torch.allclose(b.grad, a.grad, rtol=1e-4, atol=1e-5 * a.grad.abs().max()), name
+    if fused.available():
+        # 128 channels on 4 x 4 and 2 x 2 maps train on the channel-lane kernels: one copy
+        # in, none between the layers.
+        assert all(m._train_kernel(torch.empty(1, 128, 4, 4)) == "channels" for m in layers)
+        assert seen == [False, True, True]
+    # Calls without gradients are unchanged: NCHW in, NCHW between the layers.
+    seen.clear()
+    with torch.no_grad():
+        assert torch.allclose(chained.eval()(x), model.eval()(x), atol=1e-4)
+    assert seen == [False, False, False]
+
+
+def test_trainable_chains_hand_channels_last_only_to_channel_lane_training_layers():
+    from torch import nn
+
+    from ssconv.deploy import chain_channels_last
+
+    # 64 channels train on the stock kernels (the channel-lane rule wants 128): the chain is
+    # set up from the graph, and each call finds that its consumer would not read it.
+    model = chain_channels_last(_trainable_chain(64))
+    layers = [m for m in model.modules() if isinstance(m, ssconv.SSConv2d)]
+    assert layers[0].output_layout == "channels_last"
+    assert layers[0]._consumers_take_channels_last(4) is False
+    seen = _input_layouts(model)
+    model(torch.randn(2, 64, 4, 4)).sum().backward()
+    assert seen == [False, False, False]
+    # A consumer that is not an SSC layer ends the chain before it begins.
+    solo = chain_channels_last(
+        nn.Sequential(ssconv.SSConv2d(128, 128, 3, padding=1, period=4), nn.Flatten())
+    )
+    assert solo[0].output_layout is None and not solo[0].chain_consumers

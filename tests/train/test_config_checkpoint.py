@@ -151,6 +151,7 @@ def test_keys_added_later_keep_old_runs_identity():
         "ssc_point_groups": 1,
         "fast_batchnorm": False,
         "fast_pooling": False,
+        "channels_last_chains": False,
     }
     # The data, weights, compile, solver, BatchNorm and pooling keys' defaults are their
     # neutral values: a default run keeps its old digest.
@@ -166,6 +167,7 @@ def test_keys_added_later_keep_old_runs_identity():
         "ssc_point_groups",
         "fast_batchnorm",
         "fast_pooling",
+        "channels_last_chains",
     ):
         assert getattr(TrainConfig(), key) == NEUTRAL[key]
     # (ssc_shuffle: false, not the default null, which since 2026-12-02 means "mix" for ssc.)

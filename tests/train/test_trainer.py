@@ -643,3 +643,26 @@ def test_fast_pooling_trains_like_pytorch_pooling(tmp_path):
         for k in sa:
             if sa[k].is_floating_point():
                 assert torch.allclose(sa[k], sb[k], rtol=1e-5, atol=1e-6), k
+
+
+def test_channels_last_chains_train_like_plain_layouts(tmp_path):
+    from ssconv.kernels import fused
+    from ssconv.layers.ssconv import SSConv2d
+
+    # A quarter-width VGG-11: 128-channel layers on 4 x 4 and 2 x 2 maps, which train on the
+    # channel-lane kernels, and chain.
+    kw = {"model": "vgg11_bn", "model_kwargs": {"width_mult": 0.25}, "epochs": 1, "max_steps": 3}
+    plain = Trainer(cfg(**kw), tmp_path / "plain", progress=False)
+    a = plain.run().final
+    chained = Trainer(cfg(**kw, channels_last_chains=True), tmp_path / "chains", progress=False)
+    b = chained.run().final
+    layouts = [m.output_layout for m in chained.model.modules() if isinstance(m, SSConv2d)]
+    assert "channels_last" in layouts and layouts[-1] == "nchw"
+    assert not any(m.output_layout for m in plain.model.modules() if isinstance(m, SSConv2d))
+    assert chained.cfg.digest() != plain.cfg.digest()  # another summation order in BatchNorm
+    assert a["complete"] and b["complete"]
+    if fused.available():
+        sa, sb = plain.model.state_dict(), chained.model.state_dict()
+        for k in sa:
+            if sa[k].is_floating_point():
+                assert torch.allclose(sa[k], sb[k], rtol=1e-3, atol=1e-4), k

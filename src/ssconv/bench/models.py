@@ -195,8 +195,13 @@ def bench_variants(
     compile: bool | str = False,
     cuda_graphs: bool = False,
     fast_pooling: bool | None = None,
+    channels_last_chains: bool = False,
 ) -> dict:
     """Measure every variant; returns a JSON-ready dict (rows + machine).
+
+    ``channels_last_chains``: the training steps with
+    :func:`ssconv.deploy.chain_channels_last` applied to every variant (the training option
+    ``channels_last_chains: true``; only SSC layers on the channel-lane kernels chain).
 
     ``fast_pooling``: every variant's 2 x 2 max pools on ssconv's NCHW kernel
     (:func:`ssconv.layers.pooling.fast_pooling`), in the frozen models and, with ``True``, in
@@ -269,6 +274,10 @@ def bench_variants(
         y = torch.randint(0, 10, (batch,), device=dev)
         for v in variants:
             model = v.model.train()
+            if channels_last_chains:
+                from ssconv.deploy import chain_channels_last
+
+                chain_channels_last(model)
             if tune:
                 from ssconv.layers.tuning import autotune
 
@@ -328,6 +337,7 @@ def bench_variants(
         "compile_mode": (mode or "default") if compile else None,
         "cuda_graphs": cuda_graphs,
         "fast_pooling": fast_pooling,
+        "channels_last_chains": channels_last_chains,
     }
 
 

@@ -72,6 +72,12 @@ def register(sub) -> None:
         "models, as ssconv.deploy.freeze does, PyTorch's in training)",
     )
     p.add_argument(
+        "--channels-last-chains",
+        action="store_true",
+        help="training steps with SSC layers on the channel-lane kernels handing their outputs "
+        "on in channels_last (as the training option channels_last_chains: true does)",
+    )
+    p.add_argument(
         "--onnx", action="store_true", help="also time the ONNX export with onnxruntime (CPU)"
     )
     p.add_argument(
@@ -198,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         compile=args.compile or False,
         cuda_graphs=args.cuda_graphs,
         fast_pooling=args.fast_pooling,
+        channels_last_chains=args.channels_last_chains,
     )
     result.update(model=args.model, target_density=args.density)
     if args.output:

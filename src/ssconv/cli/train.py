@@ -74,6 +74,7 @@ _BOOL_FLAGS = (
     "channels_last",
     "fast_batchnorm",
     "fast_pooling",
+    "channels_last_chains",
     "compile",
     "nesterov",
     "match_budget",

@@ -15,7 +15,7 @@ from torch import nn
 
 from ssconv.layers.channel_order import ChannelGather, ChannelOrder
 from ssconv.layers.inference import SSConv2dInference
-from ssconv.layers.ssconv import SSCTracer
+from ssconv.layers.ssconv import SSConv2d, SSCTracer
 
 __all__ = ["chain_channels_last", "optimize_channel_order"]
 
@@ -200,7 +200,8 @@ def _pool_width_change(node, modules) -> tuple | None:
 
 
 def chain_channels_last(model: nn.Module) -> nn.Module:
-    """Let frozen SSC layers on the fused kernel hand their output to the next in channels_last.
+    """Let SSC layers on the channel-lane kernels hand their output to the next in
+    channels_last: frozen layers in inference, ``SSConv2d`` layers in training.
 
     The fused (channel-vectorised) kernel works in channels_last; on an NCHW input it copies
     the input in and its output back, two copies a layer (a tenth of a frozen VGG-19's
@@ -211,8 +212,18 @@ def chain_channels_last(model: nn.Module) -> nn.Module:
     NCHW gets NCHW), and the next one reads it as it is; the last layer of such a chain
     returns NCHW (``SSConv2dInference.output_layout``). So a chain copies once on the way
     in and once on the way out, and NCHW calls keep NCHW outputs (channels_last calls get NCHW
-    from a chain's end too). Values are unchanged. Works on a ``torch.fx``-traceable model;
-    others are returned unchanged. Returns ``model``.
+    from a chain's end too). Values are unchanged.
+
+    Trainable ``SSConv2d`` layers chain the same way in training calls (with gradients),
+    through BatchNorm too, where the next layers train on the channel-lane kernels at the
+    size they get (:func:`ssconv.layers.dispatch.train_kernel`: the short rows of wide layers,
+    VGG-19's 8-, 4- and 2-pixel layers): the copies of the input and output and of their
+    gradients go from four a layer to four a chain. The layers, activations, pools and
+    BatchNorm inside a chain then see channels_last tensors (PyTorch's BatchNorm and pools
+    take the place of ssconv's NCHW ones there, a different float32 summation order); calls
+    without gradients are unchanged. The trainer's option ``channels_last_chains``.
+
+    Works on a ``torch.fx``-traceable model; others are returned unchanged. Returns ``model``.
     """
     try:
         graph = SSCTracer().trace(model)
@@ -222,26 +233,37 @@ def chain_channels_last(model: nn.Module) -> nn.Module:
     modules = dict(model.named_modules())
     calls = collections.Counter(n.target for n in graph.nodes if n.op == "call_module")
 
-    def fused_layer(node) -> SSConv2dInference | None:
+    def fused_layer(node) -> SSConv2dInference | SSConv2d | None:
+        """A layer that may chain: frozen on the fused kernel, or trainable (whether its
+        calls train on the channel-lane kernels is checked per call)."""
         if node.op != "call_module" or calls[node.target] != 1:
             return None
         module = modules.get(node.target)
-        ok = isinstance(module, SSConv2dInference) and module.fused
-        return module if ok else None
+        frozen = isinstance(module, SSConv2dInference) and module.fused
+        return module if frozen or isinstance(module, SSConv2d) else None
 
-    def consumers(node, pools=()) -> list | None:
-        """(node, pools) of the fused layers ``node``'s output reaches through per-channel
+    def passes(node) -> bool:
+        """Per-channel operations that take any memory layout (BatchNorm too, for the
+        trainable layers' chains; frozen models have it folded)."""
+        if node.op == "call_module" and isinstance(modules.get(node.target), nn.BatchNorm2d):
+            return True
+        return _is_pass_through(node, modules)
+
+    def consumers(node, kind, pools=()) -> list | None:
+        """(node, pools) of the ``kind`` layers ``node``'s output reaches through per-channel
         operations, or None where it reaches anything else (the model's output included)."""
         found = []
         for user in node.users:
             if user.args[:1] != (node,) or any(a is node for a in user.args[1:]):
                 return None
-            if fused_layer(user) is not None:
+            if isinstance(fused_layer(user), kind):
                 found.append((user, pools))
                 continue
-            change = _pool_width_change(user, modules) if _is_pass_through(user, modules) else None
+            change = _pool_width_change(user, modules) if passes(user) else None
             more = (
-                None if change is None else consumers(user, pools + ((change,) if change else ()))
+                None
+                if change is None
+                else consumers(user, kind, pools + ((change,) if change else ()))
             )
             if more is None:
                 return None
@@ -250,8 +272,9 @@ def chain_channels_last(model: nn.Module) -> nn.Module:
 
     chained, ends = {}, set()
     for node in graph.nodes:
-        if fused_layer(node) is not None:
-            found = consumers(node)
+        layer = fused_layer(node)
+        if layer is not None:
+            found = consumers(node, type(layer))
             if found:
                 chained[node] = [(fused_layer(n), pools) for n, pools in found]
                 ends.update(n for n, _ in found)
@@ -265,5 +288,5 @@ def chain_channels_last(model: nn.Module) -> nn.Module:
                 layer.output_layout = "nchw"
             else:
                 layer.output_layout = None
-    log.info("channels_last chains: %d frozen SSC layers may hand their output on", len(chained))
+    log.info("channels_last chains: %d SSC layers may hand their output on", len(chained))
     return model

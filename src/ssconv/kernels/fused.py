@@ -1036,6 +1036,14 @@ def _like(t: Tensor, ref: Tensor) -> Tensor:
     return t.contiguous(memory_format=_memory_format(ref))
 
 
+def _out_format(x: Tensor, channels_last: bool | None) -> torch.memory_format:
+    """The memory format of a training call's output: ``x``'s (None), channels_last (True) or
+    NCHW (False)."""
+    if channels_last is None:
+        return _memory_format(x)
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def _kernel_layout(t: Tensor, plan: Plan) -> Tensor:
     """``t`` in the memory format ``plan``'s kernel reads (the channel-lane kernels work in
     channels_last): converted once where a training step's forward and weight gradient, or
@@ -1099,14 +1107,14 @@ class _FusedConvTrain(torch.autograd.Function):
     of a strided one (``wt`` the grouped weight)."""
 
     @staticmethod
-    def forward(ctx, x, w, bias_l, wt, plan, plan_t, geometry, geometry_t):
+    def forward(ctx, x, w, bias_l, wt, plan, plan_t, geometry, geometry_t, channels_last):
         xk = _kernel_layout(x, plan)
         y = _run_forward(xk, w, bias_l, plan, geometry)
         ctx.save_for_backward(xk, wt)
         ctx.input_format = _memory_format(x)
         ctx.plans = (plan, plan_t)
         ctx.geometry = (geometry, geometry_t)
-        return _like(y, x)
+        return y.contiguous(memory_format=_out_format(x, channels_last))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -1125,7 +1133,7 @@ class _FusedConvTrain(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             sums = gy.sum((0, 2, 3))
             gb = take(torch.cat([sums, sums.new_zeros(1)]), plan.lane_src)
-        return gx, gw, gb, None, None, None, None, None
+        return gx, gw, gb, None, None, None, None, None, None
 
 
 @dataclass
@@ -1224,15 +1232,18 @@ def fused_conv2d_train(
     stride: tuple[int, int],
     padding: tuple[int, int],
     dilation: tuple[int, int],
+    channels_last: bool | None = None,
 ) -> Tensor:
     """``F.conv2d(x, weight, bias, stride, padding, dilation, groups)`` with gradients, on the
     fused kernels, for a weight ``(C_out, C_in/G, kh, kw)`` that is zero off the plans' mask
     (``plan = make_plan(mask, groups)``; ``plan_t``: :func:`input_grad_plan`, the transposed
     plan of a stride-1 layer or the phase plans of a strided one).
 
-    A stride-1 layer needs padding <= dilation * (kernel - 1) (:func:`transposed_geometry`);
-    raises otherwise, if ``plan_t`` does not suit the stride, and if the kernel is not built.
-    No double backward.
+    The output comes in ``x``'s memory format, or channels_last with ``channels_last=True``
+    (what the channel-lane kernels write: no copy) and NCHW with ``False``; the input
+    gradient always in ``x``'s. A stride-1 layer needs padding <= dilation * (kernel - 1)
+    (:func:`transposed_geometry`); raises otherwise, if ``plan_t`` does not suit the stride,
+    and if the kernel is not built. No double backward.
     """
     geometry_t = _train_geometry(x, plan, plan_t, kernel_size, stride, padding, dilation)
     strided = geometry_t is None
@@ -1241,7 +1252,9 @@ def fused_conv2d_train(
         wt = weight.detach() if strided else gather(weight.detach(), plan_t)
     bias_l = lane_values(bias, plan, w)
     geometry = [*kernel_size, *stride, *padding, *dilation]
-    return _FusedConvTrain.apply(x, w, bias_l, wt, plan, plan_t, geometry, geometry_t)
+    return _FusedConvTrain.apply(
+        x, w, bias_l, wt, plan, plan_t, geometry, geometry_t, channels_last
+    )
 
 
 @dataclass(frozen=True)
@@ -1299,7 +1312,7 @@ class _FusedConvTrainParams(torch.autograd.Function):
     ops per layer and step)."""
 
     @staticmethod
-    def forward(ctx, x, bias, maps, plan, plan_t, geometry, geometry_t, *params):
+    def forward(ctx, x, bias, maps, plan, plan_t, geometry, geometry_t, channels_last, *params):
         flat = torch.cat([params[0].new_zeros(1), *(p.reshape(-1) for p in params)])
         w = take(flat, maps.forward)
         wt = take(flat, maps.transposed)
@@ -1311,7 +1324,7 @@ class _FusedConvTrainParams(torch.autograd.Function):
         ctx.plans = (plan, plan_t)
         ctx.geometry = (geometry, geometry_t)
         ctx.maps = maps
-        return _like(y, x)
+        return y.contiguous(memory_format=_out_format(x, channels_last))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -1333,7 +1346,7 @@ class _FusedConvTrainParams(torch.autograd.Function):
             g = take(run_weight_grad(x, gy, plan, geometry).reshape(-1), maps.inverse)
             sizes = [math.prod(s) for s in maps.shapes]
             gparams = [a.view(s) for a, s in zip(g.split(sizes), maps.shapes)]
-        return (gx, gb, None, None, None, None, None, *gparams)
+        return (gx, gb, None, None, None, None, None, None, *gparams)
 
 
 def fused_conv2d_train_params(
@@ -1347,13 +1360,16 @@ def fused_conv2d_train_params(
     stride: tuple[int, int],
     padding: tuple[int, int],
     dilation: tuple[int, int],
+    channels_last: bool | None = None,
 ) -> Tensor:
     """:func:`fused_conv2d_train` of the layer whose parameters are ``params`` and whose
     :class:`ParamMaps` is ``maps``: the same outputs and gradients, packed straight from the
     parameters (the training step's fast path)."""
     geometry_t = _train_geometry(x, plan, plan_t, kernel_size, stride, padding, dilation)
     geometry = [*kernel_size, *stride, *padding, *dilation]
-    return _FusedConvTrainParams.apply(x, bias, maps, plan, plan_t, geometry, geometry_t, *params)
+    return _FusedConvTrainParams.apply(
+        x, bias, maps, plan, plan_t, geometry, geometry_t, channels_last, *params
+    )
 
 
 def input_grad_plan(

@@ -71,6 +71,7 @@ from ssconv.layers.dispatch import (  # noqa: F401  (re-exported: the rules' old
     pixels_take_channels_last,
 )
 from ssconv.layers.pattern import KernelType, SSCPattern
+from ssconv.layers.pooling import pool_output_size
 
 __all__ = [
     "SSConv2d",
@@ -164,6 +165,16 @@ class SSConv2d(nn.Module):
 
     bias: Tensor | None
     weight_point: Tensor | None
+    # The memory layout of training outputs of the channel-lane kernels (which work in
+    # channels_last): None, the input's (as F.conv2d); "channels_last" where every consumer of
+    # the output, through BatchNorm, activations and pools, is another SSConv2d that trains on
+    # those kernels at the size it gets (checked per call, see chain_consumers); "nchw" at the
+    # end of such a chain. Set by ssconv.deploy.chain_channels_last; calls without gradients
+    # ignore it. Class-level defaults, so that layers pickled before it existed load.
+    output_layout: str | None = None
+    # (layer, pools) for each consumer: the layers the output reaches and the (kernel, stride,
+    # padding, dilation, ceil_mode) width changes of the pools on the way.
+    chain_consumers: tuple = ()
 
     def __init__(
         self,
@@ -714,10 +725,31 @@ class SSConv2d(nn.Module):
         plan, plan_t = self._train_plans(kernel)
         maps = self._param_maps(kernel)
         geometry = (self.kernel_size, self.stride, padding, self.dilation)
+        cl = None
+        if kernel == "channels" and self.output_layout is not None:
+            width = fused._out_size(
+                x.shape[-1], self.kernel_size[1], 1, padding[1], self.dilation[1]
+            )
+            cl = self.output_layout == "channels_last" and self._consumers_take_channels_last(width)
         if maps is None:
-            return fused.fused_conv2d_train(x, self.to_dense(), self.bias, plan, plan_t, *geometry)
+            w = self.to_dense()
+            return fused.fused_conv2d_train(x, w, self.bias, plan, plan_t, *geometry, cl)
         params = [p for p in (self.weight_spatial, self.weight_point) if p is not None]
-        return fused.fused_conv2d_train_params(x, params, maps, self.bias, plan, plan_t, *geometry)
+        return fused.fused_conv2d_train_params(
+            x, params, maps, self.bias, plan, plan_t, *geometry, cl
+        )
+
+    def _consumers_take_channels_last(self, width: int) -> bool:
+        """Whether every consumer in ``chain_consumers`` trains on the channel-lane kernels on
+        this output (``width`` pixels wide, through its pools), and so reads channels_last
+        without a copy."""
+        for layer, pools in self.chain_consumers:
+            w = width
+            for k, s, p, d, ceil in pools:
+                w = pool_output_size(w, k, s, p, d, ceil)
+            if w <= 0 or dispatch.train_kernel(layer, w) != "channels":
+                return False
+        return bool(self.chain_consumers)
 
     def _param_maps(self, kernel: str = "pixels") -> fused.ParamMaps | None:
         """Where the parameters go in the ``kernel``'s packed training weights (fixed by the

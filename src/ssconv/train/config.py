@@ -287,6 +287,15 @@ class TrainConfig:
         kind=bool,
         neutral=False,
     )
+    channels_last_chains: bool = _f(
+        False,
+        "SSC layers that train on the channel-lane kernels hand their outputs to the next in "
+        "channels_last, through BatchNorm, activations and pools (ssconv.deploy."
+        "chain_channels_last: fewer layout copies; PyTorch's BatchNorm and pools inside "
+        "the chains, a different float32 summation order: docs/benchmarks.md)",
+        kind=bool,
+        neutral=False,
+    )
     compile: bool = _f(False, "torch.compile the model", kind=bool)
     compile_mode: str = _f(
         "default",

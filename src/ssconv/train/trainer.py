@@ -695,6 +695,10 @@ class Trainer:
             from ssconv.layers.pooling import fast_pooling
 
             fast_pooling(model)  # no parameters or buffers
+        if cfg.channels_last_chains:
+            from ssconv.deploy import chain_channels_last
+
+            chain_channels_last(model)  # layer attributes only: no parameters or buffers
         self.model = model
 
         steps_per_epoch = EpochBatchSampler(
