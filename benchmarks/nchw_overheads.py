@@ -5,13 +5,15 @@
                                         [--keep RULE ...] [--json F]
 
 Inference (NCHW, the pixel kernels' layout): dense, SSC and depthwise-separable models frozen
-three ways, all timed interleaved so that the machine's drift cancels out of the ratios:
+four ways, all timed interleaved so that the machine's drift cancels out of the ratios:
 ``plain`` (PyTorch's max pools, every fused-kernel layer copying its input to channels_last and
 its output back), ``pools`` (2 x 2 max pools on ssconv's NCHW kernel,
-:func:`ssconv.layers.pooling.fast_pooling`) and ``pools + chains`` (also
+:func:`ssconv.layers.pooling.fast_pooling`), ``pools + chains`` (also
 :func:`ssconv.deploy.chain_channels_last`: fused-kernel layers hand channels_last outputs to
-the next; what :func:`ssconv.deploy.freeze` does by default). ``--train`` also times one SGD
-step (NCHW, ssconv's BatchNorm for every model) the same three ways: PyTorch's max pools,
+the next) and ``+ ReLU fused`` (also :func:`ssconv.deploy.fuse_relu`: a ReLU that alone reads
+a frozen SSC layer's output applied in the kernel's store; what :func:`ssconv.deploy.freeze`
+does by default). ``--train`` also times one SGD step (NCHW, ssconv's BatchNorm for every
+model) three ways: PyTorch's max pools,
 ssconv's, and ssconv's with :func:`ssconv.deploy.chain_channels_last` applied to the trainable
 model (the training option ``channels_last_chains: true``: SSC layers that train on the
 channel-lane kernels hand their outputs on in channels_last; dense and depthwise-separable
@@ -36,11 +38,12 @@ from ssconv.utils.timing import machine_info, measure
 
 VARIANTS = ("dense", "ssc", "dw_separable")
 FORMS = ("plain", "pools", "pools + chains")
+FROZEN_FORMS = (*FORMS, "+ ReLU fused")
 
 
 def _frozen(model, form: str):
-    frozen = freeze(model, fast_pooling=form != "plain")
-    if form != "pools + chains":
+    frozen = freeze(model, fast_pooling=form != "plain", relu_fusion=form == "+ ReLU fused")
+    if form not in ("pools + chains", "+ ReLU fused"):
         for m in frozen.modules():
             if isinstance(m, SSConv2dInference):
                 m.output_layout = None
@@ -85,7 +88,7 @@ def main(argv=None) -> int:
         for v in build_variants(args.model, args.density, variants=VARIANTS, keep=args.keep)
     }
     x = torch.randn(args.batch, 3, args.size, args.size)
-    frozen = {(v, f): _frozen(m, f) for v, m in built.items() for f in FORMS}
+    frozen = {(v, f): _frozen(m, f) for v, m in built.items() for f in FROZEN_FORMS}
     with torch.inference_mode():
         stats = measure({k: (lambda m=m: m(x)) for k, m in frozen.items()}, repeats=args.repeats)
     info = machine_info()
@@ -93,7 +96,7 @@ def main(argv=None) -> int:
         f"{args.model} at {args.density}, batch {args.batch}, {args.threads} threads, NCHW, "
         f"{info['processor']}, {info['date']}"
     )
-    print(_table(stats, FORMS, "Inference (frozen models)"))
+    print(_table(stats, FROZEN_FORMS, "Inference (frozen models)"))
     record = {"machine": info, "args": vars(args)}
     record["inference_ms"] = {f"{v} / {f}": s.median * 1e3 for (v, f), s in stats.items()}
     if args.train:

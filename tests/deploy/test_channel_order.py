@@ -223,3 +223,67 @@ def test_trainable_chains_hand_channels_last_only_to_channel_lane_training_layer
         nn.Sequential(ssconv.SSConv2d(128, 128, 3, padding=1, period=4), nn.Flatten())
     )
     assert solo[0].output_layout is None and not solo[0].chain_consumers
+
+
+class _Block(torch.nn.Module):
+    """Three frozen-layer ReLU forms, and one output that a ReLU does not read alone."""
+
+    def __init__(self):
+        super().__init__()
+        conv = lambda c: ssconv.SSConv2d(c, c, 3, padding=1, period=4)  # noqa: E731
+        self.a, self.b, self.c, self.d = conv(16), conv(16), conv(16), conv(16)
+        self.relu = torch.nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        y = self.relu(self.a(x))  # module
+        y = torch.nn.functional.relu(self.b(y))  # function
+        z = self.c(y).relu()  # method
+        return torch.relu(self.d(z) + z)  # the add reads d's output: not fused
+
+
+def test_freeze_fuses_relus_that_alone_read_frozen_layers():
+    import torch.fx as fx
+
+    from ssconv.deploy import fuse_relu
+    from ssconv.layers.inference import SSConv2dInference
+
+    torch.manual_seed(0)
+    model = _Block().eval()
+    x = torch.randn(2, 16, 12, 12)
+    with torch.no_grad():
+        ref = model(x)
+        frozen = freeze(model)
+        layers = [m for m in frozen.modules() if isinstance(m, SSConv2dInference)]
+        assert [m.fused_relu for m in layers] == [True, True, True, False]
+        assert "ReLU fused" in repr(layers[0])
+        assert isinstance(frozen, fx.GraphModule)
+        relus = [n for n in frozen.graph.nodes if "relu" in str(n.target)]
+        assert len(relus) == 1  # only the one after the add is left
+        assert torch.allclose(frozen(x), ref, atol=1e-5)
+        # The stock paths apply the fused ReLU themselves (here: float64, no kernel).
+        assert torch.allclose(frozen.double()(x.double()), ref.double(), atol=1e-5)
+        # Off for onnxruntime, and on request.
+        for plain in (freeze(model, target="onnxruntime"), freeze(model, relu_fusion=False)):
+            assert not any(m.fused_relu for m in plain.modules() if hasattr(m, "fused_relu"))
+            assert torch.allclose(plain(x), ref, atol=1e-5)
+        # Fusing twice changes nothing; an untraceable model is returned as it is.
+        assert fuse_relu(frozen) is frozen
+        assert torch.allclose(frozen.float()(x), ref, atol=1e-5)
+
+        class Untraceable(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = layers[3]
+
+            def forward(self, x):
+                return torch.relu(self.conv(x)) if x.sum() > 0 else x
+
+        odd = Untraceable()
+        assert fuse_relu(odd) is odd and not odd.conv.fused_relu
+        # Layers on the channel-lane kernel (128 channels, 8 x 8 and 4 x 4), in a chain.
+        chain = _fused_chain()
+        y = torch.randn(2, 128, 8, 8)
+        frozen = freeze(chain)
+        layers = [m for m in frozen.modules() if isinstance(m, SSConv2dInference)]
+        assert [m.fused_relu for m in layers] == [True, True, True, False]
+        assert torch.allclose(frozen(y), chain(y), atol=1e-4)

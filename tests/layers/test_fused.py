@@ -832,7 +832,8 @@ def test_inference_of_narrow_stride1_layers_runs_the_pixel_kernel(shuffle):
 _PORTABLE_TESTS = (
     "matches_conv2d_with_spec_masked_weight or equals_masked_on_wide_layers or "
     "training_equals_masked or gradcheck or both_training_kernels or the_pixel_kernel or "
-    "loaded_kernel_is_the_portable_build or values_and_gradients_equal_pytorch"
+    "loaded_kernel_is_the_portable_build or values_and_gradients_equal_pytorch or "
+    "relu_in_the_kernels_store"
 )
 
 
@@ -1093,3 +1094,29 @@ def test_weight_gradient_over_image_groups_and_their_remainder(width, threads):
     _close(xa.grad, xb.grad, 1e-5)
     for pa, pb in zip(layer.parameters(), ref.parameters()):
         _close(pa.grad, pb.grad, 1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kernel", fused.KERNELS)
+def test_relu_in_the_kernels_store_equals_torch_relu(kernel, dtype):
+    # Frozen layers whose output only a ReLU reads apply it in the forward's store
+    # (ssconv.deploy.fuse_relu): the same values as torch.relu after the kernel, bit for bit,
+    # NaN kept, for every block width and row width on both sides of the 16-pixel rule.
+    torch.manual_seed(5)
+    layer = SSConv2d(16, 24, 3, padding=1, groups=2, period=4)
+    mask = layer.pattern.dense_mask()
+    weight = layer.to_dense().detach().to(dtype)
+    vbs = fused.PIX_VB if kernel == "pixels" else fused.VB_CHOICES
+    for vb in vbs:
+        plan = fused.make_plan(mask, 2, vb=vb, kernel=kernel)
+        w = fused.gather(weight, plan).contiguous()
+        bias = fused.lane_values(torch.randn(24, dtype=dtype), plan, w)
+        for width in (2, 8, 14, 28):
+            x = torch.randn(2, 16, 5, width, dtype=dtype)
+            x[0, 3, 2, 1] = float("nan")  # reaches every output channel that reads channel 3
+            geometry = [3, 3, 1, 1, 1, 1, 1, 1]
+            fused_relu = fused._run_forward(x, w, bias, plan, geometry, relu=True)
+            after = torch.relu(fused._run_forward(x, w, bias, plan, geometry))
+            assert fused_relu.isnan().any()
+            torch.testing.assert_close(fused_relu, after, rtol=0, atol=0, equal_nan=True)

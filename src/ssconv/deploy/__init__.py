@@ -3,7 +3,7 @@ inference copy with frozen SSC layers) and the ONNX / TorchScript exporters."""
 
 from ssconv.deploy._freeze import freeze
 from ssconv.deploy.batchnorm import fold_batchnorm
-from ssconv.deploy.channel_order import chain_channels_last, optimize_channel_order
+from ssconv.deploy.channel_order import chain_channels_last, fuse_relu, optimize_channel_order
 from ssconv.deploy.export import ExportReport, export_onnx, export_torchscript
 
 __all__ = [
@@ -13,5 +13,6 @@ __all__ = [
     "export_torchscript",
     "fold_batchnorm",
     "freeze",
+    "fuse_relu",
     "optimize_channel_order",
 ]

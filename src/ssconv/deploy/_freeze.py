@@ -9,7 +9,7 @@ import copy
 from torch import nn
 
 from ssconv.deploy.batchnorm import fold_batchnorm
-from ssconv.deploy.channel_order import chain_channels_last, optimize_channel_order
+from ssconv.deploy.channel_order import chain_channels_last, fuse_relu, optimize_channel_order
 from ssconv.layers.inference import SSConv2dInference
 from ssconv.layers.ssconv import SSConv2d
 from ssconv.utils.modules import replace_module
@@ -38,6 +38,7 @@ def freeze(
     channel_order: bool = True,
     target: str = "torch",
     fast_pooling: bool | None = None,
+    relu_fusion: bool | None = None,
 ):
     """An inference copy of ``model``: pruning masks baked in, BatchNorm folded, SSC layers
     frozen.
@@ -61,6 +62,13 @@ def freeze(
             (:func:`ssconv.layers.pooling.fast_pooling`; equal results, PyTorch's code for
             other windows and layouts). Default: on for ``target="torch"``, off for
             ``"onnxruntime"`` (an export holds the standard operator either way).
+        relu_fusion: fuse each ReLU that alone reads a frozen SSC layer's output into the
+            layer (:func:`fuse_relu`: the fused kernels apply it as they store; a traceable
+            model then comes back as a ``torch.fx.GraphModule``, as with ``channel_order``).
+            Default: on for ``target="torch"``, off for ``"onnxruntime"``.
+
+    With ``target="torch"`` frozen SSC layers on the fused kernel also hand channels_last
+    outputs to each other (:func:`chain_channels_last`).
     """
     if target not in FREEZE_TARGETS:
         raise ValueError(f"target must be one of {FREEZE_TARGETS}, got {target!r}")
@@ -97,4 +105,8 @@ def freeze(
         model = optimize_channel_order(model)
     if target == "torch":
         chain_channels_last(model)  # only the fused kernel reads the setting (eager, CPU)
+    if relu_fusion is None:
+        relu_fusion = target == "torch"
+    if relu_fusion:
+        model = fuse_relu(model)  # ReLUs into the kernels' stores (other paths apply them)
     return model.eval()

@@ -690,27 +690,17 @@ def _fused_op(
     out_channels: int,
     geometry: list[int],
     vb: int,
+    relu: bool = False,
 ) -> Tensor:
-    return _built().ssc_fused_forward(
-        x,
-        w,
-        ch,
-        seg_tap,
-        seg_beg,
-        blk_seg,
-        out_idx,
-        blk_base,
-        bias,
-        in_channels,
-        out_channels,
-        *geometry,
-        vb,
-    )
+    args = (x, w, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, bias, in_channels)
+    # relu only where asked: kernel_ab.py's baseline builds may predate the argument.
+    extra = {"relu": True} if relu else {}
+    return _built().ssc_fused_forward(*args, out_channels, *geometry, vb, **extra)
 
 
 @_fused_op.register_fake
-def _(x, *args):
-    *_, out_channels, geometry, vb = args  # the op's trailing arguments
+def _(x, *args, relu=False):
+    *_, out_channels, geometry, vb = args[:12]  # the op's arguments before relu
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
     ho = _out_size(x.shape[2], kh, sh, ph, dh)
     wo = _out_size(x.shape[3], kw, sw, pw, dw)
@@ -731,13 +721,15 @@ def fused_conv2d(
     padding: tuple[int, int],
     dilation: tuple[int, int],
     channels_last: bool | None = None,
+    relu: bool = False,
 ) -> Tensor:
     """Run the kernel (float32 CPU). Raises if it is not built.
 
     The output has the input's memory format, as ``F.conv2d`` gives (the kernel itself works
     in channels_last: an NCHW input costs two layout copies), or, whatever the input's,
     channels_last with ``channels_last=True`` (one copy fewer for an NCHW input) and NCHW with
-    ``channels_last=False``.
+    ``channels_last=False``. ``relu``: ``torch.relu`` of the output, applied in the kernel's
+    store (no pass of its own).
     """
     if x.dim() != 4 or x.shape[1] != packed.in_channels:
         raise RuntimeError(
@@ -758,6 +750,7 @@ def fused_conv2d(
         packed.out_channels,
         [*kernel_size, *stride, *padding, *dilation],
         packed.vb,
+        relu,
     )
     if channels_last is None:
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
@@ -822,27 +815,17 @@ def _pix_op(
     out_channels: int,
     geometry: list[int],
     vb: int,
+    relu: bool = False,
 ) -> Tensor:
-    return _built().ssc_pix_forward(
-        x,
-        w,
-        ch,
-        seg_tap,
-        seg_beg,
-        blk_seg,
-        out_idx,
-        blk_base,
-        bias,
-        in_channels,
-        out_channels,
-        *geometry,
-        vb,
-    )
+    args = (x, w, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, bias, in_channels)
+    # relu only where asked: kernel_ab.py's baseline builds may predate the argument.
+    extra = {"relu": True} if relu else {}
+    return _built().ssc_pix_forward(*args, out_channels, *geometry, vb, **extra)
 
 
 @_pix_op.register_fake
-def _(x, *args):
-    *_, out_channels, geometry, vb = args
+def _(x, *args, relu=False):
+    *_, out_channels, geometry, vb = args[:12]
     kh, kw, sh, sw, ph, pw, dh, dw = geometry
     ho = _out_size(x.shape[2], kh, sh, ph, dh)
     wo = _out_size(x.shape[3], kw, sw, pw, dw)
@@ -1053,8 +1036,11 @@ def _kernel_layout(t: Tensor, plan: Plan) -> Tensor:
     return t
 
 
-def _run_forward(x: Tensor, w: Tensor, bias_l: Tensor, plan: Plan, geometry: list[int]) -> Tensor:
-    """The forward op of ``plan``'s kernel on packed weights and lane biases."""
+def _run_forward(
+    x: Tensor, w: Tensor, bias_l: Tensor, plan: Plan, geometry: list[int], relu: bool = False
+) -> Tensor:
+    """The forward op of ``plan``'s kernel on packed weights and lane biases (``relu``: the
+    output's ReLU in the kernel's store)."""
     return _FORWARD[plan.kernel](
         x,
         w,
@@ -1069,6 +1055,7 @@ def _run_forward(x: Tensor, w: Tensor, bias_l: Tensor, plan: Plan, geometry: lis
         plan.out_channels,
         geometry,
         plan.vb,
+        relu,
     )
 
 
@@ -1163,10 +1150,12 @@ def pixel_conv2d(
     stride: tuple[int, int],
     padding: tuple[int, int],
     dilation: tuple[int, int],
+    relu: bool = False,
 ) -> Tensor:
     """Inference on the pixel-vectorised kernel (float32): one pass over the input per block
     of 1-4 filters, no zeros executed even where a residue class holds one filter. NCHW; a
-    channels_last input is copied to NCHW and its output back. No gradients."""
+    channels_last input is copied to NCHW and its output back. No gradients. ``relu``:
+    ``torch.relu`` of the output, in the kernel's store."""
     plan = packed.plan
     if x.dim() != 4 or x.shape[1] != plan.in_channels:
         raise RuntimeError(
@@ -1175,7 +1164,7 @@ def pixel_conv2d(
         )
     geometry = [*kernel_size, *stride, *padding, *dilation]
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    y = _run_forward(x.contiguous(), packed.w, packed.bias, plan, geometry)
+    y = _run_forward(x.contiguous(), packed.w, packed.bias, plan, geometry, relu)
     # A channels_last input runs as NCHW and gets its output back in its own layout.
     return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 

@@ -103,6 +103,17 @@ static inline void store_v(S* p, V v) {
   std::memcpy(p, &v, sizeof(V));
 }
 
+// max(v, 0) lane by lane, NaN kept (torch.relu's values): a ReLU fused into a forward's store.
+template <typename V, typename S>
+static inline V relu_v(V v) {
+  constexpr int W = sizeof(V) / sizeof(S);
+  S a[W];
+  std::memcpy(a, &v, sizeof(V));
+  for (int l = 0; l < W; ++l) a[l] = a[l] < S(0) ? S(0) : a[l];
+  std::memcpy(&v, a, sizeof(V));
+  return v;
+}
+
 template <typename S>
 struct Packed {
   const S* w;              // (E, VB)
@@ -227,7 +238,7 @@ static std::vector<int64_t> border_order(int64_t n, int64_t h, int64_t wd, int64
 // (null: nothing skipped).
 template <typename S, typename V, int NV, int T>
 static inline void tile_block(const S* const* ptrs, const Packed<S>& pk, int64_t b, S* scratch,
-                              const S* skip_zeros) {
+                              const S* skip_zeros, bool relu) {
   constexpr int W = sizeof(V) / sizeof(S);
   const int64_t vb = pk.vb;
   V acc[T][NV];
@@ -256,13 +267,16 @@ static inline void tile_block(const S* const* ptrs, const Packed<S>& pk, int64_t
       }
     }
   }
+  if (relu)
+    for (int t = 0; t < T; ++t)
+      for (int j = 0; j < NV; ++j) acc[t][j] = relu_v<V, S>(acc[t][j]);
   for (int t = 0; t < T; ++t)
     for (int j = 0; j < NV; ++j) store_v<V>(scratch + t * vb + j * W, acc[t][j]);
 }
 
 template <typename S, typename V, int NV, int T>
 static void run(const torch::Tensor& x, torch::Tensor& y, const Packed<S>& pk, int64_t nblocks,
-                const Geometry& g) {
+                const Geometry& g, bool relu) {
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), wd = x.size(3);
   const int64_t cout = y.size(1), ho = y.size(2), wo = y.size(3);
   const int64_t ntaps = g.kh * g.kw;
@@ -301,7 +315,7 @@ static void run(const torch::Tensor& x, torch::Tensor& y, const Packed<S>& pk, i
         for (int64_t j = 0; j < vb; ++j) lanes += idx[j] >= 0;
         for (int64_t k = 0; k < tn; ++k) {
           S* sc = scratch.data() + k * T * vb;
-          tile_block<S, V, NV, T>(ptrs.data() + k * ntaps * T, pk, b, sc, skip);
+          tile_block<S, V, NV, T>(ptrs.data() + k * ntaps * T, pk, b, sc, skip, relu);
           const int64_t pix0 = (t0 + k) * T;
           const int64_t tv = std::min<int64_t>(T, npix - pix0);
           for (int64_t t = 0; t < tv; ++t) {
@@ -522,7 +536,8 @@ torch::Tensor ssc_fused_forward(torch::Tensor x, torch::Tensor w, torch::Tensor 
                                 torch::Tensor blk_seg, torch::Tensor out_idx,
                                 torch::Tensor blk_base, torch::Tensor bias, int64_t cin,
                                 int64_t cout, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
-                                int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t vb) {
+                                int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t vb,
+                                bool relu) {
   const char* fn = "ssc_fused_forward";
   x = prepare_input(fn, x, cin);
   TORCH_CHECK(vb == 4 || vb == 8 || vb == 16, fn, ": vb must be 4, 8 or 16, got ", vb);
@@ -546,19 +561,19 @@ torch::Tensor ssc_fused_forward(torch::Tensor x, torch::Tensor w, torch::Tensor 
   if (x.scalar_type() == torch::kFloat32) {
     auto pk = make_packed<float>(w, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, &bias, vb);
 #if SSCONV_AVX512
-    if (vb == 16) run<float, vf16, 1, 6>(x, y, pk, nblocks, g);
-    else if (vb == 8) run<float, vf8, 1, 8>(x, y, pk, nblocks, g);
-    else run<float, vf4, 1, 8>(x, y, pk, nblocks, g);
+    if (vb == 16) run<float, vf16, 1, 6>(x, y, pk, nblocks, g, relu);
+    else if (vb == 8) run<float, vf8, 1, 8>(x, y, pk, nblocks, g, relu);
+    else run<float, vf4, 1, 8>(x, y, pk, nblocks, g, relu);
 #else
-    if (vb == 16) run<float, vf8, 2, 6>(x, y, pk, nblocks, g);
-    else if (vb == 8) run<float, vf8, 1, 8>(x, y, pk, nblocks, g);
-    else run<float, vf4, 1, 8>(x, y, pk, nblocks, g);
+    if (vb == 16) run<float, vf8, 2, 6>(x, y, pk, nblocks, g, relu);
+    else if (vb == 8) run<float, vf8, 1, 8>(x, y, pk, nblocks, g, relu);
+    else run<float, vf4, 1, 8>(x, y, pk, nblocks, g, relu);
 #endif
   } else {  // float64: for gradcheck and references
     auto pk = make_packed<double>(w, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, &bias, vb);
-    if (vb == 16) run<double, vd4, 4, 4>(x, y, pk, nblocks, g);
-    else if (vb == 8) run<double, vd4, 2, 4>(x, y, pk, nblocks, g);
-    else run<double, vd4, 1, 4>(x, y, pk, nblocks, g);
+    if (vb == 16) run<double, vd4, 4, 4>(x, y, pk, nblocks, g, relu);
+    else if (vb == 8) run<double, vd4, 2, 4>(x, y, pk, nblocks, g, relu);
+    else run<double, vd4, 1, 4>(x, y, pk, nblocks, g, relu);
   }
   return y;
 }
@@ -727,7 +742,7 @@ static std::vector<int64_t> entry_offsets(const Packed<S>& pk, int64_t nblocks, 
 template <typename V, typename S, int R, int M, int RB>
 static inline void forward_tile(const Image<S>& img, const Packed<S>& pk, const int64_t* eoff,
                                 int64_t b, int64_t e_beg, int64_t e_end, int64_t oh, int64_t ow0,
-                                int64_t wo, S* y_img, int64_t y_chan) {
+                                int64_t wo, S* y_img, int64_t y_chan, bool relu) {
   constexpr int W = sizeof(V) / sizeof(S);
   const int32_t* idx = pk.out_idx + b * M;
   V acc[RB][R][M];
@@ -749,6 +764,10 @@ static inline void forward_tile(const Image<S>& img, const Packed<S>& pk, const 
         for (int r = 0; r < R; ++r) acc[q][r][j] += wj * xv[q][r];
     }
   }
+  if (relu)
+    for (int j = 0; j < M; ++j)
+      for (int q = 0; q < RB; ++q)
+        for (int r = 0; r < R; ++r) acc[q][r][j] = relu_v<V, S>(acc[q][r][j]);
   for (int j = 0; j < M; ++j) {
     if (idx[j] < 0) continue;
     for (int q = 0; q < RB; ++q) {
@@ -768,7 +787,8 @@ static inline void forward_tile(const Image<S>& img, const Packed<S>& pk, const 
 
 template <typename V, typename S, int R, int M>
 static void forward_block(const Image<S>& img, const Packed<S>& pk, const int64_t* eoff,
-                          int64_t b, int64_t ho, int64_t wo, S* y_img, int64_t y_chan) {
+                          int64_t b, int64_t ho, int64_t wo, S* y_img, int64_t y_chan,
+                          bool relu) {
   constexpr int W = sizeof(V) / sizeof(S);
   // Rows per tile: at least 8 accumulators where the rows allow it (FMA latency times ports),
   // 4 rows for one-vector rows of one-filter blocks (7 x 7 and 14 x 14 images).
@@ -777,19 +797,22 @@ static void forward_block(const Image<S>& img, const Packed<S>& pk, const int64_
   int64_t oh = 0;
   for (; oh + RB <= ho; oh += RB)
     for (int64_t ow0 = 0; ow0 < wo; ow0 += R * W)
-      forward_tile<V, S, R, M, RB>(img, pk, eoff, b, e_beg, e_end, oh, ow0, wo, y_img, y_chan);
+      forward_tile<V, S, R, M, RB>(img, pk, eoff, b, e_beg, e_end, oh, ow0, wo, y_img, y_chan,
+                                       relu);
   if (RB == 4)
     for (; oh + 2 <= ho; oh += 2)
       for (int64_t ow0 = 0; ow0 < wo; ow0 += R * W)
-        forward_tile<V, S, R, M, 2>(img, pk, eoff, b, e_beg, e_end, oh, ow0, wo, y_img, y_chan);
+        forward_tile<V, S, R, M, 2>(img, pk, eoff, b, e_beg, e_end, oh, ow0, wo, y_img, y_chan,
+                                       relu);
   for (; oh < ho; ++oh)
     for (int64_t ow0 = 0; ow0 < wo; ow0 += R * W)
-      forward_tile<V, S, R, M, 1>(img, pk, eoff, b, e_beg, e_end, oh, ow0, wo, y_img, y_chan);
+      forward_tile<V, S, R, M, 1>(img, pk, eoff, b, e_beg, e_end, oh, ow0, wo, y_img, y_chan,
+                                       relu);
 }
 
 template <typename V, typename S, int R, int M>
 static void forward_run(const torch::Tensor& x, torch::Tensor& y, const Packed<S>& pk,
-                        int64_t nblocks, const Geometry& g) {
+                        int64_t nblocks, const Geometry& g, bool relu) {
   constexpr int W = sizeof(V) / sizeof(S);
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t cout = y.size(1), ho = y.size(2), wo = y.size(3);
@@ -805,7 +828,7 @@ static void forward_run(const torch::Tensor& x, torch::Tensor& y, const Packed<S
       pad_image<S>(xp + ni * c * h * w, c, h, w, ho, wop, g, img);
       S* y_img = yp + ni * cout * ho * wo;
       for (int64_t b = 0; b < nblocks; ++b)
-        forward_block<V, S, R, M>(img, pk, eoff.data(), b, ho, wo, y_img, ho * wo);
+        forward_block<V, S, R, M>(img, pk, eoff.data(), b, ho, wo, y_img, ho * wo, relu);
     }
   });
 }
@@ -924,14 +947,14 @@ static void wgrad_run(const torch::Tensor& x, const torch::Tensor& gy, torch::Te
 
 template <typename V, typename S, int M>
 static void forward_dispatch_r(const torch::Tensor& x, torch::Tensor& y, const Packed<S>& pk,
-                               int64_t nblocks, const Geometry& g) {
+                               int64_t nblocks, const Geometry& g, bool relu) {
   // Vectors per row tile: the fewest tiles per row, the least padding (28 -> 4 x 8, 14 -> 2).
   constexpr int W = sizeof(V) / sizeof(S);
   const int64_t nv = (y.size(3) + W - 1) / W;
-  if (nv >= 4 || nv == 0) forward_run<V, S, 4, M>(x, y, pk, nblocks, g);
-  else if (nv == 3) forward_run<V, S, 3, M>(x, y, pk, nblocks, g);
-  else if (nv == 2) forward_run<V, S, 2, M>(x, y, pk, nblocks, g);
-  else forward_run<V, S, 1, M>(x, y, pk, nblocks, g);
+  if (nv >= 4 || nv == 0) forward_run<V, S, 4, M>(x, y, pk, nblocks, g, relu);
+  else if (nv == 3) forward_run<V, S, 3, M>(x, y, pk, nblocks, g, relu);
+  else if (nv == 2) forward_run<V, S, 2, M>(x, y, pk, nblocks, g, relu);
+  else forward_run<V, S, 1, M>(x, y, pk, nblocks, g, relu);
 }
 
 }  // namespace pix
@@ -951,7 +974,7 @@ torch::Tensor ssc_pix_forward(torch::Tensor x, torch::Tensor w, torch::Tensor ch
                               torch::Tensor out_idx, torch::Tensor blk_base, torch::Tensor bias,
                               int64_t cin, int64_t cout, int64_t kh, int64_t kw, int64_t sh,
                               int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
-                              int64_t vb) {
+                              int64_t vb, bool relu) {
   const char* fn = "ssc_pix_forward";
   x = pix_prepare(fn, x, cin, sh, sw);
   TORCH_CHECK(vb == 1 || vb == 2 || vb == 4, fn, ": vb must be 1, 2 or 4, got ", vb);
@@ -972,20 +995,20 @@ torch::Tensor ssc_pix_forward(torch::Tensor x, torch::Tensor w, torch::Tensor ch
     auto pk = make_packed<float>(w, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, &bias, vb);
 #if SSCONV_AVX512
     if (pix::wide_rows(wo)) {
-      if (vb == 1) pix::forward_dispatch_r<vf16, float, 1>(x, y, pk, nblocks, g);
-      else if (vb == 2) pix::forward_dispatch_r<vf16, float, 2>(x, y, pk, nblocks, g);
-      else pix::forward_dispatch_r<vf16, float, 4>(x, y, pk, nblocks, g);
+      if (vb == 1) pix::forward_dispatch_r<vf16, float, 1>(x, y, pk, nblocks, g, relu);
+      else if (vb == 2) pix::forward_dispatch_r<vf16, float, 2>(x, y, pk, nblocks, g, relu);
+      else pix::forward_dispatch_r<vf16, float, 4>(x, y, pk, nblocks, g, relu);
       return y;
     }
 #endif
-    if (vb == 1) pix::forward_dispatch_r<vf8, float, 1>(x, y, pk, nblocks, g);
-    else if (vb == 2) pix::forward_dispatch_r<vf8, float, 2>(x, y, pk, nblocks, g);
-    else pix::forward_dispatch_r<vf8, float, 4>(x, y, pk, nblocks, g);
+    if (vb == 1) pix::forward_dispatch_r<vf8, float, 1>(x, y, pk, nblocks, g, relu);
+    else if (vb == 2) pix::forward_dispatch_r<vf8, float, 2>(x, y, pk, nblocks, g, relu);
+    else pix::forward_dispatch_r<vf8, float, 4>(x, y, pk, nblocks, g, relu);
   } else {
     auto pk = make_packed<double>(w, ch, seg_tap, seg_beg, blk_seg, out_idx, blk_base, &bias, vb);
-    if (vb == 1) pix::forward_dispatch_r<vd4, double, 1>(x, y, pk, nblocks, g);
-    else if (vb == 2) pix::forward_dispatch_r<vd4, double, 2>(x, y, pk, nblocks, g);
-    else pix::forward_dispatch_r<vd4, double, 4>(x, y, pk, nblocks, g);
+    if (vb == 1) pix::forward_dispatch_r<vd4, double, 1>(x, y, pk, nblocks, g, relu);
+    else if (vb == 2) pix::forward_dispatch_r<vd4, double, 2>(x, y, pk, nblocks, g, relu);
+    else pix::forward_dispatch_r<vd4, double, 4>(x, y, pk, nblocks, g, relu);
   }
   return y;
 }
@@ -1534,12 +1557,22 @@ torch::Tensor ssc_maxpool_infer(torch::Tensor x, int64_t kh, int64_t kw, int64_t
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  // relu (optional, so that callers of builds before it keep working): a ReLU fused into the
+  // store, for frozen layers whose output only a ReLU reads.
+#define SSCONV_FORWARD_ARGS                                                                       \
+  py::arg("x"), py::arg("w"), py::arg("ch"), py::arg("seg_tap"), py::arg("seg_beg"),             \
+      py::arg("blk_seg"), py::arg("out_idx"), py::arg("blk_base"), py::arg("bias"),              \
+      py::arg("cin"), py::arg("cout"), py::arg("kh"), py::arg("kw"), py::arg("sh"),              \
+      py::arg("sw"), py::arg("ph"), py::arg("pw"), py::arg("dh"), py::arg("dw"), py::arg("vb"),  \
+      py::arg("relu") = false
   m.def("ssc_fused_forward", &ssc_fused_forward,
-        "Fused block-structured sparse conv2d forward (float32/float64, CPU, NHWC)");
+        "Fused block-structured sparse conv2d forward (float32/float64, CPU, NHWC)",
+        SSCONV_FORWARD_ARGS);
   m.def("ssc_fused_wgrad", &ssc_fused_wgrad,
         "Weight gradient of the fused block-structured sparse conv2d, in the packed layout");
   m.def("ssc_pix_forward", &ssc_pix_forward,
-        "Pixel-vectorised block-structured sparse conv2d forward (NCHW)");
+        "Pixel-vectorised block-structured sparse conv2d forward (NCHW)", SSCONV_FORWARD_ARGS);
+#undef SSCONV_FORWARD_ARGS
   m.def("ssc_pix_wgrad", &ssc_pix_wgrad,
         "Weight gradient of the pixel-vectorised kernel, in the packed layout");
   m.def("isa", &ssc_isa, "The instruction set the kernels were compiled for");

@@ -41,6 +41,10 @@ class SSConv2dInference(nn.Module):
     """
 
     _fx_leaf = True  # one call_module node under SSCTracer
+    # torch.relu of the output, fused into the kernels' store where they run (set by
+    # ssconv.deploy.fuse_relu for layers whose output only a ReLU reads, which it removes;
+    # the other paths apply it after). Class-level default: layers pickled before it load.
+    fused_relu: bool = False
 
     def __init__(self, layer: SSConv2d, mode: str = "decomposed") -> None:
         super().__init__()
@@ -232,11 +236,18 @@ class SSConv2dInference(nn.Module):
             # cache below stays out of the graph; the op packs the dense weight per call).
             key = graph_key(self, x.shape[-1], padding)
             if key >= 0:
-                return graph_ops.ssc_conv2d(x, self.dense_weight(), self.bias, key)
+                y = graph_ops.ssc_conv2d(x, self.dense_weight(), self.bias, key)
+                return torch.relu(y) if self.fused_relu else y
         # can_run first: it is False while tracing, where the width is not a Python int.
         if self.pixels and fused.can_run(x, self._weights()) and self._pixels_suit(x, padding):
             return fused.pixel_conv2d(
-                x, self._pixel_packed(), self.kernel_size, self.stride, padding, self.dilation
+                x,
+                self._pixel_packed(),
+                self.kernel_size,
+                self.stride,
+                padding,
+                self.dilation,
+                relu=self.fused_relu,
             )
         if self.fused and fused.can_run(x, self._weights()):
             y = fused.fused_conv2d(
@@ -247,6 +258,7 @@ class SSConv2dInference(nn.Module):
                 padding,
                 self.dilation,
                 channels_last=True,  # the kernel's own layout: no copy yet
+                relu=self.fused_relu,
             )
             keep = _LAYOUTS[self.output_layout]
             if keep is None:
@@ -254,6 +266,11 @@ class SSConv2dInference(nn.Module):
             elif keep:
                 keep = self._consumers_take_channels_last(y.shape[-1])
             return y if keep else y.contiguous()
+        y = self._forward_stock(x, padding)
+        return torch.relu(y) if self.fused_relu else y
+
+    def _forward_stock(self, x: Tensor, padding: tuple[int, int]) -> Tensor:
+        """The standard operators' forward (no fused ReLU)."""
         if self.gathered:
             y = self._forward_residue(x.index_select(1, self.in_gather), padding)
             return y if self.out_gather is None else y.index_select(1, self.out_gather)
@@ -443,6 +460,8 @@ class SSConv2dInference(nn.Module):
             order += ", fused CPU kernel"
         if self.output_layout is not None:
             order += f", {self.output_layout} output"
+        if self.fused_relu:
+            order += ", ReLU fused"
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, {self.pattern.describe()}, mode={self.mode}{order}"
