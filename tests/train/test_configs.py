@@ -34,13 +34,14 @@ def test_configs_exist_and_state_their_cost():
 def test_config_builds_and_trains_one_step(path, tmp_path):
     spec = load_sweep(path, out=tmp_path / "runs")
     cells = spec.cells()
-    methods = {c.values["method"] for c in cells}
+    # From each cell's config: a grid sets method and density per cell, variants per row.
+    methods = {c.config.method for c in cells}
     if not path.read_text().startswith("# A follow-up"):  # the comparisons: every method
         assert {"dense", "ssc", "snip", "grasp", "synflow", "random", "erk"} <= methods
-    densities = sorted({c.values.get("density") for c in cells if "density" in c.values})
+    densities = sorted({c.config.density for c in cells if c.config.density is not None})
     # An SSC cell at the lowest density; a follow-up grid without one: a cell at that density.
-    at_lowest = [c for c in cells if c.values.get("density") == densities[0]]
-    cell = next((c for c in at_lowest if c.values["method"] == "ssc"), at_lowest[0])
+    at_lowest = [c for c in cells if c.config.density == densities[0]]
+    cell = next((c for c in at_lowest if c.config.method == "ssc"), at_lowest[0])
     data = {
         **cell.config.to_dict(),
         "dataset": STAND_INS[cell.config.dataset],
