@@ -597,72 +597,65 @@ def test_wall_time_counts_every_process_of_a_resumed_run(tmp_path):
     assert final["wall_time_s"] >= before
 
 
+def _train_with_and_without(tmp_path, option: str, **kw):
+    """Three SGD steps (``kw``) without and with the runtime option ``option``; returns the
+    two trainers, after checking that both finished and that the option is part of the
+    recipe (another digest in reports)."""
+    plain = Trainer(cfg(**kw), tmp_path / "plain", progress=False)
+    other = Trainer(cfg(**kw, **{option: True}), tmp_path / option, progress=False)
+    assert plain.run().final["complete"] and other.run().final["complete"]
+    assert other.cfg.digest() != plain.cfg.digest()
+    return plain, other
+
+
+def _assert_same_weights(a, b, rtol: float, atol: float) -> None:
+    from ssconv.kernels import fused
+
+    if not fused.available():  # without the kernel both ran PyTorch's code
+        return
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        if sa[k].is_floating_point():
+            assert torch.allclose(sa[k], sb[k], rtol=rtol, atol=atol), k
+
+
 @pytest.mark.parametrize("method", ["dense", "ssc"])
 def test_fast_batchnorm_trains_like_pytorch_batchnorm(tmp_path, method):
-    from ssconv.kernels import fused
     from ssconv.layers.batchnorm import BatchNorm2d
 
     kw = {"method": method, "epochs": 1, "max_steps": 3}
     if method == "dense":
         kw["density"] = None
-    plain = Trainer(cfg(**kw), tmp_path / "plain", progress=False)
-    a = plain.run().final
-    fast = Trainer(cfg(**kw, fast_batchnorm=True), tmp_path / "fast", progress=False)
-    b = fast.run().final
+    plain, fast = _train_with_and_without(tmp_path, "fast_batchnorm", **kw)
     swapped = [m for m in fast.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert swapped and all(type(m) is BatchNorm2d for m in swapped)
-    assert fast.cfg.digest() != plain.cfg.digest()  # another recipe in reports
-    assert a["complete"] and b["complete"]
-    if fused.available():
-        # Three SGD steps on the same data: the same weights and statistics, to float32
-        # rounding grown over the steps.
-        sa, sb = plain.model.state_dict(), fast.model.state_dict()
-        assert sa.keys() == sb.keys()
-        for k in sa:
-            if sa[k].is_floating_point():
-                assert torch.allclose(sa[k], sb[k], rtol=1e-3, atol=1e-4), k
+    # Three SGD steps on the same data: the same weights and statistics, to float32 rounding
+    # grown over the steps.
+    _assert_same_weights(plain, fast, rtol=1e-3, atol=1e-4)
 
 
 def test_fast_pooling_trains_like_pytorch_pooling(tmp_path):
-    from ssconv.kernels import fused
     from ssconv.layers.pooling import MaxPool2d
 
     kw = {"model": "vgg11_bn", "model_kwargs": {"width_mult": 0.125}, "epochs": 1}
-    plain = Trainer(cfg(**kw), tmp_path / "plain", progress=False)
-    a = plain.run().final
-    fast = Trainer(cfg(**kw, fast_pooling=True), tmp_path / "fast", progress=False)
-    b = fast.run().final
+    plain, fast = _train_with_and_without(tmp_path, "fast_pooling", **kw)
     pools = [m for m in fast.model.modules() if isinstance(m, torch.nn.MaxPool2d)]
     assert len(pools) == 4 and all(type(m) is MaxPool2d for m in pools)
-    assert fast.cfg.digest() != plain.cfg.digest()
-    assert a["complete"] and b["complete"]
-    if fused.available():
-        # The pools' values and gradients equal PyTorch's exactly, so three SGD steps give
-        # the same weights to the rounding of the other layers' kernels.
-        sa, sb = plain.model.state_dict(), fast.model.state_dict()
-        for k in sa:
-            if sa[k].is_floating_point():
-                assert torch.allclose(sa[k], sb[k], rtol=1e-5, atol=1e-6), k
+    # The pools' values and gradients equal PyTorch's exactly, so three SGD steps give the
+    # same weights to the rounding of the other layers' kernels.
+    _assert_same_weights(plain, fast, rtol=1e-5, atol=1e-6)
 
 
 def test_channels_last_chains_train_like_plain_layouts(tmp_path):
-    from ssconv.kernels import fused
     from ssconv.layers.ssconv import SSConv2d
 
     # A quarter-width VGG-11: 128-channel layers on 4 x 4 and 2 x 2 maps, which train on the
     # channel-lane kernels, and chain.
     kw = {"model": "vgg11_bn", "model_kwargs": {"width_mult": 0.25}, "epochs": 1, "max_steps": 3}
-    plain = Trainer(cfg(**kw), tmp_path / "plain", progress=False)
-    a = plain.run().final
-    chained = Trainer(cfg(**kw, channels_last_chains=True), tmp_path / "chains", progress=False)
-    b = chained.run().final
+    plain, chained = _train_with_and_without(tmp_path, "channels_last_chains", **kw)
     layouts = [m.output_layout for m in chained.model.modules() if isinstance(m, SSConv2d)]
     assert "channels_last" in layouts and layouts[-1] == "nchw"
     assert not any(m.output_layout for m in plain.model.modules() if isinstance(m, SSConv2d))
-    assert chained.cfg.digest() != plain.cfg.digest()  # another summation order in BatchNorm
-    assert a["complete"] and b["complete"]
-    if fused.available():
-        sa, sb = plain.model.state_dict(), chained.model.state_dict()
-        for k in sa:
-            if sa[k].is_floating_point():
-                assert torch.allclose(sa[k], sb[k], rtol=1e-3, atol=1e-4), k
+    # Another summation order in the chains' BatchNorm (PyTorch's, channels_last).
+    _assert_same_weights(plain, chained, rtol=1e-3, atol=1e-4)
