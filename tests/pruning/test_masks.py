@@ -62,6 +62,14 @@ def test_layer_budgets_exact_total_and_within_one_weight(sizes, frac, erk):
         assert abs(c - d * n) < 1 + 1e-9
 
 
+def test_layer_budgets_equal_keeps_the_same_count_per_layer():
+    specs = [LayerSpec("small", 16, 16, (3, 3)), LayerSpec("big", 64, 64, (3, 3))]
+    total = sum(s.dense_params for s in specs)
+    counts, dens = layer_budgets(specs, 1000, "equal")
+    assert counts == [500, 500] and sum(counts) == 1000
+    assert dens[0] == pytest.approx(500 / 2304) and total > 1000
+
+
 def test_layer_budgets_erk_follows_the_formula():
     specs = [
         LayerSpec("small", 16, 16, (3, 3)),

@@ -7,7 +7,9 @@ from ssconv.models import create_model
 from ssconv.sparsity.budget import (
     LayerSpec,
     candidate_patterns,
+    equal_densities,
     erk_densities,
+    layer_densities,
     mixing_front,
     solve_budget,
 )
@@ -26,7 +28,7 @@ def test_solver_meets_target_within_5_percent(name, density):
     assert "stem" in kept.values()
 
 
-@pytest.mark.parametrize("distribution", ["uniform", "erk"])
+@pytest.mark.parametrize("distribution", ["uniform", "erk", "equal"])
 def test_solver_distributions(distribution):
     report = convert(
         create_model("cifar_resnet20"), density=0.1, distribution=distribution, warn_coverage=False
@@ -133,3 +135,37 @@ def test_prefer_rejects_unknown_values():
     layer = LayerSpec("conv", 16, 16, (3, 3), 1)
     with pytest.raises(ValueError, match="prefer must be one of"):
         solve_budget([layer], 0.5, prefer="weights-first")
+
+
+def test_equal_densities_give_every_layer_the_same_weights_capped_at_dense():
+    layers = [
+        LayerSpec("narrow", 16, 16, (3, 3)),
+        LayerSpec("mid", 32, 32, (3, 3)),
+        LayerSpec("wide", 64, 64, (3, 3)),
+    ]
+    total = sum(spec.dense_params for spec in layers) + 100
+    dens = equal_densities(layers, 0.05, fixed_params=100)
+    counts = [d * spec.dense_params for d, spec in zip(dens, layers)]
+    assert counts == pytest.approx([counts[0]] * 3)
+    assert sum(counts) + 100 == pytest.approx(0.05 * total)
+    assert layer_densities("equal", layers, 0.05, 100) == dens
+    # Shares larger than a layer: those layers dense, the rest shared again (at 0.3 the
+    # share of four layers, 3,629 weights, exceeds the tiny and the narrow layer).
+    capped = equal_densities([LayerSpec("tiny", 2, 2, (1, 1)), *layers], 0.3, fixed_params=0)
+    assert capped[:2] == [1.0, 1.0] and capped[2] * 9216 == pytest.approx(capped[3] * 36864)
+    kept = 4 + 2304 + capped[2] * 9216 + capped[3] * 36864
+    assert kept == pytest.approx(0.3 * (4 + 2304 + 9216 + 36864))
+    assert equal_densities(layers, 1.0, fixed_params=0) == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="distribution must be one of"):
+        layer_densities("synflow", layers, 0.05, 0)
+
+
+def test_equal_distribution_converts_resnet20_like_synflow_allocates():
+    # SynFlow at 0.05 on ResNet-20 keeps 611-849 weights in each of its 18 pruned layers
+    # (docs/ssc.md); "equal" asks the solver for the same share per layer.
+    report = convert(
+        create_model("cifar_resnet20"), density=0.05, distribution="equal", warn_coverage=False
+    )
+    assert report.density <= 0.05 + 1e-12 and abs(report.density / 0.05 - 1) <= 0.05
+    targets = {d.name: d.target_density for d in report.converted}
+    assert targets["layer1.0.conv1"] / targets["layer3.1.conv1"] == pytest.approx(16)

@@ -131,7 +131,8 @@ def convert(
             ``point_groups`` is ``groups * point_groups``): ``1`` (default: the 1 x 1 weights
             span each group), an int, or ``"auto"`` (the solver may thin the 1 x 1 part to
             spend the weights on more spatial kernels; the design study in ``docs/ssc.md``).
-        distribution: layer-wise target densities, ``"uniform"`` or ``"erk"``.
+        distribution: layer-wise target densities, ``"uniform"``, ``"erk"`` or ``"equal"`` (the
+            same number of weights in every layer, as SynFlow allocates them).
         prefer: what the solver keeps within a layer's share of the budget: ``"weights"``
             (the densest pattern that fits) or ``"mixing"`` (only patterns that no cheaper one
             beats in input channels per filter: :func:`ssconv.sparsity.budget.mixing_front`).

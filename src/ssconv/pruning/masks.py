@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ssconv.sparsity.budget import DISTRIBUTIONS, LayerSpec, erk_densities
+from ssconv.sparsity.budget import DISTRIBUTIONS, LayerSpec, layer_densities
 from ssconv.sparsity.masking import WeightMask, mask_parametrization
 
 __all__ = [
@@ -185,7 +185,9 @@ def layer_budgets(
         distribution: ``"uniform"`` (the same density everywhere) or ``"erk"`` (ERK densities,
             Evci et al. 2020, from :func:`ssconv.sparsity.erk_densities`; a layer's density
             is proportional to ``(C_in + C_out + kh + kw) / (C_in * C_out * kh * kw)``, capped
-            at 1; for a linear layer ``(in + out) / (in * out)`` as in RigL's code).
+            at 1; for a linear layer ``(in + out) / (in * out)`` as in RigL's code), or
+            ``"equal"`` (the same number of weights in every layer, capped at dense:
+            :func:`ssconv.sparsity.equal_densities`).
 
     Each count is within one weight of ``density * dense count`` (largest-remainder rounding,
     ties to the earlier layer).
@@ -205,7 +207,7 @@ def layer_budgets(
     if distribution == "uniform":
         densities = [num_keep / total] * len(specs)
     else:
-        densities = erk_densities(specs, num_keep / total, fixed_params=0)
+        densities = layer_densities(distribution, specs, num_keep / total, fixed_params=0)
     ideal = [d * n for d, n in zip(densities, sizes)]
     counts = [min(n, math.floor(x)) for x, n in zip(ideal, sizes)]
     order = sorted(range(len(specs)), key=lambda i: (-(ideal[i] - math.floor(ideal[i])), i))

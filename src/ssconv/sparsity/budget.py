@@ -31,6 +31,8 @@ __all__ = [
     "candidate_patterns",
     "mixing_front",
     "erk_densities",
+    "equal_densities",
+    "layer_densities",
     "uniform_densities",
     "solve_budget",
     "choose_per_layer",
@@ -40,8 +42,10 @@ __all__ = [
 ]
 
 AUTO = "auto"
-#: Layer-wise density distributions (of SSC, the structured baselines and pruning).
-DISTRIBUTIONS = ("uniform", "erk")
+#: Layer-wise density distributions (of SSC, the structured baselines and pruning):
+#: the same density everywhere, ERK's, or the same number of weights in every layer ("equal",
+#: the allocation SynFlow converges to: docs/ssc.md, "Design study").
+DISTRIBUTIONS = ("uniform", "erk", "equal")
 #: What the solver keeps when a layer's share of the budget admits several patterns:
 #: ``"weights"`` the densest pattern that fits; ``"mixing"`` only patterns no cheaper one
 #: beats in input channels per filter (design study, screen 7, docs/ssc.md).
@@ -225,6 +229,42 @@ def erk_densities(layers: Sequence[LayerSpec], target: float, fixed_params: int)
     return [1.0 if i in dense_set else eps * score[i] for i in range(len(layers))]
 
 
+def equal_densities(layers: Sequence[LayerSpec], target: float, fixed_params: int) -> list[float]:
+    """The same number of weights in every layer, meeting ``target`` over layers plus fixed
+    weights: SynFlow's layer allocation, which its conservation of synaptic flow drives
+    towards (Tanaka et al. 2020; at density 0.05 on ResNet-20 its layers keep 611-849 weights
+    each), so that narrow layers are the densest. Layers smaller than their share are made
+    dense and the rest is shared again."""
+    total = sum(layer.dense_params for layer in layers) + fixed_params
+    budget = target * total - fixed_params
+    if budget <= 0:
+        raise _infeasible(target, fixed_params, total)
+    dense_set: set[int] = set()
+    while True:
+        rest = [i for i in range(len(layers)) if i not in dense_set]
+        if not rest:
+            return [1.0] * len(layers)  # the budget allows every layer dense
+        remaining = budget - sum(layers[i].dense_params for i in dense_set)
+        if remaining <= 0:
+            raise _infeasible(target, fixed_params, total)
+        share = remaining / len(rest)
+        over = {i for i in rest if share >= layers[i].dense_params}
+        if not over:
+            break
+        dense_set |= over
+    return [1.0 if i in dense_set else share / layers[i].dense_params for i in range(len(layers))]
+
+
+def layer_densities(
+    distribution: str, layers: Sequence[LayerSpec], target: float, fixed_params: int
+) -> list[float]:
+    """The layer-wise target densities of ``distribution`` (one of :data:`DISTRIBUTIONS`)."""
+    make = {"uniform": uniform_densities, "erk": erk_densities, "equal": equal_densities}
+    if distribution not in make:
+        raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+    return make[distribution](layers, target, fixed_params)
+
+
 def _infeasible(target: float, fixed: int, total: int) -> BudgetInfeasibleError:
     return BudgetInfeasibleError(
         f"density={target} cannot be met: the layers kept dense (stem, classifier, skipped) "
@@ -251,7 +291,8 @@ def solve_budget(
         layers: the convolutions to convert.
         target: model density (nonzero / dense weights of all conv and linear layers).
         fixed_params: dense weights of the conv/linear layers that are not converted.
-        distribution: ``"uniform"`` or ``"erk"`` layer-wise target densities.
+        distribution: ``"uniform"``, ``"erk"`` or ``"equal"`` layer-wise target densities
+            (:func:`layer_densities`).
         fill: spend the budget left over by the discrete per-layer choices (greedy).
         constraints: settings held fixed (``groups``, ``period``, ``pointwise``, ``spatial``,
             ``point_groups``: see :func:`candidate_patterns`).
@@ -313,10 +354,7 @@ def choose_per_layer(
     """
     if not 0 < target <= 1:
         raise ValueError(f"density must be in (0, 1], got {target}")
-    if distribution not in DISTRIBUTIONS:
-        raise ValueError(f"distribution must be 'uniform' or 'erk', got {distribution!r}")
-    make = uniform_densities if distribution == "uniform" else erk_densities
-    targets = make(layers, target, fixed_params)
+    targets = layer_densities(distribution, layers, target, fixed_params)
     total = sum(layer.dense_params for layer in layers) + fixed_params
     budget = math.floor(target * total + 1e-9) - fixed_params
     cand_lists = [options(layer) for layer in layers]

@@ -168,7 +168,10 @@ class TrainConfig:
         nullable=True,
     )
     distribution: str = _f(
-        "uniform", "layer-wise densities: uniform or erk", kind=str, choices=DISTRIBUTIONS
+        "uniform",
+        "layer-wise densities: uniform, erk or equal (the same number of weights per layer)",
+        kind=str,
+        choices=DISTRIBUTIONS,
     )
     ssc_groups: Any = _f("auto", "SSC groups: int or auto", kind="int_or_auto")
     ssc_period: Any = _f(
