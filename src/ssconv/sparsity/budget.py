@@ -197,20 +197,16 @@ def uniform_densities(layers: Sequence[LayerSpec], target: float, fixed_params: 
     return [min(1.0, budget / free)] * len(layers)
 
 
-def erk_densities(layers: Sequence[LayerSpec], target: float, fixed_params: int) -> list[float]:
-    """ERK layer densities (Evci et al. 2020) meeting ``target`` over layers plus fixed weights.
-
-    Layers whose ERK density would exceed 1 are made dense and the scale is solved again.
-    """
+def _proportional_densities(
+    layers: Sequence[LayerSpec], target: float, fixed_params: int, score: list[float]
+) -> list[float]:
+    """Layer densities proportional to ``score`` meeting ``target`` over layers plus fixed
+    weights; layers whose density would exceed 1 are made dense and the scale is solved
+    again."""
     total = sum(layer.dense_params for layer in layers) + fixed_params
     budget = target * total - fixed_params
     if budget <= 0:
         raise _infeasible(target, fixed_params, total)
-    score = [
-        (layer.in_channels + layer.out_channels + sum(layer.kernel_size))
-        / (layer.in_channels * layer.out_channels * math.prod(layer.kernel_size))
-        for layer in layers
-    ]
     dense_set: set[int] = set()
     while True:
         if len(dense_set) == len(layers):
@@ -229,30 +225,27 @@ def erk_densities(layers: Sequence[LayerSpec], target: float, fixed_params: int)
     return [1.0 if i in dense_set else eps * score[i] for i in range(len(layers))]
 
 
+def erk_densities(layers: Sequence[LayerSpec], target: float, fixed_params: int) -> list[float]:
+    """ERK layer densities (Evci et al. 2020) meeting ``target`` over layers plus fixed weights.
+
+    Layers whose ERK density would exceed 1 are made dense and the scale is solved again.
+    """
+    score = [
+        (layer.in_channels + layer.out_channels + sum(layer.kernel_size))
+        / (layer.in_channels * layer.out_channels * math.prod(layer.kernel_size))
+        for layer in layers
+    ]
+    return _proportional_densities(layers, target, fixed_params, score)
+
+
 def equal_densities(layers: Sequence[LayerSpec], target: float, fixed_params: int) -> list[float]:
     """The same number of weights in every layer, meeting ``target`` over layers plus fixed
     weights: SynFlow's layer allocation, which its conservation of synaptic flow drives
     towards (Tanaka et al. 2020; at density 0.05 on ResNet-20 its layers keep 611-849 weights
     each), so that narrow layers are the densest. Layers smaller than their share are made
-    dense and the rest is shared again."""
-    total = sum(layer.dense_params for layer in layers) + fixed_params
-    budget = target * total - fixed_params
-    if budget <= 0:
-        raise _infeasible(target, fixed_params, total)
-    dense_set: set[int] = set()
-    while True:
-        rest = [i for i in range(len(layers)) if i not in dense_set]
-        if not rest:
-            return [1.0] * len(layers)  # the budget allows every layer dense
-        remaining = budget - sum(layers[i].dense_params for i in dense_set)
-        if remaining <= 0:
-            raise _infeasible(target, fixed_params, total)
-        share = remaining / len(rest)
-        over = {i for i in rest if share >= layers[i].dense_params}
-        if not over:
-            break
-        dense_set |= over
-    return [1.0 if i in dense_set else share / layers[i].dense_params for i in range(len(layers))]
+    dense and the rest is shared again (densities proportional to ``1 / dense weights``)."""
+    score = [1.0 / layer.dense_params for layer in layers]
+    return _proportional_densities(layers, target, fixed_params, score)
 
 
 def layer_densities(
