@@ -22,7 +22,7 @@ from ssconv.layers.dispatch import (
     pixel_rows_suit,
     pixels_take_channels_last,
 )
-from ssconv.layers.pooling import pool_output_size
+from ssconv.layers.pooling import pooled_width
 from ssconv.layers.ssconv import SSConv2d, centre_input, pad_arguments, shuffle_channels
 
 __all__ = ["SSConv2dInference"]
@@ -316,9 +316,7 @@ class SSConv2dInference(nn.Module):
         output (``width`` pixels wide, through its pools), and so reads channels_last without
         a copy; a consumer that would run the pixel kernel on NCHW wants NCHW."""
         for layer, pools in self.chain_consumers:
-            w = width
-            for k, s, p, d, ceil in pools:
-                w = pool_output_size(w, k, s, p, d, ceil)
+            w = pooled_width(width, pools)
             if w <= 0 or (layer.pixels and layer._pixels_suit_nchw(w)):
                 return False
         return bool(self.chain_consumers)

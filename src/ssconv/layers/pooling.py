@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ssconv.kernels import fused
 from ssconv.utils.modules import retype_modules
 
-__all__ = ["MaxPool2d", "fast_pooling", "pool_output_size"]
+__all__ = ["MaxPool2d", "fast_pooling", "pool_output_size", "pooled_width"]
 
 
 def pool_output_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
@@ -35,6 +35,14 @@ def pool_output_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool)
     if ceil_mode and (n - 1) * s >= size + p:
         n -= 1  # the last window must start inside the input or the left padding
     return n
+
+
+def pooled_width(width: int, pools) -> int:
+    """``width`` after each ``(kernel, stride, padding, dilation, ceil_mode)`` pool of
+    ``pools`` in turn (the width changes a channels_last chain records between two layers)."""
+    for k, s, p, d, ceil in pools:
+        width = pool_output_size(width, k, s, p, d, ceil)
+    return width
 
 
 class _MaxPool2x2(torch.autograd.Function):

@@ -71,7 +71,7 @@ from ssconv.layers.dispatch import (  # noqa: F401  (re-exported: the rules' old
     pixels_take_channels_last,
 )
 from ssconv.layers.pattern import KernelType, SSCPattern
-from ssconv.layers.pooling import pool_output_size
+from ssconv.layers.pooling import pooled_width
 
 __all__ = [
     "SSConv2d",
@@ -744,9 +744,7 @@ class SSConv2d(nn.Module):
         this output (``width`` pixels wide, through its pools), and so reads channels_last
         without a copy."""
         for layer, pools in self.chain_consumers:
-            w = width
-            for k, s, p, d, ceil in pools:
-                w = pool_output_size(w, k, s, p, d, ceil)
+            w = pooled_width(width, pools)
             if w <= 0 or dispatch.train_kernel(layer, w) != "channels":
                 return False
         return bool(self.chain_consumers)
