@@ -30,6 +30,23 @@ def test_configs_exist_and_state_their_cost():
         assert "Expected cost" in path.read_text() or "two hours" in path.read_text()
 
 
+def test_recorded_cells_stay_done_under_todays_defaults(monkeypatch):
+    """Every cell recorded under a config's ``results`` still counts as done: a changed default
+    must be pinned in the configs behind recorded results (as ``distribution: uniform``,
+    ``ssc_shuffle: false``), or ``ssconv sweep`` would train those cells again."""
+    from ssconv.train.sweep import done_folder
+
+    monkeypatch.chdir(CONFIGS[0].parents[1])  # the configs name their results from the root
+    checked = 0
+    for path in [*CONFIGS, *sorted(CONFIGS[0].parent.glob("study/*.yaml"))]:
+        spec = load_sweep(path)
+        for cell in spec.cells():
+            if cell.record is not None and (cell.record / "final.json").exists():
+                assert done_folder(cell) is not None, f"{path.name}: {cell.values}"
+                checked += 1
+    assert checked >= 200
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_config_builds_and_trains_one_step(path, tmp_path):
     spec = load_sweep(path, out=tmp_path / "runs")
