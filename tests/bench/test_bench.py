@@ -112,9 +112,14 @@ def test_an_ssc_variant_with_erk_densities_is_built_as_training_builds_it():
 
     assert patterns(built.model) == patterns(trained)
     (uniform,) = build_variants(
-        "cifar_resnet20", 0.05, in_channels=1, num_classes=10, variants=("ssc_thin_point",)
+        "cifar_resnet20", 0.05, in_channels=1, num_classes=10, variants=("ssc_thin_point:uniform",)
     )
     assert patterns(uniform.model) != patterns(trained)  # the distribution took effect
+    # Below density 0.1 the preset's default ("auto") is ERK's densities.
+    (default,) = build_variants(
+        "cifar_resnet20", 0.05, in_channels=1, num_classes=10, variants=("ssc_thin_point",)
+    )
+    assert patterns(default.model) == patterns(trained)
     assert parse_variant("ssc:uniform") == ("ssc", "uniform")
     with pytest.raises(ValueError, match="'dense:erk'.*SSC variants only"):
         parse_variant("dense:erk")

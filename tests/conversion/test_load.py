@@ -92,6 +92,8 @@ def test_load_run(tmp_path):
     result = Trainer(config, tmp_path / "run", progress=False).run()
     model, loaded = ssconv.load_run(tmp_path / "run")
     assert loaded == config and not model.training
+    # (The run saves its settings as used: "distribution" resolved from the method's default.)
+    assert (config.distribution, loaded.distribution) == (None, "uniform")
     assert any(isinstance(m, SSConv2d) for m in model.modules())
     trained = result.model.state_dict()
     assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())

@@ -11,6 +11,7 @@ from ssconv.sparsity.budget import (
     erk_densities,
     layer_densities,
     mixing_front,
+    resolve_distribution,
     solve_budget,
 )
 
@@ -39,6 +40,27 @@ def test_solver_distributions(distribution):
         assert len(set(targets)) == 1
     else:
         assert len(set(targets)) > 1
+
+
+def test_auto_distribution_takes_erk_densities_below_0_1_and_uniform_from_there():
+    assert resolve_distribution("auto", 0.0999) == "erk"
+    assert resolve_distribution("auto", 0.1) == "uniform"
+    assert resolve_distribution("auto", None) == "uniform"
+    assert resolve_distribution("equal", 0.05) == "equal"
+    with pytest.raises(ValueError, match="distribution must be one of"):
+        resolve_distribution("erk2", 0.05)
+    model = create_model("cifar_resnet20")
+
+    def patterns(report):
+        return [(d.name, d.settings, d.params) for d in report.converted]
+
+    for density, same_as in ((0.05, "erk"), (0.02, "erk"), (0.1, "uniform"), (0.2, "uniform")):
+        default = convert(model, density=density, warn_coverage=False)
+        explicit = convert(model, density=density, distribution=same_as, warn_coverage=False)
+        assert default.distribution == same_as  # the report names the one used
+        assert patterns(default) == patterns(explicit)
+    with pytest.raises(ValueError, match="distribution must be one of.*'ERK'"):
+        convert(model, density=0.05, distribution="ERK")
 
 
 def test_erk_formula():

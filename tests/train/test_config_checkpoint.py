@@ -179,6 +179,56 @@ def test_keys_added_later_keep_old_runs_identity():
     assert TrainConfig.from_dict({"method": "ssc", "init_scale": "dense"}).digest() != new.digest()
 
 
+def test_distribution_default_is_the_methods_own_and_hashes_as_resolved():
+    """distribution: null is SSC's "auto" (ERK densities below 0.1) and uniform masks matched
+    to that SSC's count; the saved config and the digest carry the resolved value, so a run
+    of the default hashes like the explicit setting that builds the same model."""
+
+    def cfg(**kw):
+        return TrainConfig.from_dict({"density": 0.05, **kw})
+
+    def resolved(**kw):
+        return cfg(**kw).to_dict()["distribution"]
+
+    assert TrainConfig().distribution is None
+    assert resolved(method="ssc") == "erk"
+    assert resolved(method="ssc", density=0.1) == "uniform"
+    assert resolved(method="ssc_thin_point") == "erk"
+    assert resolved(method="ssc", distribution="auto") == "erk"
+    assert resolved(method="group_conv") == "uniform"  # the baseline as usually built
+    assert resolved(method="dw_separable") == resolved(method="dense") == "uniform"
+    assert resolved(method="random", match_budget=False) == "uniform"
+    assert resolved(method="random", density=0.1) == "uniform"
+    # Uniform masks at the count of SSC with ERK densities: no single value says that.
+    assert resolved(method="random") is None
+    assert cfg(method="ssc").digest() == cfg(method="ssc", distribution="erk").digest()
+    assert cfg(method="ssc").digest() != cfg(method="ssc", distribution="uniform").digest()
+    random = cfg(method="random")
+    assert random.digest() != cfg(method="random", distribution="uniform").digest()
+    assert TrainConfig.from_dict(random.to_dict()).digest() == random.digest()
+    # Equality is over the settings as used: the default equals its resolved value.
+    assert cfg(method="ssc") == cfg(method="ssc", distribution="erk")
+    assert cfg(method="ssc") != cfg(method="ssc", distribution="uniform")
+
+
+def test_pruned_default_keeps_uniform_masks_at_the_default_sscs_count():
+    from ssconv.conversion.same_budget import ssc_weight_budget
+    from ssconv.models import create_model
+    from ssconv.train.methods import build_model
+
+    dense = create_model("cifar_resnet20", num_classes=10, in_channels=1)
+    erk, uniform = (ssc_weight_budget(dense, 0.08, distribution=d) for d in ("erk", "uniform"))
+    assert erk != uniform  # (at 0.08 the two SSC solutions differ in count: 21,392 / 21,440)
+    for distribution, count in ((None, erk), ("uniform", uniform)):
+        config = TrainConfig.from_dict(
+            {"method": "random", "density": 0.08, "distribution": distribution}
+        )
+        _, info = build_model(config, 10, 1, (1, 28, 28))
+        assert info["matched_ssc_params"] == count
+        assert info["pruning"]["weight_params"] == count
+        assert info["pruning"]["distribution"] == "uniform"
+
+
 def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
     """compile_mode is handed to torch.compile (the compiler itself is replaced: inductor's
     first compile takes minutes on this machine; a GPU check runs it for real)."""

@@ -152,17 +152,17 @@ def _ssc_preset(
     density: float,
     rules: dict,
     from_weights: bool,
-    distribution: str = "uniform",
+    distribution: str | None = None,
     label: str | None = None,
 ):
     from ssconv.train.config import TrainConfig
-    from ssconv.train.methods import ssc_settings, ssc_shuffle
+    from ssconv.train.methods import ssc_distribution, ssc_settings, ssc_shuffle
 
     cfg = TrainConfig.from_dict({"method": name, "density": density, "distribution": distribution})
     result = convert(
         copy.deepcopy(dense),
         density=density,
-        distribution=cfg.distribution,
+        distribution=ssc_distribution(cfg),
         shuffle=ssc_shuffle(cfg),
         warn_coverage=False,
         copy_weights=from_weights,

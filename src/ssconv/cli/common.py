@@ -342,8 +342,9 @@ def add_ssc_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--distribution",
         choices=DISTRIBUTIONS,
-        default="uniform",
-        help="layer-wise densities for --density",
+        default="auto",
+        help="layer-wise densities for --density (default: auto, ERK's below density 0.1, "
+        "uniform from 0.1 up; docs/ssc.md)",
     )
     g.add_argument(
         "--prefer",

@@ -68,8 +68,9 @@ def register(sub) -> None:
     p.add_argument(
         "--distribution",
         choices=DISTRIBUTIONS,
-        default="uniform",
-        help="per-layer densities for --scope layer and random (and SSC with --match-ssc)",
+        default=None,
+        help="per-layer densities for --scope layer and random, and of SSC with --match-ssc "
+        "(default: uniform masks, matched to SSC's own default, auto)",
     )
     p.add_argument(
         "--skip",
@@ -173,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     if args.match_ssc:
         try:
             num_params = ssc_weight_budget(
-                model, args.density, distribution=args.distribution, **rules
+                model, args.density, distribution=args.distribution or "auto", **rules
             )
         except ValueError as exc:
             raise CLIError(str(exc)) from None
@@ -189,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
                 data=data,
                 input_size=input_size,
                 scope=args.scope,
-                distribution=args.distribution,
+                distribution=args.distribution or "uniform",
                 prune_classifier=args.prune_classifier,
                 seed=args.seed,
                 iterations=args.iterations,

@@ -32,7 +32,13 @@ from ssconv.layers.factory import DEFAULT_PERIOD
 from ssconv.layers.linear import SSCLinear
 from ssconv.layers.pattern import SSCPattern, resolve_period
 from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, SSConv2d
-from ssconv.sparsity.budget import AUTO, LayerSpec, solve_budget
+from ssconv.sparsity.budget import (
+    AUTO,
+    DISTRIBUTIONS,
+    LayerSpec,
+    resolve_distribution,
+    solve_budget,
+)
 from ssconv.sparsity.counting import counted_layers, model_weight_counts, weight_counts
 from ssconv.sparsity.selection import (
     DEFAULT_CLASSIFIER_PATTERNS,
@@ -92,7 +98,7 @@ def convert(
     pointwise=AUTO,
     spatial=AUTO,
     point_groups=1,
-    distribution: str = "uniform",
+    distribution: str = AUTO,
     prefer: str = "weights",
     skip: Sequence[str] = (),
     include: Sequence[str] = (),
@@ -131,8 +137,11 @@ def convert(
             ``point_groups`` is ``groups * point_groups``): ``1`` (default: the 1 x 1 weights
             span each group), an int, or ``"auto"`` (the solver may thin the 1 x 1 part to
             spend the weights on more spatial kernels; the design study in ``docs/ssc.md``).
-        distribution: layer-wise target densities, ``"uniform"``, ``"erk"`` or ``"equal"`` (the
-            same number of weights in every layer, as SynFlow allocates them).
+        distribution: layer-wise target densities: ``"auto"`` (default: ERK's below density
+            0.1, where the design study in ``docs/ssc.md`` measured them ahead of uniform
+            densities, uniform from 0.1 up), ``"uniform"``, ``"erk"`` or ``"equal"`` (the same
+            number of weights in every layer, as SynFlow allocates them). The report records
+            the one used (:attr:`ConversionReport.distribution`).
         prefer: what the solver keeps within a layer's share of the budget: ``"weights"``
             (the densest pattern that fits) or ``"mixing"`` (only patterns that no cheaper one
             beats in input channels per filter: :func:`ssconv.sparsity.budget.mixing_front`).
@@ -185,6 +194,9 @@ def convert(
         raise ValueError(f"init_scale must be one of {INIT_SCALES}, got {init_scale!r}")
     if density is not None and not (isinstance(density, (int, float)) and 0 < density <= 1):
         raise ValueError(f"density must be a number in (0, 1], got {density!r}")
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+    distribution = resolve_distribution(distribution, density)
     if not inplace:
         model = copy.deepcopy(model)
     convs = select_layers(model, skip=skip, include=include, keep=keep, same_padding=True)

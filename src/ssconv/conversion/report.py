@@ -65,6 +65,7 @@ class ConversionReport:
     model: nn.Module
     layers: list[LayerDecision]
     target_density: float | None
+    #: the layer-wise distribution the solver used (``"auto"`` resolved at the density)
     distribution: str
     weight_params: int
     dense_weight_params: int

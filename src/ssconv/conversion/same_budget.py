@@ -18,6 +18,7 @@ from torch import nn
 from ssconv.conversion._convert import ConversionReport, convert
 from ssconv.conversion.baselines import to_depthwise_separable
 from ssconv.pruning import PRUNING_METHODS, PruneReport, prune
+from ssconv.sparsity.budget import AUTO
 from ssconv.sparsity.selection import KEEP_RULES
 
 __all__ = ["RIVALS", "STRUCTURED_RIVALS", "build_rival", "ssc_weight_budget"]
@@ -33,14 +34,15 @@ def ssc_weight_budget(
     model: nn.Module,
     density: float,
     *,
-    distribution: str = "uniform",
+    distribution: str = AUTO,
     settings: Mapping[str, Any] | None = None,
     skip: Sequence[str] = (),
     include: Sequence[str] = (),
     keep: Sequence[str] = KEEP_RULES,
 ) -> int:
     """The nonzero weights of ``model`` converted to SSC at ``density`` (``settings``: SSC
-    settings held fixed, as :func:`ssconv.convert` takes them); ``model`` is left as it is."""
+    settings held fixed, as :func:`ssconv.convert` takes them; ``distribution``: SSC's layer
+    distribution, by default SSC's own); ``model`` is left as it is."""
     report = convert(
         copy.deepcopy(model),
         density=density,

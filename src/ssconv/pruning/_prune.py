@@ -30,7 +30,7 @@ from ssconv.errors import BudgetInfeasibleError, SyntheticScoringWarning
 from ssconv.pruning.masks import apply_masks, get_masks, layer_budgets, scores_to_masks
 from ssconv.pruning.methods import Pruner, ScoreInputs, get_pruner
 from ssconv.pruning.report import LayerPruning, PruneReport
-from ssconv.sparsity.budget import DISTRIBUTIONS, LayerSpec
+from ssconv.sparsity.budget import DISTRIBUTIONS, LayerSpec, resolve_distribution
 from ssconv.sparsity.counting import counted_layers, weight_counts
 from ssconv.sparsity.selection import KEEP_RULES, select_layers
 
@@ -231,8 +231,9 @@ def prune(
         scope: ``"global"`` ranks the scores of all prunable layers together; ``"layer"`` keeps
             the same number of weights per layer as ``distribution`` says. ``random`` and
             ``erk`` always prune per layer.
-        distribution: per-layer densities for ``scope="layer"`` and ``random``: ``"uniform"``
-            or ``"erk"`` (``erk`` always uses ERK).
+        distribution: per-layer densities for ``scope="layer"`` and ``random``: ``"uniform"``,
+            ``"erk"``, ``"equal"`` or ``"auto"`` (SSC's rule: ERK's below model density 0.1)
+            (``erk`` always uses ERK).
         skip, include, keep: which convs stay dense, exactly as in :func:`ssconv.convert`.
         prune_classifier: prune the linear layers (and conv classifier heads) too.
         seed: seed of random scores and synthetic batches (default: drawn from torch's RNG).
@@ -310,7 +311,8 @@ def prune(
             "raise the target or prune those layers too (include=..., prune_classifier=True)",
         )
 
-    # How keep counts are spread over the layers.
+    # How keep counts are spread over the layers ("auto" resolved at the model density).
+    distribution = resolve_distribution(distribution, target_params / dense_total)
     if pruner.layerwise is not None:
         eff_scope = "layer"
         eff_distribution: str | None = "erk" if pruner.layerwise == "erk" else distribution

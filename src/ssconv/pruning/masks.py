@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ssconv.sparsity.budget import DISTRIBUTIONS, LayerSpec, layer_densities
+from ssconv.sparsity.budget import DISTRIBUTIONS, LayerSpec, layer_densities, resolve_distribution
 from ssconv.sparsity.masking import WeightMask, mask_parametrization
 
 __all__ = [
@@ -187,7 +187,8 @@ def layer_budgets(
             is proportional to ``(C_in + C_out + kh + kw) / (C_in * C_out * kh * kw)``, capped
             at 1; for a linear layer ``(in + out) / (in * out)`` as in RigL's code), or
             ``"equal"`` (the same number of weights in every layer, capped at dense:
-            :func:`ssconv.sparsity.equal_densities`).
+            :func:`ssconv.sparsity.equal_densities`), or ``"auto"`` (SSC's default rule,
+            resolved at the density ``num_keep`` / dense weights of ``specs``).
 
     Each count is within one weight of ``density * dense count`` (largest-remainder rounding,
     ties to the earlier layer).
@@ -198,6 +199,8 @@ def layer_budgets(
     total = sum(sizes)
     if not 0 <= num_keep <= total:
         raise ValueError(f"num_keep must be in [0, {total}], got {num_keep}")
+    if total:
+        distribution = resolve_distribution(distribution, num_keep / total)
     if not specs:
         return [], []
     if num_keep == 0:

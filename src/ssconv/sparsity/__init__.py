@@ -3,6 +3,7 @@
 
 from ssconv.sparsity.budget import (
     AUTO,
+    AUTO_ERK_BELOW,
     DISTRIBUTIONS,
     LayerSpec,
     candidate_patterns,
@@ -10,6 +11,7 @@ from ssconv.sparsity.budget import (
     equal_densities,
     erk_densities,
     layer_densities,
+    resolve_distribution,
     solve_budget,
     uniform_densities,
 )
@@ -19,6 +21,7 @@ from ssconv.sparsity.selection import DEFAULT_CLASSIFIER_PATTERNS, KEEP_RULES, s
 
 __all__ = [
     "AUTO",
+    "AUTO_ERK_BELOW",
     "DEFAULT_CLASSIFIER_PATTERNS",
     "DEFAULT_INIT_SCALE",
     "DISTRIBUTIONS",
@@ -31,6 +34,7 @@ __all__ = [
     "equal_densities",
     "erk_densities",
     "layer_densities",
+    "resolve_distribution",
     "model_weight_counts",
     "rescale_init",
     "select_layers",

@@ -22,7 +22,7 @@ from ssconv.errors import Remedy
 from ssconv.layers.pattern import DEPTHWISE_PERIOD
 from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, STOCK_BACKENDS
 from ssconv.pruning.methods import PRUNING_METHODS
-from ssconv.sparsity.budget import DISTRIBUTIONS, PREFERENCES
+from ssconv.sparsity.budget import AUTO, DISTRIBUTIONS, PREFERENCES, resolve_distribution
 from ssconv.sparsity.selection import KEEP_RULES
 
 __all__ = [
@@ -47,8 +47,13 @@ SSC_PRESETS: dict[str, dict] = {
     "ssc_hetconv": {"ssc_pointwise": True, "ssc_spatial": "full"},
     "ssc_groupwise": {"ssc_pointwise": False, "ssc_spatial": "full"},
     "ssc_checkerboard": {"ssc_spatial": "checkerboard"},
-    # The grouped-convolution baseline as usually built: no channel shuffle.
-    "group_conv": {"ssc_period": 1, "ssc_spatial": "full", "ssc_shuffle": False},
+    # The grouped-convolution baseline as usually built: no channel shuffle, uniform densities.
+    "group_conv": {
+        "ssc_period": 1,
+        "ssc_spatial": "full",
+        "ssc_shuffle": False,
+        "distribution": "uniform",
+    },
     # One spatial kernel per filter in every layer: the spatial part is a shifted depthwise
     # convolution (onnxruntime's fast path; docs/ssc.md, "Design study").
     "ssc_depthwise": {"ssc_period": DEPTHWISE_PERIOD},
@@ -80,9 +85,13 @@ def _f(default, help: str, **checks):
     return field(default=default, metadata=meta)
 
 
-@dataclass
+@dataclass(eq=False)
 class TrainConfig:
-    """Everything a training run depends on (saved as ``config.yaml`` in the run folder)."""
+    """Everything a training run depends on (saved as ``config.yaml`` in the run folder).
+
+    Two configs are equal when their :meth:`to_dict` are: a default ``distribution`` (null)
+    equals the value it resolves to, as in the saved config of a run.
+    """
 
     # What to train
     model: str = _f(
@@ -167,11 +176,15 @@ class TrainConfig:
         hi=1.0,
         nullable=True,
     )
-    distribution: str = _f(
-        "uniform",
-        "layer-wise densities: uniform, erk or equal (the same number of weights per layer)",
+    distribution: str | None = _f(
+        None,
+        "layer-wise densities: auto (ERK's below density 0.1, uniform from 0.1 up), uniform, "
+        "erk or equal (the same number of weights per layer); null: the method's default (auto "
+        "for SSC methods, whose count pruned models match; uniform for masks and the "
+        "structured baselines)",
         kind=str,
         choices=DISTRIBUTIONS,
+        nullable=True,
     )
     ssc_groups: Any = _f("auto", "SSC groups: int or auto", kind="int_or_auto")
     ssc_period: Any = _f(
@@ -322,7 +335,34 @@ class TrainConfig:
 
     # ------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The settings, with ``distribution`` as the run uses it (:meth:`resolved_distribution`),
+        so that configs that build the same model save and hash alike."""
+        data = dataclasses.asdict(self)
+        data["distribution"] = self.resolved_distribution()
+        return data
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TrainConfig):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # mutable, as a dataclass with eq
+
+    def resolved_distribution(self) -> str | None:
+        """``distribution`` with ``"auto"`` and the method's default resolved at ``density``:
+        SSC methods take their preset's, else ``"auto"``; dense and the structured baselines
+        ``"uniform"``; pruning methods ``"uniform"`` masks, matched (``match_budget``) to the
+        count of SSC's default, so ``None`` where that takes ERK densities (a choice no single
+        value names: uniform masks, ERK-density SSC's count)."""
+        if self.distribution is not None:
+            return resolve_distribution(self.distribution, self.density)
+        if self.method in SSC_PRESETS:
+            preset = SSC_PRESETS[self.method].get("distribution", AUTO)
+            return resolve_distribution(preset, self.density)
+        if self.method in PRUNING_METHOD_NAMES and self.match_budget:
+            ssc = resolve_distribution(AUTO, self.density)
+            return None if ssc != "uniform" else "uniform"
+        return "uniform"
 
     def digest(self) -> str:
         """Short hash of the settings that change results (run names, resume guard).

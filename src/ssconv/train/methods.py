@@ -17,6 +17,7 @@ from torch import nn
 from ssconv.conversion import convert
 from ssconv.conversion.same_budget import build_rival, ssc_weight_budget
 from ssconv.models import create_model
+from ssconv.sparsity.budget import AUTO
 from ssconv.train.config import (
     PRUNING_METHOD_NAMES,
     SSC_PRESETS,
@@ -26,7 +27,7 @@ from ssconv.train.config import (
     TrainConfig,
 )
 
-__all__ = ["build_model", "ssc_settings"]
+__all__ = ["build_model", "ssc_distribution", "ssc_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,14 @@ def ssc_shuffle(cfg: TrainConfig) -> bool:
     if "ssc_shuffle" in preset:
         return bool(preset["ssc_shuffle"])
     return True if cfg.ssc_shuffle is None else cfg.ssc_shuffle
+
+
+def ssc_distribution(cfg: TrainConfig) -> str:
+    """SSC's layer distribution in a run: ``cfg.distribution``, else the preset's, else
+    ``"auto"`` (the count a pruning run with ``match_budget`` matches comes from it too)."""
+    if cfg.distribution is not None:
+        return cfg.distribution
+    return SSC_PRESETS.get(cfg.method, {}).get("distribution", AUTO)
 
 
 def _rules(cfg: TrainConfig) -> dict[str, Any]:
@@ -146,7 +155,11 @@ def _build_model(cfg, num_classes, in_channels, input_size, data, *, for_loading
                 "carry over to depthwise + pointwise); the other layers keep the given weights"
             )
         report = build_rival(
-            model, cfg.method, density=cfg.density, distribution=cfg.distribution, **_rules(cfg)
+            model,
+            cfg.method,
+            density=cfg.density,
+            distribution=cfg.distribution or "uniform",
+            **_rules(cfg),
         )
         info["conversion"] = report.to_dict()
         info["target_density"] = cfg.density
@@ -156,7 +169,7 @@ def _build_model(cfg, num_classes, in_channels, input_size, data, *, for_loading
         report = convert(
             model,
             density=cfg.density,
-            distribution=cfg.distribution,
+            distribution=ssc_distribution(cfg),
             inplace=True,
             backend=cfg.ssc_backend,
             warn_coverage=False,
@@ -179,7 +192,7 @@ def _build_model(cfg, num_classes, in_channels, input_size, data, *, for_loading
             num_params = ssc_weight_budget(
                 model,
                 cfg.density,
-                distribution=cfg.distribution,
+                distribution=ssc_distribution(cfg),
                 settings=ssc_settings(cfg),
                 **_rules(cfg),
             )
@@ -196,7 +209,7 @@ def _build_model(cfg, num_classes, in_channels, input_size, data, *, for_loading
             iterations=cfg.prune_iterations,
             batches=cfg.prune_batches,
             seed=cfg.seed,
-            distribution=cfg.distribution,
+            distribution=cfg.distribution or "uniform",
             **_rules(cfg),
         )
         info["pruning"] = report.to_dict()
