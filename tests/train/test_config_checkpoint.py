@@ -227,6 +227,11 @@ def test_pruned_default_keeps_uniform_masks_at_the_default_sscs_count():
         assert info["matched_ssc_params"] == count
         assert info["pruning"]["weight_params"] == count
         assert info["pruning"]["distribution"] == "uniform"
+    # "auto" for masks resolves at the density asked, as the saved config says, not at the
+    # matched count's (26,800 / 268,048 < 0.1): uniform masks at 0.10.
+    config = TrainConfig.from_dict({"method": "random", "density": 0.1, "distribution": "auto"})
+    _, info = build_model(config, 10, 1, (1, 28, 28))
+    assert info["pruning"]["distribution"] == config.to_dict()["distribution"] == "uniform"
 
 
 def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):

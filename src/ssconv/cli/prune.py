@@ -22,6 +22,7 @@ from ssconv.conversion import build_rival, ssc_weight_budget
 from ssconv.errors import SyntheticScoringWarning
 from ssconv.models import model_info
 from ssconv.pruning import DISTRIBUTIONS, PRUNING_METHODS, SCOPES
+from ssconv.sparsity.budget import resolve_distribution
 from ssconv.utils.text import format_count
 
 _DENSE_NOTE = (
@@ -190,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
                 data=data,
                 input_size=input_size,
                 scope=args.scope,
-                distribution=args.distribution or "uniform",
+                # ("auto" resolved at --density, not at the matched count's density)
+                distribution=resolve_distribution(args.distribution or "uniform", args.density),
                 prune_classifier=args.prune_classifier,
                 seed=args.seed,
                 iterations=args.iterations,

@@ -34,7 +34,6 @@ from ssconv.layers.pattern import SSCPattern, resolve_period
 from ssconv.layers.ssconv import DEFAULT_INIT_SCALE, INIT_SCALES, SSConv2d
 from ssconv.sparsity.budget import (
     AUTO,
-    DISTRIBUTIONS,
     LayerSpec,
     resolve_distribution,
     solve_budget,
@@ -194,9 +193,7 @@ def convert(
         raise ValueError(f"init_scale must be one of {INIT_SCALES}, got {init_scale!r}")
     if density is not None and not (isinstance(density, (int, float)) and 0 < density <= 1):
         raise ValueError(f"density must be a number in (0, 1], got {density!r}")
-    if distribution not in DISTRIBUTIONS:
-        raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
-    distribution = resolve_distribution(distribution, density)
+    distribution = resolve_distribution(distribution, density)  # (checks it too)
     if not inplace:
         model = copy.deepcopy(model)
     convs = select_layers(model, skip=skip, include=include, keep=keep, same_padding=True)

@@ -17,7 +17,7 @@ from torch import nn
 from ssconv.conversion import convert
 from ssconv.conversion.same_budget import build_rival, ssc_weight_budget
 from ssconv.models import create_model
-from ssconv.sparsity.budget import AUTO
+from ssconv.sparsity.budget import AUTO, resolve_distribution
 from ssconv.train.config import (
     PRUNING_METHOD_NAMES,
     SSC_PRESETS,
@@ -69,6 +69,13 @@ def ssc_distribution(cfg: TrainConfig) -> str:
     if cfg.distribution is not None:
         return cfg.distribution
     return SSC_PRESETS.get(cfg.method, {}).get("distribution", AUTO)
+
+
+def mask_distribution(cfg: TrainConfig) -> str:
+    """The layer distribution of a pruned or structured baseline: ``cfg.distribution``, else
+    uniform, resolved at ``cfg.density`` (not at the density of a matched count, which may
+    lie just below it: 26,800 / 268,048 weights for 0.10)."""
+    return resolve_distribution(cfg.distribution or "uniform", cfg.density)
 
 
 def _rules(cfg: TrainConfig) -> dict[str, Any]:
@@ -158,7 +165,7 @@ def _build_model(cfg, num_classes, in_channels, input_size, data, *, for_loading
             model,
             cfg.method,
             density=cfg.density,
-            distribution=cfg.distribution or "uniform",
+            distribution=mask_distribution(cfg),
             **_rules(cfg),
         )
         info["conversion"] = report.to_dict()
@@ -209,7 +216,7 @@ def _build_model(cfg, num_classes, in_channels, input_size, data, *, for_loading
             iterations=cfg.prune_iterations,
             batches=cfg.prune_batches,
             seed=cfg.seed,
-            distribution=cfg.distribution or "uniform",
+            distribution=mask_distribution(cfg),
             **_rules(cfg),
         )
         info["pruning"] = report.to_dict()
