@@ -58,6 +58,7 @@ def test_auto_distribution_takes_erk_densities_below_0_1_and_uniform_from_there(
         default = convert(model, density=density, warn_coverage=False)
         explicit = convert(model, density=density, distribution=same_as, warn_coverage=False)
         assert default.distribution == same_as  # the report names the one used
+        assert f"layer targets: {same_as} densities" in default.table()
         assert patterns(default) == patterns(explicit)
     with pytest.raises(ValueError, match="distribution must be one of.*'ERK'"):
         convert(model, density=0.05, distribution="ERK")

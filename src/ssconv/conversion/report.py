@@ -151,6 +151,11 @@ class ConversionReport:
             f"model density ({target}achieved): {self.density:.4f} = "
             f"{self.weight_params:,} / {self.dense_weight_params:,} conv+linear weights"
         )
+        if self.target_density is not None:
+            lines.append(
+                f"layer targets: {self.distribution} densities (distribution=...; the default, "
+                f"auto, takes ERK's below density 0.1 and uniform from 0.1 up)"
+            )
         if self.pointwise_fallback:
             lines.append(
                 f"1x1 fallback: the layers the keep rules leave cannot carry the budget, so "
