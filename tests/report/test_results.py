@@ -81,3 +81,17 @@ def test_report_seeds_keeps_only_those_runs(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--seeds", "7"]) == 2
     err = capsys.readouterr().err
     assert "--seeds 7" in err and "seeds 0, 1, 5" in err
+
+
+def test_report_rename_draws_runs_under_another_label(tmp_path, capsys):
+    from ssconv.cli.main import main
+
+    fake_run(tmp_path / "variant=ssc@0.02" / "seed=0", 0.80, seed=0)
+    fake_run(tmp_path / "variant=ssc@0.02" / "seed=1", 0.82, seed=1)
+    assert main(["report", str(tmp_path), "--no-plots", "--rename", "ssc@0.02=ssc"]) == 0
+    out = capsys.readouterr().out
+    assert "| ssc | 0.1 |" in out and "ssc@0.02" not in out
+    assert main(["report", str(tmp_path), "--rename", "sssc=ssc"]) == 2
+    assert "no run is labelled 'sssc' (labels: ssc@0.02)" in capsys.readouterr().err
+    assert main(["report", str(tmp_path), "--rename", "ssc@0.02"]) == 2
+    assert "expected OLD=NEW" in capsys.readouterr().err

@@ -40,6 +40,14 @@ def register(sub) -> None:
         "model, one run after the other) and store it in their final.json; a sweep's "
         "recorded cell (no checkpoint) is timed on the structure its config.yaml builds",
     )
+    p.add_argument(
+        "--rename",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="show the runs labelled OLD as NEW (repeatable), e.g. to draw the cells of a "
+        "sweep whose variants were named per density (ssc@0.02=ssc) on their method's line",
+    )
     p.add_argument("--remeasure", action="store_true", help="with --measure-latency: all runs")
     p.add_argument(
         "--latency-batch",
@@ -77,6 +85,16 @@ def run(args: argparse.Namespace) -> int:
                 f"--seeds {' '.join(map(str, args.seeds))}: no finished run has these seeds "
                 f"(the runs have seeds {', '.join(map(str, found))})"
             )
+    for item in args.rename:
+        old, sep, new = item.partition("=")
+        if not sep or not old or not new:
+            raise CLIError(f"--rename {item}: expected OLD=NEW, e.g. --rename ssc@0.02=ssc")
+        hits = [r for r in runs if r.label == old]
+        if not hits:
+            labels = ", ".join(sorted({r.label for r in runs}))
+            raise CLIError(f"--rename {item}: no run is labelled {old!r} (labels: {labels})")
+        for r in hits:
+            r.config["label"] = new
     if args.measure_latency:
         from ssconv.report.latency import measure_run_latency
 
