@@ -215,12 +215,15 @@ def test_onnx_export_runs_shuffled_layers_as_gathers(tmp_path):
     pytest.importorskip("onnxruntime")
     model = randomize_bn(
         ssconv.convert(
-            ssconv.create_model("cifar_resnet20"), density=0.05, warn_coverage=False
+            ssconv.create_model("cifar_resnet20"),
+            density=0.05,
+            distribution="uniform",  # (uniform densities group every layer at 0.05)
+            warn_coverage=False,
         ).model
     ).eval()
     frozen = freeze(model, target="onnxruntime")
     gathered = [m for m in frozen.modules() if isinstance(m, SSConv2dInference) and m.gathered]
-    assert len(gathered) >= 10, "the default (shuffled) ResNet-20 at 0.05 should use gathers"
+    assert len(gathered) >= 10, "the shuffled, grouped ResNet-20 at 0.05 should use gathers"
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(frozen(x), model(x), atol=1e-4)

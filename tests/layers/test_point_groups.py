@@ -224,8 +224,10 @@ def test_config_key_and_preset_reach_the_solver():
     default = TrainConfig.from_dict({"method": "ssc", "density": 0.05})
     assert "point_groups" not in ssc_settings(default)
     # The neutral default leaves earlier runs' digests as they were (this one's digest
-    # before the key existed), and a value other than 1 changes it.
-    assert default.digest() == "6ff46cddd7"
+    # before the key existed, with the layer distribution of the time), and a value other
+    # than 1 changes it.
+    earlier = TrainConfig.from_dict({"method": "ssc", "density": 0.05, "distribution": "uniform"})
+    assert earlier.digest() == "6ff46cddd7"
     thin = TrainConfig.from_dict({"method": "ssc", "density": 0.05, "ssc_point_groups": "auto"})
     assert thin.digest() != default.digest()
     with pytest.raises(ConfigError, match="ssc_point_groups"):
