@@ -156,13 +156,13 @@ def _ssc_preset(
     label: str | None = None,
 ):
     from ssconv.train.config import TrainConfig
-    from ssconv.train.methods import ssc_distribution, ssc_settings, ssc_shuffle
+    from ssconv.train.methods import ssc_settings, ssc_shuffle
 
     cfg = TrainConfig.from_dict({"method": name, "density": density, "distribution": distribution})
     result = convert(
         copy.deepcopy(dense),
         density=density,
-        distribution=ssc_distribution(cfg),
+        distribution=cfg.ssc_distribution(),
         shuffle=ssc_shuffle(cfg),
         warn_coverage=False,
         copy_weights=from_weights,

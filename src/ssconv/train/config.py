@@ -348,21 +348,32 @@ class TrainConfig:
 
     __hash__ = None  # mutable, as a dataclass with eq
 
+    def ssc_distribution(self) -> str:
+        """SSC's layer distribution in this run: ``distribution``, else the method's preset's,
+        else ``"auto"`` (a pruning run with ``match_budget`` matches the count of this SSC)."""
+        if self.distribution is not None:
+            return self.distribution
+        return SSC_PRESETS.get(self.method, {}).get("distribution", AUTO)
+
+    def mask_distribution(self) -> str:
+        """The layer distribution of a pruned or structured baseline: ``distribution``, else
+        uniform, resolved at ``density`` (not at the density of a matched count, which may lie
+        just below it: 26,800 / 268,048 weights for 0.10)."""
+        return resolve_distribution(self.distribution or "uniform", self.density)
+
     def resolved_distribution(self) -> str | None:
         """``distribution`` with ``"auto"`` and the method's default resolved at ``density``:
-        SSC methods take their preset's, else ``"auto"``; dense and the structured baselines
-        ``"uniform"``; pruning methods ``"uniform"`` masks, matched (``match_budget``) to the
-        count of SSC's default, so ``None`` where that takes ERK densities (a choice no single
-        value names: uniform masks, ERK-density SSC's count)."""
-        if self.distribution is not None:
-            return resolve_distribution(self.distribution, self.density)
+        SSC methods :meth:`ssc_distribution`, the others :meth:`mask_distribution`, except
+        that a pruning method's default, uniform masks matched (``match_budget``) to the count
+        of an SSC that takes ERK densities, is ``None`` (a choice no single value names)."""
         if self.method in SSC_PRESETS:
-            preset = SSC_PRESETS[self.method].get("distribution", AUTO)
-            return resolve_distribution(preset, self.density)
-        if self.method in PRUNING_METHOD_NAMES and self.match_budget:
-            ssc = resolve_distribution(AUTO, self.density)
-            return None if ssc != "uniform" else "uniform"
-        return "uniform"
+            return resolve_distribution(self.ssc_distribution(), self.density)
+        matched_default = (
+            self.distribution is None and self.method in PRUNING_METHOD_NAMES and self.match_budget
+        )
+        if matched_default and resolve_distribution(AUTO, self.density) != "uniform":
+            return None
+        return self.mask_distribution()
 
     def digest(self) -> str:
         """Short hash of the settings that change results (run names, resume guard).

@@ -17,7 +17,6 @@ from torch import nn
 from ssconv.conversion import convert
 from ssconv.conversion.same_budget import build_rival, ssc_weight_budget
 from ssconv.models import create_model
-from ssconv.sparsity.budget import AUTO, resolve_distribution
 from ssconv.train.config import (
     PRUNING_METHOD_NAMES,
     SSC_PRESETS,
@@ -27,7 +26,7 @@ from ssconv.train.config import (
     TrainConfig,
 )
 
-__all__ = ["build_model", "ssc_distribution", "ssc_settings"]
+__all__ = ["build_model", "ssc_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +60,6 @@ def ssc_shuffle(cfg: TrainConfig) -> bool:
     if "ssc_shuffle" in preset:
         return bool(preset["ssc_shuffle"])
     return True if cfg.ssc_shuffle is None else cfg.ssc_shuffle
-
-
-def ssc_distribution(cfg: TrainConfig) -> str:
-    """SSC's layer distribution in a run: ``cfg.distribution``, else the preset's, else
-    ``"auto"`` (the count a pruning run with ``match_budget`` matches comes from it too)."""
-    if cfg.distribution is not None:
-        return cfg.distribution
-    return SSC_PRESETS.get(cfg.method, {}).get("distribution", AUTO)
-
-
-def mask_distribution(cfg: TrainConfig) -> str:
-    """The layer distribution of a pruned or structured baseline: ``cfg.distribution``, else
-    uniform, resolved at ``cfg.density`` (not at the density of a matched count, which may
-    lie just below it: 26,800 / 268,048 weights for 0.10)."""
-    return resolve_distribution(cfg.distribution or "uniform", cfg.density)
 
 
 def _rules(cfg: TrainConfig) -> dict[str, Any]:
@@ -165,7 +149,7 @@ def _build_model(cfg, num_classes, in_channels, input_size, data, *, for_loading
             model,
             cfg.method,
             density=cfg.density,
-            distribution=mask_distribution(cfg),
+            distribution=cfg.mask_distribution(),
             **_rules(cfg),
         )
         info["conversion"] = report.to_dict()
@@ -176,7 +160,7 @@ def _build_model(cfg, num_classes, in_channels, input_size, data, *, for_loading
         report = convert(
             model,
             density=cfg.density,
-            distribution=ssc_distribution(cfg),
+            distribution=cfg.ssc_distribution(),
             inplace=True,
             backend=cfg.ssc_backend,
             warn_coverage=False,
@@ -199,7 +183,7 @@ def _build_model(cfg, num_classes, in_channels, input_size, data, *, for_loading
             num_params = ssc_weight_budget(
                 model,
                 cfg.density,
-                distribution=ssc_distribution(cfg),
+                distribution=cfg.ssc_distribution(),
                 settings=ssc_settings(cfg),
                 **_rules(cfg),
             )
@@ -216,7 +200,7 @@ def _build_model(cfg, num_classes, in_channels, input_size, data, *, for_loading
             iterations=cfg.prune_iterations,
             batches=cfg.prune_batches,
             seed=cfg.seed,
-            distribution=mask_distribution(cfg),
+            distribution=cfg.mask_distribution(),
             **_rules(cfg),
         )
         info["pruning"] = report.to_dict()
